@@ -1,0 +1,76 @@
+"""Command line: ``odehild <sub-command>`` (contract in conventions.md).
+
+Exit codes: 0 success, 2 bad input (one-line message on stderr), 1 numerical failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import IntegrationError, OdehildError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _cmd_hermite(args):
+    from .symbolic import hermite
+
+    h = hermite(args.expr, args.kmax)
+    if args.json:
+        print(h.to_json())
+        return
+    print(f"Hermite coefficients c_k = E[f(G) He_k(G)]/sqrt(k!) of f(z) = {h.expression}")
+    print(f"{'k':>3}  {'c_k':>22}  exact")
+    for k, (c, e) in enumerate(zip(h.coefficients, h.exact)):
+        print(f"{k:>3}  {c:>22.15g}  {'' if e is None else e}")
+    exact = "exact" if h.norm2_exact is not None else "quadrature"
+    print(f"norm2 = E[f^2] = {h.norm2:.15g} ({exact})")
+    print(f"tail  = norm2 - sum c_k^2 = {h.tail:.6g}")
+    print(f"information exponent: {h.information_exponent}")
+    if not all(e is not None for e in h.exact):
+        print(f"numeric coefficients: max error bound {h.errors.max():.2g}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog="odehild", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"odehild {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    h = sub.add_parser("hermite", help="normalized Hermite coefficients of an expression in z")
+    h.add_argument("expr", help="function of z, e.g. 'relu(z)' or 'h(1,z)+h(2,z)'")
+    h.add_argument("--kmax", type=int, default=8, help="largest degree K (default 8)")
+    h.add_argument("--json", action="store_true", help="print one JSON object")
+    h.set_defaults(func=_cmd_hermite)
+
+    from . import commands
+
+    commands.register(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except IntegrationError as exc:
+        print(f"odehild {args.command}: integration failed: {exc}", file=sys.stderr)
+        return 1
+    except OdehildError as exc:
+        print(f"odehild {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"odehild {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

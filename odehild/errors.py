@@ -1,0 +1,23 @@
+"""Error types raised by odehild. Every user-facing failure is one of these."""
+
+
+class OdehildError(Exception):
+    """Base class: a problem the user can act on (bad input, failed integration)."""
+
+
+class ExpressionError(OdehildError, ValueError):
+    """An activation or link-function expression is outside the grammar or not usable."""
+
+
+class InputError(OdehildError, ValueError):
+    """A numerical argument (eps, K, initial condition, file) is out of its allowed range."""
+
+
+class IntegrationError(OdehildError, RuntimeError):
+    """A solver failed; ``partial`` holds what was computed up to ``t_fail``."""
+
+    def __init__(self, message, t_fail=None, state=None, partial=None):
+        super().__init__(message)
+        self.t_fail = t_fail
+        self.state = state
+        self.partial = partial

@@ -1,0 +1,135 @@
+"""Hermite coefficients against independent computations: SciPy adaptive quadrature split at the
+kinks (a different library and algorithm from the mpmath fallback), published closed forms, and
+Parseval."""
+
+import math
+
+import numpy as np
+import pytest
+import sympy as sp
+from scipy import integrate, special
+
+from odehild import ExpressionError, hermite
+
+
+def scipy_coefficients(f, kmax, kinks=()):
+    """c_k by scipy.quad of f He_k phi on pieces split at the kinks."""
+    pts = [-np.inf, *kinks, np.inf]
+    out = []
+    for k in range(kmax + 1):
+        He = lambda x, k=k: special.eval_hermitenorm(k, x)
+        total = 0.0
+        for lo, hi in zip(pts[:-1], pts[1:]):
+            val, _ = integrate.quad(lambda x: f(x) * He(x) * np.exp(-x * x / 2) / math.sqrt(2 * math.pi),
+                                    lo, hi, epsabs=1e-13, epsrel=1e-13, limit=400)
+            total += val
+        out.append(total / math.sqrt(math.factorial(k)))
+    return np.array(out)
+
+
+CASES = [
+    # expression, numpy function, kinks
+    ("relu(z)", lambda x: max(x, 0.0), [0.0]),
+    ("Abs(z)", abs, [0.0]),
+    ("sign(z)", np.sign, [0.0]),
+    ("Heaviside(z)", lambda x: float(x > 0), [0.0]),
+    ("relu(z - 0.5)", lambda x: max(x - 0.5, 0.0), [0.5]),
+    ("Min(z, 1) + 2*Heaviside(-z-1)", lambda x: min(x, 1.0) + 2 * float(-x - 1 > 0), [-1.0, 1.0]),
+    ("erf(z/sqrt(2))", lambda x: math.erf(x / math.sqrt(2)), []),
+    ("erf(2*z + 1)", lambda x: math.erf(2 * x + 1), []),
+    ("exp(-z**2)", lambda x: math.exp(-x * x), []),
+    ("exp(z/2 - z**2/8)", lambda x: math.exp(x / 2 - x * x / 8), []),
+    ("cos(z) + sin(2*z)", lambda x: math.cos(x) + math.sin(2 * x), []),
+    ("He(4, z) - 3*h(2, z) + z**5", lambda x: x**4 - 6 * x**2 + 3 - 3 * (x * x - 1) / math.sqrt(2) + x**5, []),
+    ("tanh(z)", math.tanh, []),
+    ("sigmoid(z)", special.expit, []),
+    ("softplus(z)", lambda x: math.log1p(math.exp(x)) if x < 30 else x, []),
+    ("tanh(z)*relu(z)", lambda x: math.tanh(x) * max(x, 0.0), [0.0]),
+    ("sign(z)*exp(-Abs(z))", lambda x: np.sign(x) * math.exp(-abs(x)), [0.0]),
+]
+
+
+@pytest.mark.parametrize("expr, fn, kinks", CASES, ids=[c[0] for c in CASES])
+def test_coefficients_against_scipy_quadrature(expr, fn, kinks):
+    h = hermite(expr, 7)
+    ref = scipy_coefficients(fn, 7, kinks)
+    np.testing.assert_allclose(h.coefficients, ref, atol=2e-9, rtol=0)
+    assert np.all(h.errors <= 1e-10)
+
+
+@pytest.mark.parametrize("expr", ["relu(z)", "Abs(z)", "sign(z)", "Heaviside(z)", "erf(3*z)",
+                                  "exp(-2*z**2)", "He(3, z)", "h(5, z) + 1", "relu(z-1)"])
+def test_closed_form_functions_are_exact(expr):
+    h = hermite(expr, 6)
+    assert h.is_exact and np.all(h.errors == 0)
+
+
+def test_relu_published_values():
+    h = hermite("relu(z)", 12)
+    expect = {0: 1 / sp.sqrt(2 * sp.pi), 1: sp.Rational(1, 2), 2: 1 / (2 * sp.sqrt(sp.pi)),
+              3: 0, 4: -1 / sp.sqrt(48 * sp.pi)}
+    for k, v in expect.items():
+        assert sp.simplify(h.exact[k] - v) == 0
+    # references.md: unnormalized E[relu He_k] = He_{k-2}(0)/sqrt(2 pi) for k >= 2
+    for k in range(2, 13):
+        ref = special.eval_hermitenorm(k - 2, 0.0) / math.sqrt(2 * math.pi) / math.sqrt(math.factorial(k))
+        assert h.coefficients[k] == pytest.approx(ref, abs=1e-15)
+    assert h.norm2_exact == sp.Rational(1, 2)
+
+
+def test_sign_and_erf_published_values():
+    assert sp.simplify(hermite("sign(z)", 1).exact[1] - sp.sqrt(2 / sp.pi)) == 0
+    h = hermite("erf(z/sqrt(2))", 11)
+    assert sp.simplify(h.exact[1] - 1 / sp.sqrt(sp.pi)) == 0
+    for m in range(6):  # E[f He_{2m+1}] = (-1)^m (2m-1)!! / (2^m sqrt(pi))
+        k = 2 * m + 1
+        ref = (-1) ** m * math.prod(range(1, 2 * m, 2)) / (2**m * math.sqrt(math.pi)) / math.sqrt(math.factorial(k))
+        assert h.coefficients[k] == pytest.approx(ref, abs=1e-15)
+        assert h.coefficients[k - 1] == 0
+    assert h.norm2 == pytest.approx(1 / 3, abs=1e-15)  # (2/pi) arcsin(1/2)
+
+
+@pytest.mark.parametrize("expr", ["relu(z)", "tanh(z)", "erf(2*z+1)", "sign(z)", "cos(z)"])
+def test_parseval(expr):
+    h = hermite(expr, 10)
+    assert h.norm2 == pytest.approx(np.sum(h.coefficients**2) + h.tail, abs=1e-12)
+    assert h.tail >= 0
+
+
+@pytest.mark.parametrize("expr", ["tanh(z)", "erf(z/sqrt(2))", "exp(-z**2)", "cos(z)"])
+def test_tail_vanishes_for_smooth_functions(expr):
+    tails = [hermite(expr, k).tail for k in (3, 9, 15)]
+    assert tails[0] > tails[1] > tails[2] >= 0
+    assert tails[2] < 1e-2 * tails[0]
+
+
+def test_polynomial_tail_is_exactly_zero():
+    h = hermite("z**3 - 2*z + 1", 3)
+    assert h.tail == 0 and h.norm2_exact == sp.Integer(15 - 12 + 4 + 1)
+
+
+def test_information_exponent():
+    assert hermite("relu(z)", 4).information_exponent == 1
+    assert hermite("Abs(z)", 4).information_exponent == 2
+    assert hermite("h(3,z) + 1", 5).information_exponent == 3
+    assert hermite("h(3,z)", 2).information_exponent is None
+    assert hermite("7", 3).information_exponent is None
+
+
+@pytest.mark.parametrize("expr, msg", [
+    ("exp(z**2)", "square-integrable"),
+    ("exp(z**2/4)", "square-integrable"),
+    ("exp(z**2/3)*tanh(z)", "square-integrable"),
+    ("log(z)", "whole real line"),
+    ("1/z", "whole real line"),
+    ("tan(z)", "whole real line"),
+])
+def test_refuses_non_square_integrable_or_undefined(expr, msg):
+    with pytest.raises(ExpressionError, match=msg):
+        hermite(expr, 3)
+
+
+@pytest.mark.parametrize("kmax", [-1, 2.5, "3", True, 1000])
+def test_bad_kmax(kmax):
+    with pytest.raises(ExpressionError, match="kmax"):
+        hermite("z", kmax)
