@@ -1,16 +1,142 @@
-"""Sub-commands beyond ``hermite``: each stage registers its own."""
+"""Sub-commands beyond ``hermite``: solve, plot, timescales, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from .errors import InputError
+
+
+def _eps_arg(text):
+    return float(text)
+
+
+def add_model_args(p, eps_required=True):
+    p.add_argument("--sigma", required=True, help="activation, expression in z (e.g. 'relu(z)')")
+    p.add_argument("--phi", required=True, help="link function, expression in z")
+    if eps_required:
+        p.add_argument("--eps", type=float, required=True, help="learning-rate ratio eps > 0")
+    p.add_argument("--kmax", type=int, default=6, help="Hermite truncation degree K (default 6)")
+
+
+def add_solver_args(p):
+    p.add_argument("--t-end", type=float, default=5.0, help="final time (default 5)")
+    p.add_argument("--points", type=int, default=200, help="log-spaced output times (default 200)")
+    p.add_argument("--t-min", type=float, default=None, help="first output time (default eps/100)")
+    p.add_argument("--method", default="Radau", help="Radau (default), BDF, LSODA, or RK45")
+    p.add_argument("--rtol", type=float, default=1e-8)
+    p.add_argument("--atol", type=float, default=1e-10)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def init_from_args(args):
+    from .solve import InitialCondition, initial_condition
+    from .io import load_npz
+
+    if args.init:
+        arrays, _ = load_npz(args.init, required=("a0", "s0"))
+        return InitialCondition(arrays["a0"], arrays["s0"], arrays.get("weights"),
+                                description=f"from {args.init}")
+    return initial_condition(args.particles, args.a0, args.seed)
+
+
+def _cmd_solve(args):
+    from .solve import solve
+    from .symbolic.models import MeanFieldModel
+
+    if args.points < 2:
+        raise InputError(f"--points must be at least 2, got {args.points}")
+    model = MeanFieldModel(args.sigma, args.phi, args.kmax, args.eps)
+    traj = solve(model, init_from_args(args), args.t_end, points=args.points, t_min=args.t_min,
+                 method=args.method, rtol=args.rtol, atol=args.atol,
+                 progress=False if args.quiet else None)
+    traj.meta.update({"sigma_expr_input": args.sigma, "phi_expr_input": args.phi,
+                      "seed": args.seed, "points": args.points})
+    path = traj.save(args.out)
+    st = traj.stats
+    print(f"{path}: T = {len(traj)}, N = {traj.a.shape[1]}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
+          f"{st['nsteps']} steps, nfev {st['nfev']}, njev {st['njev']}, nlu {st['nlu']}, "
+          f"solve {st['solve_seconds']:.2f} s (compile {st['compile_seconds']:.2f} s, "
+          f"{'cached' if st['from_cache'] else 'generated'})")
+
+
+def _cmd_plot(args):
+    from .solve import Trajectory
+    from .solve.plot import plot_trajectory
+
+    traj = Trajectory.load(args.traj)
+    plot_trajectory(traj, args.output)
+    print(f"wrote {args.output}")
+
+
+def _cmd_timescales(args):
+    from .solve import initial_condition
+    from .solve.analysis import predicted_exponent, timescale_sweep
+    from .symbolic.models import MeanFieldModel
+
+    eps_list = args.eps_list
+    if len(eps_list) < 2:
+        raise InputError("--eps-list needs at least two values")
+    model = MeanFieldModel(args.sigma, args.phi, args.kmax, eps_list[0])
+    init = initial_condition(args.particles, args.a0, args.seed)
+    fit, trajs = timescale_sweep(model, eps_list, init, args.t_end, method=args.method,
+                                 rtol=args.rtol, atol=args.atol, points=args.points,
+                                 progress=False if args.quiet else None)
+    if args.plot:
+        from .solve.plot import plot_sweep
+
+        plot_sweep(fit, trajs, args.plot)
+    if args.json:
+        print(json.dumps({**fit.to_dict(), "predicted_slope": [predicted_exponent(k) for k in range(model.K + 1)]}))
+        return
+    print("learning time t_k: first time |r_k| <= |r_k(0)|/2  (NaN: nothing to learn or not reached)")
+    print("eps       " + "".join(f"{'k=' + str(k):>12}" for k in range(model.K + 1)))
+    for e, row in zip(fit.eps, fit.times):
+        print(f"{e:<10.3g}" + "".join(f"{v:>12.4g}" for v in row))
+    print("slope     " + "".join(f"{v:>12.4f}" for v in fit.slope))
+    print("scenario  " + "".join(f"{predicted_exponent(k):>12.4f}" for k in range(model.K + 1)))
+    print("(scenario: t_0 ~ eps, t_1 ~ sqrt(eps) log(1/eps), t_l ~ eps^(1/(2l)) for l >= 2)")
 
 
 def _cmd_demo(args):
-    from .symbolic import hermite
+    from .demo import run_demo
 
-    for expr in ("relu(z)", "erf(z/sqrt(2))", "tanh(z)", "h(1,z)+h(2,z)+h(3,z)"):
-        h = hermite(expr, 6)
-        kind = "exact" if h.is_exact else f"quadrature, error < {max(h.errors.max(), 1e-16):.0e}"
-        print(f"{expr:>24}: c_0..c_6 = " + " ".join(f"{c:+.5f}" for c in h.coefficients)
-              + f"  tail {h.tail:.2e}  ({kind})")
+    run_demo(args)
 
 
 def register(sub):
+    s = sub.add_parser("solve", help="integrate the mean-field dynamics")
+    add_model_args(s)
+    g = s.add_argument_group("initial condition (s0 = 0 and a0 from a law, or a file)")
+    g.add_argument("--init", default=None, help="FILE.npz with arrays a0, s0 (optional weights)")
+    g.add_argument("--particles", type=int, default=200, help="number of particles N (default 200)")
+    g.add_argument("--a0", default="normal", help="law of a0: normal (default), uniform, rademacher")
+    g.add_argument("--seed", type=int, default=None, help="sample a0 with this seed (default: quantiles)")
+    add_solver_args(s)
+    s.add_argument("--out", required=True, help="output trajectory FILE.npz")
+    s.set_defaults(func=_cmd_solve)
+
+    p = sub.add_parser("plot", help="plot a saved trajectory")
+    p.add_argument("traj", help="trajectory .npz written by 'odehild solve'")
+    p.add_argument("-o", "--output", required=True, help="figure file (.png, .pdf, .svg)")
+    p.set_defaults(func=_cmd_plot)
+
+    t = sub.add_parser("timescales", help="per-degree learning times over an eps sweep, with fitted exponents")
+    add_model_args(t, eps_required=False)
+    t.add_argument("--eps-list", type=float, nargs="+", required=True, help="values of eps")
+    t.add_argument("--particles", type=int, default=200)
+    t.add_argument("--a0", default="normal")
+    t.add_argument("--seed", type=int, default=None)
+    add_solver_args(t)
+    t.add_argument("--json", action="store_true")
+    t.add_argument("--plot", default=None, help="write the sweep figure here")
+    t.set_defaults(func=_cmd_timescales)
+
     d = sub.add_parser("demo", help="the main job on built-in defaults")
+    d.add_argument("--out", default="odehild-out", help="output folder (default ./odehild-out)")
+    d.add_argument("--quick", action="store_true", help="small sizes (for tests)")
+    d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)

@@ -1,0 +1,217 @@
+"""``solve``: integrate a model with SciPy's implicit solvers and the generated Jacobian."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+from scipy.integrate import BDF, LSODA, RK45, Radau
+
+from .. import __version__
+from ..codegen import compile_model
+from ..errors import InputError, IntegrationError
+from ..symbolic.models import FiniteWidthModel, MeanFieldModel
+from .trajectory import InitialCondition, Trajectory, initial_condition
+
+METHODS = {"Radau": Radau, "BDF": BDF, "LSODA": LSODA, "RK45": RK45}
+IMPLICIT = ("Radau", "BDF", "LSODA")
+
+
+def log_time_grid(t_end: float, points: int = 200, t_min=None, eps: float = 1.0) -> np.ndarray:
+    """0 followed by ``points`` log-spaced times from t_min (default eps/100, at most t_end/1e3)."""
+    if t_min is None:
+        t_min = min(1e-2 * min(eps, 1.0), 1e-3 * t_end)
+    if not (0 < t_min < t_end):
+        raise InputError(f"t_min must lie in (0, t_end = {t_end:g}), got {t_min!r}")
+    grid = np.logspace(np.log10(t_min), np.log10(t_end), points)
+    grid[-1] = t_end  # 10**log10(t_end) may round above t_end
+    return np.concatenate([[0.0], grid])
+
+
+def _check_positive(name, value):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a positive number, got {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise InputError(f"{name} must be a positive finite number, got {value!r}")
+    return v
+
+
+def pack_state(model, init: InitialCondition) -> np.ndarray:
+    if isinstance(model, FiniteWidthModel):
+        m = init.N
+        r0 = init.r0 if init.r0 is not None else np.eye(m)
+        return np.concatenate([init.a0, init.s0, r0[np.triu_indices(m, 1)]])
+    return np.concatenate([init.a0, init.s0])
+
+
+def unpack_overlaps(Y: np.ndarray, m: int) -> np.ndarray:
+    """(T, m, m) overlap matrices from packed states (T, n)."""
+    iu = np.triu_indices(m, 1)
+    R = np.repeat(np.eye(m)[None], Y.shape[0], axis=0)
+    R[:, iu[0], iu[1]] = Y[:, 2 * m:]
+    R[:, iu[1], iu[0]] = Y[:, 2 * m:]
+    return R
+
+
+class _Progress:
+    """Progress in log-time on stderr (tqdm), only on a terminal."""
+
+    def __init__(self, t0, t_end, enabled):
+        self.bar = None
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        if enabled:
+            from tqdm import tqdm
+
+            self.lo = math.log10(max(t0, 1e-300))
+            self.bar = tqdm(total=100, desc="solve", unit="%", leave=False, file=sys.stderr,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| t={postfix}")
+            self.hi = math.log10(t_end)
+
+    def update(self, t):
+        if self.bar is not None and t > 0:
+            frac = (math.log10(t) - self.lo) / (self.hi - self.lo)
+            self.bar.n = int(100 * min(max(frac, 0.0), 1.0))
+            self.bar.set_postfix_str(f"{t:.3g}", refresh=False)
+            self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 200, t_min=None,
+          method: str = "Radau", rtol: float = 1e-8, atol: float = 1e-10, first_step=None,
+          max_wall: float = None, progress=None) -> Trajectory:
+    """Integrate ``model`` from ``init`` to ``t_end``, SciPy style.
+
+    ``method`` is one of Radau (default), BDF, LSODA (implicit, with the generated analytic
+    Jacobian) or RK45 (explicit, for comparison only). Output is at ``t_eval``, by default 0
+    followed by ``points`` log-spaced times from ``t_min`` (default eps/100) to ``t_end``.
+    ``max_wall`` (seconds) stops the integration early, keeping what was computed
+    (``stats['status'] == 2``). A solver failure raises :class:`IntegrationError` carrying the time
+    reached, the state there and the partial trajectory.
+    """
+    if not isinstance(model, (MeanFieldModel, FiniteWidthModel)):
+        raise InputError(f"model must be a MeanFieldModel or FiniteWidthModel, got {type(model).__name__}")
+    t_end = _check_positive("t_end", t_end)
+    rtol = _check_positive("rtol", rtol)
+    atol = _check_positive("atol", atol)
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r} (allowed: {', '.join(METHODS)})")
+    if init is None:
+        if isinstance(model, FiniteWidthModel):
+            raise InputError("a finite-width model needs an explicit initial condition with r0")
+        init = initial_condition()
+    if not isinstance(init, InitialCondition):
+        raise InputError(f"init must be an InitialCondition, got {type(init).__name__}")
+    if t_eval is None:
+        t_eval = log_time_grid(t_end, points, t_min, model.eps)
+    t_eval = np.asarray(t_eval, dtype=float)
+    if t_eval.ndim != 1 or t_eval.size < 1 or np.any(np.diff(t_eval) <= 0) or t_eval[0] < 0 \
+            or t_eval[-1] > t_end * (1 + 1e-12):
+        raise InputError("t_eval must be increasing, within [0, t_end]")
+
+    wall0 = time.perf_counter()
+    compiled = compile_model(model)
+    compile_start = time.perf_counter()
+    y0 = pack_state(model, init)
+    n = y0.size
+    inv_eps = 1.0 / model.eps
+    arg = init.weights if isinstance(model, MeanFieldModel) else init.N
+    counters = {"nfev": 0, "njev": 0}
+    dy = np.empty(n)
+    crhs, cjac = compiled.rhs, compiled.jac
+    crhs(0.0, y0, arg, inv_eps, dy)  # compiles (or loads) before timing the solve
+    if method in IMPLICIT:
+        cjac(0.0, y0, arg, inv_eps, np.empty((n, n)))
+    compile_seconds = time.perf_counter() - compile_start
+
+    def fun(t, y):
+        out = np.empty(n)
+        crhs(t, y, arg, inv_eps, out)
+        counters["nfev"] += 1
+        return out
+
+    def jac(t, y):
+        J = np.empty((n, n))
+        cjac(t, y, arg, inv_eps, J)
+        counters["njev"] += 1
+        return J
+
+    kw = dict(rtol=rtol, atol=atol)
+    if first_step is not None:
+        kw["first_step"] = first_step
+    if method in IMPLICIT:
+        kw["jac"] = jac
+    solver = METHODS[method](fun, 0.0, y0, t_end, **kw)
+
+    ts, ys = [], []
+    idx = 0
+    while idx < t_eval.size and t_eval[idx] <= 0.0:
+        ts.append(t_eval[idx])
+        ys.append(y0.copy())
+        idx += 1
+    status, message = 0, "reached t_end"
+    t_fail = y_fail = None
+    bar = _Progress(t_eval[min(idx, t_eval.size - 1)], t_end, progress)
+    solve_start = time.perf_counter()
+    nsteps = 0
+    try:
+        while solver.status == "running":
+            msg = solver.step()
+            nsteps += 1
+            if solver.status == "failed" or not np.all(np.isfinite(solver.y)):
+                status, t_fail, y_fail = -1, solver.t_old if solver.t_old is not None else 0.0, solver.y.copy()
+                message = msg or "state became non-finite"
+                break
+            if idx < t_eval.size and t_eval[idx] <= solver.t:
+                dense = solver.dense_output()
+                while idx < t_eval.size and t_eval[idx] <= solver.t:
+                    ts.append(t_eval[idx])
+                    ys.append(dense(t_eval[idx]))
+                    idx += 1
+            if nsteps % 20 == 0:
+                bar.update(solver.t)
+            if max_wall is not None and time.perf_counter() - solve_start > max_wall:
+                status, message = 2, f"stopped by max_wall = {max_wall:g} s at t = {solver.t:.6g}"
+                break
+    except KeyboardInterrupt:
+        status, message, t_fail, y_fail = -2, "interrupted", solver.t, solver.y.copy()
+    finally:
+        bar.close()
+    solve_seconds = time.perf_counter() - solve_start
+
+    Y = np.array(ys) if ys else np.empty((0, n))
+    stats = {"nfev": counters["nfev"], "njev": counters["njev"], "nlu": int(getattr(solver, "nlu", 0)),
+             "nsteps": nsteps, "status": status, "message": message, "t_reached": float(solver.t),
+             "solve_seconds": solve_seconds, "wall_seconds": time.perf_counter() - wall0,
+             "derive_seconds": compiled.derive_seconds, "compile_seconds": compile_seconds,
+             "from_cache": compiled.from_cache}
+    meta = {**model.meta(), "method": method, "rtol": rtol, "atol": atol, "t_end": t_end,
+            "init": init.description, "N": init.N, "odehild": __version__}
+    traj = _trajectory(model, compiled, np.array(ts), Y, init, stats, meta)
+    if status < 0:
+        where = f"t = {t_fail:.6g}" if t_fail is not None else "start"
+        raise IntegrationError(
+            f"{method} failed at {where} ({message}); |y| max = {np.max(np.abs(y_fail)):.3g}; "
+            f"{len(traj)} of {t_eval.size} output times were computed and are kept in .partial",
+            t_fail=t_fail, state=y_fail, partial=traj)
+    return traj
+
+
+def _trajectory(model, compiled, t, Y, init, stats, meta) -> Trajectory:
+    N = init.N
+    a, s = Y[:, :N], Y[:, N:2 * N]
+    if isinstance(model, MeanFieldModel):
+        T, nm = t.size, model.K + 1
+        M, r, R = np.empty((T, nm)), np.empty((T, nm)), np.empty(T)
+        compiled.observables(np.ascontiguousarray(a), np.ascontiguousarray(s), init.weights, M, r, R)
+        return Trajectory(t, a, s, R, init.weights, M, r, None, stats, meta)
+    overl = unpack_overlaps(Y, N)
+    risk = np.array([compiled.risk(a[i].copy(), s[i].copy(), overl[i], model.phi.norm2) for i in range(t.size)])
+    return Trajectory(t, a, s, risk, init.weights, None, None, overl, stats, meta)

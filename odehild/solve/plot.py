@@ -1,0 +1,98 @@
+"""Figures of a trajectory: risk staircase, residuals per degree, particles in the (s, a) plane."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .analysis import find_plateaus, plateau_levels
+
+
+def _pyplot():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_risk(ax, traj, label=None, levels=True):
+    pos = traj.t > 0
+    ax.semilogx(traj.t[pos], traj.risk[pos], lw=1.8, label=label)
+    if levels and "phi_coefficients" in traj.meta:
+        lv = plateau_levels(traj.meta["phi_coefficients"], traj.meta.get("phi_norm2"))
+        for l, v in enumerate(lv[:-1]):
+            if l == 0 or v < lv[l - 1] - 1e-12:
+                ax.axhline(v, color="0.6", ls=":", lw=0.8)
+                ax.text(traj.t[pos][0], v, f" degree {l - 1} learned" if l else " start",
+                        va="bottom", fontsize=7, color="0.4")
+    ax.set_xlabel("t")
+    ax.set_ylabel("population risk R(t)")
+
+
+def plot_trajectory(traj, path=None, n_particles: int = 24, title=None):
+    """Three panels; saved to ``path`` (PNG/PDF/SVG) when given. Returns the figure."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+    pos = traj.t > 0
+    plot_risk(axes[0], traj)
+    for p in find_plateaus(traj.t, traj.risk):
+        axes[0].axvspan(p.t_start, p.t_end, color="C2", alpha=0.08)
+    axes[0].set_title("risk against log-time (plateaus shaded)")
+
+    ax = axes[1]
+    if traj.residuals is not None:
+        for k in range(traj.residuals.shape[1]):
+            r = np.abs(traj.residuals[pos, k])
+            if r.max() > 1e-12:
+                ax.loglog(traj.t[pos], np.maximum(r, 1e-300), label=f"|r_{k}|")
+        top = np.abs(traj.residuals).max()
+        ax.set_ylim(1e-12, 3 * top if top > 0 else 1.0)
+        ax.legend(fontsize=7, ncol=2)
+    ax.set_xlabel("t")
+    ax.set_title("residuals r_k = phi_k - sigma_k M_k")
+
+    ax = axes[2]
+    N = traj.a.shape[1]
+    pick = np.unique(np.linspace(0, N - 1, min(n_particles, N)).astype(int))
+    cmap = plt.get_cmap("viridis")
+    for j, i in enumerate(pick):
+        ax.plot(traj.s[:, i], traj.a[:, i], color=cmap(j / max(len(pick) - 1, 1)), lw=0.9)
+        ax.plot(traj.s[-1, i], traj.a[-1, i], "o", ms=2.5, color=cmap(j / max(len(pick) - 1, 1)))
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("alignment s")
+    ax.set_ylabel("second-layer weight a")
+    ax.set_title(f"{len(pick)} of {N} particles (dots: final)")
+    meta = traj.meta
+    fig.suptitle(title or f"sigma = {meta.get('sigma', '?')},  phi = {meta.get('phi', '?')},  "
+                 f"eps = {meta.get('eps', float('nan')):.3g}, K = {meta.get('kmax', '?')}", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        from ..io import save_figure
+
+        save_figure(path, fig)
+    return fig
+
+
+def plot_sweep(fit, trajs, path=None):
+    """Risk curves of an eps sweep and the fitted learning-time exponents."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for tr, e in zip(trajs, fit.eps):
+        plot_risk(axes[0], tr, label=f"eps = {e:.0e}", levels=tr is trajs[-1])
+    axes[0].legend(fontsize=7)
+    ax = axes[1]
+    for k in range(fit.times.shape[1]):
+        ok = np.isfinite(fit.times[:, k])
+        if ok.sum() >= 2:
+            ax.loglog(fit.eps[ok], fit.times[ok, k], "o-", label=f"degree {k}: slope {fit.slope[k]:.3f}")
+    ax.set_xlabel("eps")
+    ax.set_ylabel("learning time t_k (|r_k| halved)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    if path is not None:
+        from ..io import save_figure
+
+        save_figure(path, fig)
+    return fig
