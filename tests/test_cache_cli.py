@@ -1,0 +1,120 @@
+"""Code cache across processes, the solve/plot/timescales CLI, and the rendered derivations."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from odehild.solve import Trajectory
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = """
+import json, sys, time
+import numpy as np
+from odehild.symbolic.models import MeanFieldModel
+from odehild.codegen import compile_model
+t0 = time.perf_counter()
+m = MeanFieldModel([0.3, 1, 0.5], [0, 1, 0.7], K=2, eps=1e-3)
+c = compile_model(m)
+y = np.zeros(8); y[:4] = [1, -1, 0.5, 2]; dy = np.empty(8)
+c.rhs(0.0, y, np.full(4, 0.25), 1e3, dy)
+print(json.dumps({"from_cache": c.from_cache, "derive": c.derive_seconds,
+                  "total": time.perf_counter() - t0, "dy": dy.tolist(), "path": str(c.path)}))
+"""
+
+
+def probe(cache):
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                         env={"ODEHILD_CACHE_DIR": str(cache), "PATH": "/usr/bin:/bin",
+                              "HOME": str(cache), "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_second_process_loads_from_cache_and_damage_is_rebuilt(tmp_path):
+    first = probe(tmp_path)
+    second = probe(tmp_path)
+    assert not first["from_cache"] and first["derive"] > 0
+    assert second["from_cache"] and second["derive"] == 0
+    assert second["dy"] == first["dy"]
+    # numba's own cache files exist next to the generated module: no recompilation next time
+    assert list(Path(first["path"]).glob("__pycache__/*.nbi"))
+    print(f"first run {first['total']:.2f} s, second run {second['total']:.2f} s")
+    # damage the generated source: the manifest hash no longer matches, the entry is rebuilt
+    src = Path(first["path"]) / "generated.py"
+    src.write_text(src.read_text().replace("def rhs", "def broken_rhs"))
+    third = probe(tmp_path)
+    assert not third["from_cache"] and third["dy"] == first["dy"]
+    # a foreign manifest (another key) is rebuilt too
+    man = Path(first["path"]) / "manifest.json"
+    data = json.loads(man.read_text())
+    data["key"] = "somebody-else"
+    man.write_text(json.dumps(data))
+    assert not probe(tmp_path)["from_cache"]
+    man.write_text("{not json")
+    assert not probe(tmp_path)["from_cache"]
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "odehild.cli", *args], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def test_cli_solve_plot_and_init_file(tmp_path):
+    out = tmp_path / "run.npz"
+    res = run_cli("solve", "--sigma", "h(0,z)+h(1,z)+h(2,z)", "--phi", "h(1,z)+h(2,z)", "--eps", "1e-6",
+                  "--kmax", "2", "--particles", "30", "--t-end", "2", "--points", "50", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    tr = Trajectory.load(out)
+    assert tr.t.size == 51 and tr.t[0] == 0 and tr.t[-1] == 2.0
+    assert np.allclose(np.diff(np.log10(tr.t[1:])), np.log10(tr.t[2] / tr.t[1]))
+    assert tr.meta["eps"] == 1e-6 and tr.meta["kmax"] == 2
+    fig = tmp_path / "run.png"
+    res = run_cli("plot", str(out), "-o", str(fig))
+    assert res.returncode == 0 and fig.stat().st_size > 10_000
+    # --init with a0, s0, weights
+    init = tmp_path / "init.npz"
+    np.savez(init, a0=np.array([1.0, -0.5, 2.0]), s0=np.zeros(3), weights=np.array([0.5, 0.25, 0.25]))
+    res = run_cli("solve", "--sigma", "h(0,z)+h(1,z)", "--phi", "h(1,z)", "--eps", "1e-3", "--kmax", "1",
+                  "--init", str(init), "--t-end", "1", "--points", "10", "--out", str(tmp_path / "b.npz"))
+    assert res.returncode == 0, res.stderr
+    assert np.allclose(Trajectory.load(tmp_path / "b.npz").weights, [0.5, 0.25, 0.25])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--eps", "0"], "eps"), (["--eps", "1e-3", "--kmax", "0"], "K"),
+    (["--eps", "1e-3", "--method", "Euler"], "Euler"), (["--eps", "1e-3", "--t-end", "-1"], "t_end"),
+    (["--eps", "1e-3", "--init", "/nonexistent.npz"], "no such file"),
+    (["--eps", "1e-3", "--a0", "cauchy"], "cauchy"),
+])
+def test_cli_solve_bad_input(args, needle, tmp_path):
+    res = run_cli("solve", "--sigma", "relu(z)", "--phi", "z", *args, "--out", str(tmp_path / "x.npz"))
+    assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_cli_timescales_json():
+    res = run_cli("timescales", "--sigma", "h(0,z)+h(1,z)+h(2,z)", "--phi", "h(1,z)+h(2,z)", "--kmax", "2",
+                  "--eps-list", "1e-4", "1e-6", "1e-8", "--particles", "40", "--t-end", "3", "--json", "--quiet")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    t = np.array(data["times"], dtype=float)
+    assert np.all(np.diff(t[:, 1]) < 0) and np.all(np.diff(t[:, 2]) < 0)  # faster at smaller eps
+    assert 0.3 < data["slope"][1] < 0.6  # sqrt(eps) log(1/eps) gives a slope a bit below 1/2
+    assert 0.15 < data["slope"][2] < 0.4  # eps^(1/4)
+
+
+def test_rendered_derivations_are_up_to_date():
+    sys.path.insert(0, str(ROOT / "derivations"))
+    try:
+        import render
+    finally:
+        sys.path.pop(0)
+    for name, text in render.render_all().items():
+        path = ROOT / "derivations" / name
+        assert path.exists(), f"{name} missing: run python derivations/render.py"
+        assert path.read_text() == text, f"{name} is stale: run python derivations/render.py"

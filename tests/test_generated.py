@@ -1,0 +1,107 @@
+"""Generated right-hand sides and Jacobians against independent implementations and finite
+differences."""
+
+import numpy as np
+import pytest
+
+from helpers import finite_width_rhs, meanfield_rhs
+from odehild.codegen import compile_model
+from odehild.solve.integrate import pack_state, unpack_overlaps
+from odehild.solve.trajectory import InitialCondition
+from odehild.symbolic.models import FiniteWidthModel, MeanFieldModel
+
+STAIR = ("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)")
+
+
+@pytest.fixture(scope="module")
+def mf_models():
+    return [MeanFieldModel(*STAIR, K=3, eps=1e-3), MeanFieldModel("relu(z)", "tanh(z)", K=6, eps=0.3)]
+
+
+def random_state(rng, N):
+    a = rng.normal(size=N) * 2
+    s = rng.uniform(-0.9, 0.9, size=N)
+    w = rng.uniform(0.5, 1.5, size=N)
+    return a, s, w / w.sum()
+
+
+def fd_jacobian(f, y, h=1e-6):
+    J = np.empty((y.size, y.size))
+    for c in range(y.size):
+        e = np.zeros_like(y)
+        e[c] = h * max(1.0, abs(y[c]))
+        J[:, c] = (f(y + e) - f(y - e)) / (2 * e[c])
+    return J
+
+
+def test_meanfield_rhs_matches_numpy(mf_models, rng):
+    for model in mf_models:
+        c = compile_model(model)
+        for N in (1, 7, 64):
+            a, s, w = random_state(rng, N)
+            dy = np.empty(2 * N)
+            c.rhs(0.0, np.concatenate([a, s]), w, 1 / model.eps, dy)
+            da, ds = meanfield_rhs(a, s, w, model.sigma.coefficients, model.phi.coefficients, model.eps)
+            np.testing.assert_allclose(dy[:N], da, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(dy[N:], ds, rtol=1e-12, atol=1e-12)
+
+
+def test_meanfield_jacobian_matches_finite_differences(mf_models, rng):
+    for model in mf_models:
+        c = compile_model(model)
+        N = 9
+        a, s, w = random_state(rng, N)
+        y = np.concatenate([a, s])
+
+        def f(y):
+            out = np.empty(2 * N)
+            c.rhs(0.0, y, w, 1 / model.eps, out)
+            return out
+
+        J = np.empty((2 * N, 2 * N))
+        c.jac(0.0, y, w, 1 / model.eps, J)
+        Jfd = fd_jacobian(f, y)
+        np.testing.assert_allclose(J, Jfd, rtol=1e-6, atol=1e-6 * np.abs(Jfd).max())
+
+
+def random_overlaps(rng, m, d=20):
+    U = rng.normal(size=(m + 1, d))
+    U /= np.linalg.norm(U, axis=1, keepdims=True)
+    ustar, W = U[0], U[1:]
+    return W @ ustar, W @ W.T
+
+
+@pytest.mark.parametrize("sigma, phi, K", [(*STAIR, 3), ("relu(z)", "z + z**3/6", 5)])
+def test_finite_width_rhs_and_jacobian(sigma, phi, K, rng):
+    model = FiniteWidthModel(sigma, phi, K, eps=0.05)
+    c = compile_model(model)
+    m = 5
+    s, R = random_overlaps(rng, m)
+    a = rng.normal(size=m)
+    y = pack_state(model, InitialCondition(a, s, None, R))
+    dy = np.empty_like(y)
+    c.rhs(0.0, y, m, 1 / model.eps, dy)
+    da, ds, dR = finite_width_rhs(a, s, R, model.sigma.coefficients, model.phi.coefficients, model.eps)
+    np.testing.assert_allclose(dy[:m], da, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dy[m:2 * m], ds, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(unpack_overlaps(dy[None], m)[0] - np.eye(m), dR, rtol=1e-12, atol=1e-12)
+
+    def f(y):
+        out = np.empty_like(y)
+        c.rhs(0.0, y, m, 1 / model.eps, out)
+        return out
+
+    J = np.empty((y.size, y.size))
+    c.jac(0.0, y, m, 1 / model.eps, J)
+    Jfd = fd_jacobian(f, y)
+    np.testing.assert_allclose(J, Jfd, rtol=1e-6, atol=1e-7 * np.abs(Jfd).max())
+
+
+def test_closed_form_kernels_for_relu(rng):
+    """kernels='closed' uses the arc-cosine kernel: compare with its series at high K."""
+    closed = compile_model(FiniteWidthModel("relu(z)", "relu(z)", 4, 0.1, kernels="closed"))
+    series = compile_model(FiniteWidthModel("relu(z)", "relu(z)", 30, 0.1))
+    for r in (-0.6, 0.0, 0.4):
+        assert closed.U(r) == pytest.approx(series.U(r), abs=5e-4)
+        th = np.arccos(r)
+        assert closed.U(r) == pytest.approx((np.sin(th) + (np.pi - th) * np.cos(th)) / (2 * np.pi), abs=1e-14)

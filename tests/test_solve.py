@@ -1,0 +1,189 @@
+"""Solved trajectories against exact facts of bmz-model.md (sections 2 and 5)."""
+
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+from helpers import meanfield_rhs, meanfield_risk, weight_space_rhs
+from odehild import InputError, IntegrationError
+from odehild.codegen import numba_gen
+from odehild.solve import InitialCondition, Trajectory, initial_condition, solve
+from odehild.solve.analysis import find_plateaus, learning_times
+from odehild.symbolic.models import FiniteWidthModel, MeanFieldModel
+
+STAIR = ("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)")
+
+
+def test_finite_width_ode_equals_weight_space_flow(rng):
+    """Overlap ODE (2a) against the projected gradient flow of the weights in R^d."""
+    m, d, eps = 4, 12, 0.2
+    model = FiniteWidthModel(*STAIR, K=3, eps=eps)
+    sig, phi = model.sigma.coefficients, model.phi.coefficients
+    U = rng.normal(size=(m + 1, d))
+    U /= np.linalg.norm(U, axis=1, keepdims=True)
+    ustar, W0 = U[0], U[1:]
+    a0 = rng.normal(size=m)
+
+    def f(t, y):
+        a, W = y[:m], y[m:].reshape(m, d)
+        da, dW = weight_space_rhs(a, W, ustar, sig, phi, eps)
+        return np.concatenate([da, dW.ravel()])
+
+    t_eval = np.linspace(0, 2.0, 21)
+    ref = solve_ivp(f, (0, 2.0), np.concatenate([a0, W0.ravel()]), t_eval=t_eval, rtol=1e-11, atol=1e-12,
+                    method="DOP853")
+    Wt = ref.y[m:].T.reshape(-1, m, d)
+    s_ref = Wt @ ustar
+    R_ref = np.einsum("tid,tjd->tij", Wt, Wt)
+    tr = solve(model, InitialCondition(a0, W0 @ ustar, None, W0 @ W0.T), 2.0, t_eval=t_eval,
+               rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(tr.a, ref.y[:m].T, atol=1e-7)
+    np.testing.assert_allclose(tr.s, s_ref, atol=1e-7)
+    np.testing.assert_allclose(tr.r, R_ref, atol=1e-7)
+    # r_ii stays 1 in the weights' flow: the projection keeps |u_i| = 1
+    np.testing.assert_allclose(np.einsum("tii->ti", R_ref), 1.0, atol=1e-8)
+    assert np.all(np.diff(tr.risk) <= 1e-10)
+
+
+@pytest.fixture(scope="module")
+def stair_traj():
+    model = MeanFieldModel(*STAIR, K=3, eps=1e-2)
+    return model, solve(model, initial_condition(40), 20.0, points=400, rtol=1e-10, atol=1e-12)
+
+
+def test_risk_matches_moment_formula_and_is_monotone(stair_traj):
+    model, tr = stair_traj
+    for i in range(0, len(tr), 37):
+        assert tr.risk[i] == pytest.approx(meanfield_risk(tr.a[i], tr.s[i], tr.weights,
+                                                          model.sigma.coefficients, model.phi.coefficients), abs=1e-13)
+    assert np.all(np.diff(tr.risk) <= 1e-12)
+    assert tr.risk[-1] < 1e-3 < 1.4 < tr.risk[0]
+
+
+def test_energy_identity(stair_traj):
+    """dR/dt = -(1/eps) sum w F(s)^2 - sum w (1 - s^2) a^2 F'(s)^2, with dR/dt by the chain rule
+    dR/dt = sum_j w_j (dR/da_j * da_j/dt + ...) evaluated independently from the risk's slope."""
+    model, tr = stair_traj
+    eps, w = model.eps, tr.weights
+    sig, phi = model.sigma.coefficients, model.phi.coefficients
+    for i in range(40, len(tr) - 40, 25):
+        da, ds = meanfield_rhs(tr.a[i], tr.s[i], w, sig, phi, eps)
+        identity = -eps * np.sum(w * da**2) - np.sum(w * ds**2 / (1 - tr.s[i] ** 2))
+        # independent: central difference of R along the exact flow direction
+        h = 1e-7 * tr.t[i]
+        Rp = meanfield_risk(tr.a[i] + h * da, tr.s[i] + h * ds, w, sig, phi)
+        Rm = meanfield_risk(tr.a[i] - h * da, tr.s[i] - h * ds, w, sig, phi)
+        assert (Rp - Rm) / (2 * h) == pytest.approx(identity, rel=1e-5, abs=1e-10)
+        assert identity <= 0
+
+
+def test_phase_zero_closed_form_and_invariance_of_s_zero():
+    """phi_1 = 0 with s(0) = 0: s stays 0 and M_0 relaxes exponentially on the time scale eps."""
+    eps = 1e-6
+    model = MeanFieldModel("0.5 + h(1,z) + h(2,z)", "0.8 + h(2,z)", K=3, eps=eps)
+    init = initial_condition(30)
+    init.a0 = init.a0 + 0.3  # M_0(0) = 0.3
+    tr = solve(model, init, 1e-4, points=120, rtol=1e-10, atol=1e-13)
+    assert np.max(np.abs(tr.s)) == 0.0
+    s0, p0 = 0.5, 0.8
+    M0 = p0 / s0 + (0.3 - p0 / s0) * np.exp(-s0**2 * tr.t / eps)
+    np.testing.assert_allclose(tr.moments[:, 0], M0, rtol=1e-7, atol=1e-9)
+    assert np.isnan(learning_times(tr.t, tr.residuals)[2])  # degree 2 is never learned
+
+
+def test_tightening_rtol_changes_solution_by_less_than_promised():
+    model = MeanFieldModel(*STAIR, K=3, eps=1e-4)
+    init = initial_condition(50)
+    loose = solve(model, init, 5.0, rtol=1e-6, atol=1e-9)
+    tight = solve(model, init, 5.0, rtol=1e-11, atol=1e-13)
+    # away from the fast drops (where a shift in time gives O(1) differences), the risk agrees
+    flat = np.zeros(len(tight), bool)
+    for p in find_plateaus(tight.t, tight.risk):
+        flat |= (tight.t >= p.t_start) & (tight.t <= p.t_end)
+    err = np.abs(loose.risk - tight.risk)[flat]
+    assert err.max() < 1e-4
+    lt_l, lt_t = learning_times(loose.t, loose.residuals), learning_times(tight.t, tight.residuals)
+    ok = np.isfinite(lt_t)
+    np.testing.assert_allclose(lt_l[ok], lt_t[ok], rtol=1e-3)
+
+
+def test_plateaus_and_degree_order_at_small_eps():
+    model = MeanFieldModel(*STAIR, K=3, eps=1e-10)
+    tr = solve(model, initial_condition(60), 5.0)
+    lt = learning_times(tr.t, tr.residuals)
+    assert np.isnan(lt[0])  # r_0(0) = 0: nothing to learn
+    assert lt[1] < lt[2] < lt[3]  # canonical learning order
+    levels = [p.level for p in find_plateaus(tr.t, tr.risk)]
+    assert levels[0] == pytest.approx(1.5, abs=1e-3)
+    assert any(abs(lv - 1.0) < 0.01 for lv in levels)
+
+
+def test_save_load_round_trip(stair_traj, tmp_path):
+    _, tr = stair_traj
+    path = tr.save(tmp_path / "traj.npz")
+    back = Trajectory.load(path)
+    for k in ("t", "a", "s", "risk", "moments", "residuals", "weights"):
+        np.testing.assert_array_equal(getattr(back, k), getattr(tr, k))
+    assert back.meta["eps"] == tr.meta["eps"] and back.stats["nfev"] == tr.stats["nfev"]
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(eps=0), "eps"), (dict(eps=-1), "eps"), (dict(eps=float("nan")), "eps"),
+    (dict(K=0), "K"), (dict(K=2.5), "K"),
+])
+def test_bad_model_arguments(kw, needle):
+    args = dict(sigma=STAIR[0], phi=STAIR[1], K=3, eps=1e-3) | kw
+    with pytest.raises(InputError, match=needle):
+        MeanFieldModel(**args)
+
+
+@pytest.mark.parametrize("a0, s0, needle", [
+    ([np.nan, 1.0], [0, 0], "a0"), ([1.0, 1.0], [0, np.inf], "s0"), ([1.0, 2.0], [0, 1.5], r"\|s\| <= 1"),
+    ([1.0], [0.0, 0.0], "same shape"),
+])
+def test_bad_initial_conditions(a0, s0, needle):
+    with pytest.raises(InputError, match=needle):
+        InitialCondition(a0, s0, None)
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(t_end=0), "t_end"), (dict(t_end=-3), "t_end"), (dict(method="Euler"), "Euler"),
+    (dict(rtol=0), "rtol"),
+])
+def test_bad_solve_arguments(kw, needle):
+    model = MeanFieldModel(*STAIR, K=3, eps=1e-3)
+    with pytest.raises(InputError, match=needle):
+        solve(model, initial_condition(4), **({"t_end": 1.0} | kw))
+
+
+def test_failed_integration_keeps_partial_trajectory(monkeypatch):
+    model = MeanFieldModel(*STAIR, K=3, eps=1e-3)
+    compiled = numba_gen.compile_model(model)
+    real = compiled.module.rhs
+
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(compiled.module, name)
+
+        @staticmethod
+        def rhs(t, y, w, inv_eps, dy):
+            real(t, y, w, inv_eps, dy)
+            if t > 0.01:
+                dy[:] = np.nan
+
+    fake = numba_gen.CompiledModel(Broken(), compiled.key, compiled.path, True, 0.0, 0.0)
+    monkeypatch.setitem(numba_gen._loaded, compiled.key, fake)
+    with pytest.raises(IntegrationError) as err:
+        solve(model, initial_condition(10), 1.0)
+    e = err.value
+    assert 0.005 < e.t_fail <= 0.02
+    assert "t = " in str(e) and e.state.shape == (20,)
+    assert len(e.partial) > 10 and e.partial.t[-1] <= e.t_fail
+
+
+def test_max_wall_stops_and_keeps_output():
+    model = MeanFieldModel(*STAIR, K=3, eps=1e-3)
+    tr = solve(model, initial_condition(10), 5.0, method="RK45", max_wall=0.05)
+    assert tr.stats["status"] == 2 and tr.stats["t_reached"] < 5.0
+    assert len(tr) >= 1
