@@ -101,6 +101,77 @@ def _cmd_timescales(args):
     print("(scenario: t_0 ~ eps, t_1 ~ sqrt(eps) log(1/eps), t_l ~ eps^(1/(2l)) for l >= 2)")
 
 
+def _cmd_simulate(args):
+    import warnings
+    from pathlib import Path
+
+    from .simulate import simulate
+
+    if args.algo not in ("gf", "sgd", "gd"):
+        raise InputError(f"unknown --algo {args.algo!r} (allowed: gf, sgd, gd)")
+    if args.seeds < 1:
+        raise InputError(f"--seeds must be at least 1, got {args.seeds}")
+    kw = dict(sigma=args.sigma, phi=args.phi, eps=args.eps, width=args.width, dim=args.dim,
+              kmax=args.kmax, points=args.points, quiet=args.quiet)
+    t_end = args.t_end
+    if args.algo in ("sgd", "gd"):
+        kw.update(lr=args.lr, noise=args.noise)
+        if args.steps is not None:
+            if args.lr is None:
+                raise InputError("--steps needs --lr (t_end = steps * lr)")
+            t_end = args.steps * args.lr
+        if args.algo == "sgd":
+            kw["batch"] = args.batch
+        else:
+            if args.samples is None:
+                raise InputError("--algo gd needs --samples N")
+            kw["samples"] = args.samples
+    out = Path(args.out)
+    paths = []
+    for k in range(args.seeds):
+        seed = args.seed + k
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sim = simulate(args.algo, seed=seed, t_end=t_end, **kw)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        path = out if args.seeds == 1 else out.with_name(f"{out.stem}_seed{seed}{out.suffix or '.npz'}")
+        paths.append(sim.save(path))
+        print(f"{paths[-1]}: {sim.meta['algo']} m = {args.width}, d = {args.dim}, seed {seed}: risk "
+              f"{sim.risk[0]:.4g} -> {sim.risk[-1]:.4g} ({sim.meta['wall_seconds']:.1f} s)")
+    if args.ode:
+        from .solve import initial_condition, solve
+        from .symbolic.models import MeanFieldModel
+
+        model = MeanFieldModel(args.sigma, args.phi, args.kmax, args.eps)
+        traj = solve(model, initial_condition(args.particles), t_end, progress=False if args.quiet else None)
+        traj.meta.update({"sigma_expr_input": args.sigma, "phi_expr_input": args.phi})
+        print(f"{traj.save(args.ode)}: mean-field ODE, N = {args.particles}, risk {traj.risk[0]:.4g} -> {traj.risk[-1]:.4g}")
+
+
+def _cmd_compare(args):
+    from .io import write_text_atomic
+    from .simulate import Simulation
+    from .simulate.compare import compare, plot_comparison
+    from .solve import Trajectory
+
+    traj = Trajectory.load(args.traj)
+    sims = [Simulation.load(p) for p in args.sims]
+    cmp = compare(traj, sims)
+    report = cmp.to_dict()
+    if args.report:
+        write_text_atomic(args.report, json.dumps(report, indent=1))
+    if args.plot:
+        plot_comparison(cmp, args.plot)
+    print(f"{len(sims)} simulation(s) against the ODE on {cmp.t.size} log-spaced times:")
+    print(f"  sup |risk_sim - risk_ode| = {cmp.sup_risk_distance:.4g}")
+    print(f"  L2 (log-time)             = {cmp.l2_risk_distance:.4g}")
+    print(f"  sliced W1 of (a, s) laws  = {cmp.law_distance:.4g} (final time)")
+    fmt = lambda v: " ".join("-" if not np.isfinite(x) else f"{x:.3g}" for x in v)
+    print(f"  learning times ODE        = {fmt(cmp.ode_learning_times)}")
+    print(f"  learning times simulation = {fmt(cmp.sim_learning_times)}")
+
+
 def _cmd_demo(args):
     from .demo import run_demo
 
@@ -134,6 +205,33 @@ def register(sub):
     t.add_argument("--json", action="store_true")
     t.add_argument("--plot", default=None, help="write the sweep figure here")
     t.set_defaults(func=_cmd_timescales)
+
+    m = sub.add_parser("simulate", help="train finite networks (gradient flow, online SGD, batch GD)")
+    add_model_args(m)
+    m.add_argument("--width", type=int, required=True, help="number of hidden units m")
+    m.add_argument("--dim", type=int, required=True, help="input dimension d")
+    m.add_argument("--algo", default="sgd", help="gf (population gradient flow), sgd (online), gd (full batch)")
+    m.add_argument("--lr", type=float, default=None, help="step size (sgd default 0.01/d, gd 0.05 eps)")
+    m.add_argument("--batch", type=int, default=1, help="mini-batch size for sgd")
+    m.add_argument("--samples", type=int, default=None, help="number of fixed samples for gd")
+    m.add_argument("--noise", type=float, default=0.0, help="label noise standard deviation")
+    m.add_argument("--t-end", type=float, default=5.0, help="final time in the ODE's unit (t = step * lr)")
+    m.add_argument("--steps", type=int, default=None, help="number of steps instead of --t-end")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--seeds", type=int, default=1, help="run seeds seed..seed+N-1 (files *_seedK.npz)")
+    m.add_argument("--points", type=int, default=60, help="log-spaced record times")
+    m.add_argument("--ode", default=None, help="also solve the matching mean-field ODE into this file")
+    m.add_argument("--particles", type=int, default=400, help="ODE particles for --ode")
+    m.add_argument("--quiet", action="store_true")
+    m.add_argument("--out", required=True, help="output SIM.npz")
+    m.set_defaults(func=_cmd_simulate)
+
+    c = sub.add_parser("compare", help="distance between an ODE trajectory and simulations")
+    c.add_argument("traj", help="trajectory .npz")
+    c.add_argument("sims", nargs="+", help="simulation .npz files (seeds of one configuration)")
+    c.add_argument("--report", default=None, help="write the JSON report here")
+    c.add_argument("--plot", default=None, help="write the comparison figure here")
+    c.set_defaults(func=_cmd_compare)
 
     d = sub.add_parser("demo", help="the main job on built-in defaults")
     d.add_argument("--out", default="odehild-out", help="output folder (default ./odehild-out)")

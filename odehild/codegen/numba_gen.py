@@ -55,6 +55,19 @@ class _Printer(PythonCodePrinter):
     def _print_Integer(self, expr):
         return f"{int(expr)}.0"
 
+    def _print_Heaviside(self, expr):
+        return f"(1.0 if {self._print(expr.args[0])} > 0 else 0.0)"
+
+    def _print_sign(self, expr):
+        x = self._print(expr.args[0])
+        return f"(1.0 if {x} > 0 else (-1.0 if {x} < 0 else 0.0))"
+
+    def _print_Max(self, expr):
+        return "max(" + ", ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Min(self, expr):
+        return "min(" + ", ".join(self._print(a) for a in expr.args) + ")"
+
 
 _printer = _Printer({"fully_qualified_modules": True, "standard": "python3"})
 
@@ -408,13 +421,9 @@ def _import(folder: Path, key: str):
 _loaded: dict = {}
 
 
-def compile_model(model) -> CompiledModel:
-    """Generated, Numba-compiled functions of a model, from the disk cache when it holds them.
-
-    A cache entry is a folder named by the model's content hash with the generated source and a
-    manifest (key, source hash, odehild version); an entry that fails the check is rebuilt.
-    """
-    key = model.cache_key()
+def compile_source(key: str, build_source, declaration: dict, kind: str) -> CompiledModel:
+    """Import the generated module cached under ``key``, building it with ``build_source()`` when the
+    entry is missing, damaged or foreign (manifest: key, source hash, odehild version)."""
     if key in _loaded:
         return _loaded[key]
     folder = cache_dir() / key
@@ -422,17 +431,39 @@ def compile_model(model) -> CompiledModel:
     from_cache = _entry_valid(folder, key)
     derive_seconds = 0.0
     if not from_cache:
-        source = meanfield_source(model) if isinstance(model, MeanFieldModel) else finite_width_source(model)
+        source = build_source()
         derive_seconds = time.perf_counter() - start
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("__pycache__/*"):
             stale.unlink(missing_ok=True)
         _write_atomic(folder / MODULE, source)
         _write_atomic(folder / MANIFEST, json.dumps(
-            {"key": key, "sha256": _sha(source), "odehild": __version__, "kind": model.kind,
-             "declaration": model.meta()}, indent=1))
+            {"key": key, "sha256": _sha(source), "odehild": __version__, "kind": kind,
+             "declaration": declaration}, indent=1))
     t0 = time.perf_counter()
     module = _import(folder, key)
     compiled = CompiledModel(module, key, folder, from_cache, derive_seconds, time.perf_counter() - t0)
     _loaded[key] = compiled
     return compiled
+
+
+def compile_model(model) -> CompiledModel:
+    """Generated, Numba-compiled functions of a model, from the disk cache when it holds them."""
+    build = meanfield_source if isinstance(model, MeanFieldModel) else finite_width_source
+    return compile_source(model.cache_key(), lambda: build(model), model.meta(), model.kind)
+
+
+def scalar_functions_source(functions: dict) -> str:
+    """Numba functions of one variable ``x`` for {name: SymPy expression in z}."""
+    from ..symbolic.parse import z
+
+    out = []
+    for name, expr in functions.items():
+        body = emit_block([("val", sp.sympify(expr).xreplace({z: sp.Symbol("x")}))], 4, "x" + name)
+        out.append(f"@njit(cache=True, inline='always')\ndef {name}(x):\n{body}\n    return val\n")
+    return "\n\n".join(out)
+
+
+def digest(payload: dict) -> str:
+    """Content hash for a cache key (JSON of the declaration, sorted keys)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]

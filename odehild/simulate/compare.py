@@ -1,0 +1,191 @@
+"""Distance between an ODE trajectory and simulations of the finite network, and its decay with d."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from scipy.stats import wasserstein_distance
+
+from ..errors import InputError
+from ..solve.analysis import learning_times, residuals_from_particles
+
+
+def _check_consistent(traj, sims):
+    tm = traj.meta
+    for sim in sims:
+        sm = sim.meta
+        for key in ("eps",):
+            if not math.isclose(float(tm.get(key, np.nan)), float(sm.get(key, np.nan)), rel_tol=1e-12):
+                raise InputError(f"{key} differs: trajectory {tm.get(key)} vs simulation {sm.get(key)}")
+        for key in ("sigma", "phi"):
+            want = tm.get(f"{key}_expr_input", tm.get(key))
+            if str(want).replace(" ", "") != str(sm.get(key)).replace(" ", ""):
+                raise InputError(f"{key} differs: trajectory {want!r} vs simulation {sm.get(key)!r}")
+    if len({tuple(np.round(s.t, 12)) for s in sims}) > 1:
+        raise InputError("simulations were recorded at different times; compare runs of one configuration")
+
+
+def _interp_log(t_src, values, t_dst):
+    """Linear interpolation in log-time along the first axis (t = 0 kept as is)."""
+    lt_src = np.log10(np.maximum(t_src, 1e-300))
+    lt_dst = np.log10(np.maximum(t_dst, 1e-300))
+    vals = np.asarray(values)
+    flat = vals.reshape(vals.shape[0], -1)
+    out = np.empty((t_dst.size, flat.shape[1]))
+    for c in range(flat.shape[1]):
+        out[:, c] = np.interp(lt_dst, lt_src, flat[:, c])
+    return out.reshape((t_dst.size,) + vals.shape[1:])
+
+
+def sliced_wasserstein(x, y, wx=None, wy=None, n_dirs: int = 64, seed: int = 0) -> float:
+    """Sliced Wasserstein-1 distance between weighted point clouds in R^2 (averaged over directions)."""
+    ang = np.random.default_rng(seed).uniform(0, np.pi, n_dirs)
+    dirs = np.stack([np.cos(ang), np.sin(ang)], axis=1)
+    return float(np.mean([wasserstein_distance(x @ v, y @ v, wx, wy) for v in dirs]))
+
+
+@dataclasses.dataclass
+class Comparison:
+    t: np.ndarray
+    ode_risk: np.ndarray
+    sim_risk_mean: np.ndarray
+    sim_risk_std: np.ndarray
+    sup_risk_distance: float
+    l2_risk_distance: float
+    law_distance: float
+    law_distance_t: np.ndarray
+    ode_learning_times: np.ndarray
+    sim_learning_times: np.ndarray
+    meta: dict
+
+    def to_dict(self) -> dict:
+        def clean(x):
+            return [None if not np.isfinite(v) else float(v) for v in np.ravel(x)]
+
+        return {"sup_risk_distance": self.sup_risk_distance, "l2_risk_distance": self.l2_risk_distance,
+                "law_distance": self.law_distance, "law_distance_t": clean(self.law_distance_t),
+                "ode_learning_times": clean(self.ode_learning_times),
+                "sim_learning_times": clean(self.sim_learning_times),
+                "t": clean(self.t), "ode_risk": clean(self.ode_risk),
+                "sim_risk_mean": clean(self.sim_risk_mean), "sim_risk_std": clean(self.sim_risk_std),
+                "meta": self.meta}
+
+
+def compare(traj, sims) -> Comparison:
+    """Distances between an ODE trajectory and one or more simulations (seeds) of one configuration.
+
+    On the simulations' log-time grid (within the trajectory's range): mean and spread of the
+    simulated risk; sup and L2 (uniform in log-time) distance of the mean risk to the ODE's; the
+    sliced Wasserstein-1 distance between the empirical law of (a, s) (all seeds pooled) and the
+    ODE particles (reported at the final time as ``law_distance``); and the per-degree learning
+    times (|r_k| halved) of both, with r_k computed from the particles in the same way.
+    """
+    sims = list(sims)
+    if not sims:
+        raise InputError("compare needs at least one simulation")
+    _check_consistent(traj, sims)
+    t = sims[0].t
+    keep = (t > 0) & (t <= traj.t[-1] * (1 + 1e-9)) & (t >= traj.t[traj.t > 0][0])
+    if keep.sum() < 2:
+        raise InputError("the simulations and the trajectory share fewer than 2 output times")
+    tc = t[keep]
+    risks = np.array([s.risk[keep] for s in sims])
+    mean, std = risks.mean(axis=0), risks.std(axis=0, ddof=1) if len(sims) > 1 else np.zeros(tc.size)
+    ode_risk = _interp_log(traj.t, traj.risk, tc)
+    diff = np.abs(mean - ode_risk)
+    lt = np.log10(tc)
+    l2 = float(np.sqrt(np.trapezoid(diff**2, lt) / (lt[-1] - lt[0])))
+    A_ode = _interp_log(traj.t, traj.a, tc)
+    S_ode = _interp_log(traj.t, traj.s, tc)
+    law_t = np.empty(tc.size)
+    for i in range(tc.size):
+        pts_sim = np.concatenate([np.stack([s.a[keep][i], s.s[keep][i]], 1) for s in sims])
+        law_t[i] = sliced_wasserstein(pts_sim, np.stack([A_ode[i], S_ode[i]], 1), None, traj.weights)
+    sig, phi = traj.meta["sigma_coefficients"], traj.meta["phi_coefficients"]
+    res_ode = residuals_from_particles(traj.a, traj.s, traj.weights, sig, phi)
+    res_sim = np.mean([residuals_from_particles(s.a, s.s, np.full(s.a.shape[1], 1 / s.a.shape[1]), sig, phi)
+                       for s in sims], axis=0)
+    meta = {"n_simulations": len(sims), "eps": traj.meta.get("eps"), "sigma": traj.meta.get("sigma"),
+            "phi": traj.meta.get("phi"), "width": sims[0].meta.get("width"), "dim": sims[0].meta.get("dim"),
+            "algo": sims[0].meta.get("algo"), "seeds": [s.meta.get("seed") for s in sims]}
+    return Comparison(tc, ode_risk, mean, std, float(diff.max()), l2, float(law_t[-1]), law_t,
+                      learning_times(traj.t, res_ode), learning_times(sims[0].t, res_sim), meta)
+
+
+def fit_slope(x, y) -> tuple:
+    """Least-squares slope and intercept of log10 y against log10 x."""
+    coef = np.polyfit(np.log10(np.asarray(x, float)), np.log10(np.asarray(y, float)), 1)
+    return float(coef[0]), float(coef[1])
+
+
+def plot_comparison(cmp: Comparison, path=None, title=None):
+    from ..solve.plot import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    ax.semilogx(cmp.t, cmp.ode_risk, "k-", lw=2, label="ODE (mean field)")
+    ax.semilogx(cmp.t, cmp.sim_risk_mean, "C1-", label=f"simulation mean ({cmp.meta['n_simulations']} seeds)")
+    ax.fill_between(cmp.t, cmp.sim_risk_mean - 2 * cmp.sim_risk_std, cmp.sim_risk_mean + 2 * cmp.sim_risk_std,
+                    color="C1", alpha=0.25, label="+- 2 std over seeds")
+    ax.set_xlabel("t")
+    ax.set_ylabel("population risk")
+    ax.legend(fontsize=8)
+    ax.set_title(f"sup distance {cmp.sup_risk_distance:.3g}, L2 {cmp.l2_risk_distance:.3g}")
+    ax = axes[1]
+    ax.loglog(cmp.t, cmp.law_distance_t, "C0-")
+    ax.set_xlabel("t")
+    ax.set_ylabel("sliced W1 between laws of (a, s)")
+    m = cmp.meta
+    fig.suptitle(title or f"{m['algo']}: m = {m['width']}, d = {m['dim']}, eps = {m['eps']:g}", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        from ..io import save_figure
+
+        save_figure(path, fig)
+    return fig
+
+
+def convergence_study(sigma, phi, eps, dims, width_of_d=lambda d: max(2, d // 16), seeds=(0,), algo="gf",
+                      t_end=3.0, particles=400, kmax=None, **sim_kw):
+    """Run one configuration at several d (width m = width_of_d(d)), compare each with the ODE and
+    fit the slope of log(distance) against log(d). Returns (rows, slopes)."""
+    from ..solve import initial_condition, solve
+    from ..symbolic.models import MeanFieldModel
+    from .networks import simulate
+
+    kmax = kmax or 6
+    model = MeanFieldModel(sigma, phi, kmax, eps)
+    traj = solve(model, initial_condition(particles), t_end, progress=False)
+    traj.meta.update({"sigma_expr_input": sigma, "phi_expr_input": phi})
+    rows = []
+    for d in dims:
+        sims = [simulate(algo, sigma=sigma, phi=phi, eps=eps, width=width_of_d(d), dim=d, t_end=t_end,
+                         seed=s, kmax=kmax, **sim_kw) for s in seeds]
+        c = compare(traj, sims)
+        rows.append({"dim": d, "width": width_of_d(d), "sup_risk_distance": c.sup_risk_distance,
+                     "l2_risk_distance": c.l2_risk_distance, "law_distance": c.law_distance})
+    slopes = {k: fit_slope([r["dim"] for r in rows], [r[k] for r in rows])[0]
+              for k in ("sup_risk_distance", "l2_risk_distance", "law_distance")}
+    return rows, slopes
+
+
+def plot_convergence(rows, slopes, path=None):
+    from ..solve.plot import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    d = np.array([r["dim"] for r in rows])
+    for key, style in (("sup_risk_distance", "o-"), ("l2_risk_distance", "s-"), ("law_distance", "^-")):
+        ax.loglog(d, [r[key] for r in rows], style, label=f"{key}: slope {slopes[key]:.2f}")
+    ax.set_xlabel("dimension d (width m grows with d)")
+    ax.set_ylabel("distance to the ODE")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        from ..io import save_figure
+
+        save_figure(path, fig)
+    return fig

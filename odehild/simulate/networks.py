@@ -1,0 +1,466 @@
+"""Finite-width, finite-dimension simulations of the founding model (bmz-model.md section 4).
+
+The network f(x) = (1/m) sum_i a_i sigma(<u_i, x>), |u_i| = 1, learns y = phi(<u*, x>) with
+u* = e_1 (inputs are isotropic, so this loses nothing). Time is in the ODE's unit, t = step * eta.
+The activation, its derivative and the link are generated from the same symbolic declaration as
+the ODE and inlined into Numba kernels, cached on disk like every generated module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+import warnings
+from typing import Optional
+
+import numpy as np
+import sympy as sp
+
+from .. import __version__
+from ..codegen import compile_model, compile_source, digest, scalar_functions_source
+from ..errors import InputError
+from ..io import load_npz, save_npz
+from ..solve import InitialCondition, a0_law, solve
+from ..symbolic.models import FiniteWidthModel, check_eps, check_kmax
+from ..symbolic.parse import parse_expression, z
+
+ALGORITHMS = ("gf", "sgd", "gd")
+
+_KERNELS = '''
+
+@njit(cache=True)
+def set_seed(seed):
+    np.random.seed(seed)
+
+
+@njit(cache=True)
+def normals(n):
+    """The next n draws of the generator sgd_steps uses (for replaying a step by hand)."""
+    out = np.empty(n)
+    for k in range(n):
+        out[k] = np.random.standard_normal()
+    return out
+
+
+@njit(cache=True)
+def renormalize(W):
+    for i in range(W.shape[0]):
+        n = 0.0
+        for k in range(W.shape[1]):
+            n += W[i, k] * W[i, k]
+        n = math.sqrt(n)
+        for k in range(W.shape[1]):
+            W[i, k] /= n
+
+
+@njit(cache=True)
+def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
+    """Online SGD, one fresh Gaussian sample (or a mini-batch) per step; u* = e_1.
+    a_i += (eta/eps) e sigma(h_i); u_i <- normalize(u_i + eta e a_i sigma'(h_i) (x - h_i u_i))."""
+    m, d = W.shape
+    x = np.empty(d)
+    h = np.empty(m)
+    ca = np.empty(m)
+    cu = np.empty(m)
+    if batch > 1:
+        GA = np.empty(m)
+        GW = np.empty((m, d))
+    for step in range(nsteps):
+        if batch > 1:
+            GA[:] = 0.0
+            GW[:, :] = 0.0
+        for b in range(batch):
+            for k in range(d):
+                x[k] = np.random.standard_normal()
+            y = phi(x[0]) + noise * np.random.standard_normal()
+            f = 0.0
+            for i in range(m):
+                acc = 0.0
+                for k in range(d):
+                    acc += W[i, k] * x[k]
+                h[i] = acc
+                f += a[i] * sigma(acc)
+            e = y - f / m
+            for i in range(m):
+                ca[i] = eta * inv_eps * e * sigma(h[i])
+                cu[i] = eta * e * a[i] * dsigma(h[i])
+            if batch == 1:
+                x2 = 0.0
+                for k in range(d):
+                    x2 += x[k] * x[k]
+                for i in range(m):
+                    c = cu[i]
+                    hi = h[i]
+                    # |u + c (x - h u)|^2 = 1 + c^2 (|x|^2 - h^2) for a unit u
+                    scale = 1.0 / math.sqrt(1.0 + c * c * (x2 - hi * hi))
+                    keep = (1.0 - c * hi) * scale
+                    cs = c * scale
+                    for k in range(d):
+                        W[i, k] = keep * W[i, k] + cs * x[k]
+                    a[i] += ca[i]
+            else:
+                for i in range(m):
+                    GA[i] += ca[i] / batch
+                    c = cu[i] / batch
+                    for k in range(d):
+                        GW[i, k] += c * (x[k] - h[i] * W[i, k])
+        if batch > 1:
+            for i in range(m):
+                a[i] += GA[i]
+                n = 0.0
+                for k in range(d):
+                    W[i, k] += GW[i, k]
+                    n += W[i, k] * W[i, k]
+                n = math.sqrt(n)
+                for k in range(d):
+                    W[i, k] /= n
+    renormalize(W)
+
+
+@njit(cache=True)
+def gd_steps(W, a, X, y, nsteps, eta, inv_eps):
+    """Full-batch gradient descent on the empirical risk (1/2n) sum (y - f)^2, sphere-projected.
+    Returns the train risk before the last step."""
+    n, d = X.shape
+    m = W.shape[0]
+    H = np.empty((n, m))
+    e = np.empty(n)
+    train = 0.0
+    for step in range(nsteps):
+        H[:, :] = X @ W.T
+        train = 0.0
+        for j in range(n):
+            f = 0.0
+            for i in range(m):
+                f += a[i] * sigma(H[j, i])
+            e[j] = y[j] - f / m
+            train += 0.5 * e[j] * e[j] / n
+        for i in range(m):
+            ga = 0.0
+            coef = np.empty(n)
+            for j in range(n):
+                ga += e[j] * sigma(H[j, i])
+                coef[j] = e[j] * a[i] * dsigma(H[j, i])
+            g = (coef @ X) / n
+            proj = 0.0
+            for k in range(d):
+                proj += g[k] * W[i, k]
+            nn = 0.0
+            for k in range(d):
+                W[i, k] += eta * (g[k] - proj * W[i, k])
+                nn += W[i, k] * W[i, k]
+            nn = math.sqrt(nn)
+            for k in range(d):
+                W[i, k] /= nn
+            a[i] += eta * inv_eps * ga / n
+    return train
+
+
+@njit(cache=True)
+def train_risk(W, a, X, y):
+    n = X.shape[0]
+    m = W.shape[0]
+    H = X @ W.T
+    out = 0.0
+    for j in range(n):
+        f = 0.0
+        for i in range(m):
+            f += a[i] * sigma(H[j, i])
+        out += 0.5 * (y[j] - f / m) ** 2 / n
+    return out
+
+
+@njit(cache=True)
+def weight_flow_rhs(t, yv, m, d, inv_eps, out):
+    """Population gradient flow of (a, W) in R^d (bmz-model.md 2), u* = e_1, with the kernels
+    V and U of the ODE: eps da_i/dt = V(s_i) - (1/m) sum_j a_j U(r_ij),
+    du_i/dt = (I - u_i u_i^T)[a_i V'(s_i) u* - (1/m) sum_j a_i a_j U'(r_ij) u_j]."""
+    a = yv[:m]
+    W = yv[m:].reshape((m, d))
+    R = W @ W.T
+    for i in range(m):
+        acc = Vk(W[i, 0])
+        for j in range(m):
+            acc -= a[j] * Uk(R[i, j]) / m
+        out[i] = inv_eps * acc
+    G = np.zeros((m, d))
+    for i in range(m):
+        G[i, 0] += a[i] * dVk(W[i, 0])
+        for j in range(m):
+            if j != i:
+                c = a[i] * a[j] * dUk(R[i, j]) / m
+                for k in range(d):
+                    G[i, k] -= c * W[j, k]
+        proj = 0.0
+        for k in range(d):
+            proj += G[i, k] * W[i, k]
+        for k in range(d):
+            out[m + i * d + k] = G[i, k] - proj * W[i, k]
+'''
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """A network and target declared by sigma and phi (expressions in z), plus the overlap model
+    used for the exact population risk."""
+
+    sigma: str
+    phi: str
+    eps: float
+    kmax: int = 6
+
+    def __post_init__(self):
+        object.__setattr__(self, "eps", check_eps(self.eps))
+        object.__setattr__(self, "kmax", check_kmax(self.kmax))
+
+    @property
+    def overlap_model(self) -> FiniteWidthModel:
+        try:
+            model = FiniteWidthModel(self.sigma, self.phi, self.kmax, self.eps, kernels="closed")
+            model.kernel_exprs
+            return model
+        except InputError:
+            return FiniteWidthModel(self.sigma, self.phi, self.kmax, self.eps, kernels="series")
+
+    def compiled(self):
+        s_expr, p_expr = parse_expression(self.sigma), parse_expression(self.phi)
+        model = self.overlap_model
+        V, U = model.kernel_exprs
+        from ..symbolic.models import r_sym, s_sym
+
+        key = digest({"kind": "network", "sigma": sp.srepr(s_expr), "phi": sp.srepr(p_expr),
+                      "V": sp.srepr(V), "U": sp.srepr(U), "odehild": __version__})
+
+        def build():
+            funcs = {"sigma": s_expr, "dsigma": sp.diff(s_expr, z), "phi": p_expr,
+                     "Vk": V.xreplace({s_sym: z}), "dVk": sp.diff(V, s_sym).xreplace({s_sym: z}),
+                     "Uk": U.xreplace({r_sym: z}), "dUk": sp.diff(U, r_sym).xreplace({r_sym: z})}
+            header = ("# Generated by odehild: simulation kernels. Do not edit.\n"
+                      "import math\nimport numpy as np\nfrom numba import njit\n\n\n")
+            return header + scalar_functions_source(funcs) + _KERNELS
+
+        return compile_source(key, build, {"sigma": self.sigma, "phi": self.phi}, "network")
+
+
+@dataclasses.dataclass
+class Simulation:
+    """A simulated run, time on the first axis: ``t`` (ODE time unit), ``step``, ``a`` and ``s``
+    (T, m), ``risk`` (exact population risk from the overlaps), ``train_risk`` for batch GD."""
+
+    t: np.ndarray
+    step: np.ndarray
+    a: np.ndarray
+    s: np.ndarray
+    risk: np.ndarray
+    train_risk: Optional[np.ndarray] = None
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    ARRAYS = ("t", "step", "a", "s", "risk", "train_risk")
+
+    def save(self, path):
+        return save_npz(path, {k: getattr(self, k) for k in self.ARRAYS if getattr(self, k) is not None},
+                        self.meta)
+
+    @classmethod
+    def load(cls, path) -> "Simulation":
+        arrays, meta = load_npz(path, required=("t", "step", "a", "s", "risk"))
+        return cls(**{k: arrays.get(k) for k in cls.ARRAYS}, meta=meta)
+
+    def __repr__(self):
+        return (f"Simulation({self.meta.get('algo')}, m={self.a.shape[1]}, d={self.meta.get('dim')}, "
+                f"T={self.t.size}, risk {self.risk[0]:.4g} -> {self.risk[-1]:.4g})")
+
+
+def _positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise InputError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _positive(name, v):
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a positive number, got {v!r}") from None
+    if not math.isfinite(f) or f <= 0:
+        raise InputError(f"{name} must be a positive finite number, got {v!r}")
+    return f
+
+
+def random_start(m: int, d: int, seed, a0: str = "normal"):
+    """Rows of W uniform on the sphere S^(d-1), a_i sampled from the a0 law; u* = e_1."""
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((m, d))
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    a = a0_law(a0, m, seed=int(rng.integers(2**31)))
+    return W, a
+
+
+def record_steps(nsteps: int, points: int) -> np.ndarray:
+    """0 and about ``points`` log-spaced step counts up to nsteps."""
+    return np.unique(np.concatenate([[0], np.round(np.logspace(0, np.log10(max(nsteps, 1)), points)).astype(int)]))
+
+
+def _risks(net: Network, W, a):
+    model = net.overlap_model
+    c = compile_model(model)
+    return c.risk(a.copy(), W[:, 0].copy(), W @ W.T, model.phi.norm2)
+
+
+class _Bar:
+    def __init__(self, total, desc, quiet):
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr)
+
+    def update(self, n):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _check_sizes(m, d):
+    m, d = _positive_int("width m", m), _positive_int("dimension d", d)
+    if d < 2:
+        raise InputError(f"dimension d must be at least 2, got {d}")
+    return m, d
+
+
+def online_sgd(sigma, phi, eps, width, dim, lr=None, t_end=5.0, batch=1, noise=0.0, seed=0,
+               a0="normal", points=60, kmax=6, quiet=True) -> Simulation:
+    """Online SGD with step ``lr`` (default 0.01/d: the ODE needs lr * d << 1), a fresh sample per step (or a mini-batch)."""
+    net = Network(sigma, phi, eps, kmax)
+    m, d = _check_sizes(width, dim)
+    eta = _positive("lr", lr if lr is not None else 0.01 / d)
+    t_end = _positive("t_end", t_end)
+    batch = _positive_int("batch", batch)
+    if noise < 0 or not math.isfinite(noise):
+        raise InputError(f"label noise must be a non-negative number, got {noise!r}")
+    if eta / net.eps > 0.5:
+        warnings.warn(f"lr/eps = {eta / net.eps:.3g}: the second layer moves by (lr/eps) per step and is "
+                      f"unstable or far from the ODE unless lr/eps << 1", stacklevel=2)
+    if eta * d / batch > 1:
+        warnings.warn(f"lr * d / batch = {eta * d / batch:.3g}: fewer than d samples per unit time, the "
+                      f"SGD noise is not small (need lr * d << batch)", stacklevel=2)
+    nsteps = int(round(t_end / eta))
+    k = net.compiled()
+    W, a = random_start(m, d, seed, a0)
+    k.set_seed(int(seed) % (2**32))
+    steps = record_steps(nsteps, points)
+    return _run_chunks(net, W, a, steps, eta, lambda W, a, n: k.sgd_steps(W, a, n, eta, 1 / net.eps, batch, noise),
+                       {"algo": "sgd", "lr": eta, "batch": batch, "noise": noise}, seed, a0, quiet)
+
+
+def batch_gd(sigma, phi, eps, width, dim, samples, lr=None, t_end=5.0, noise=0.0, seed=0, a0="normal",
+             points=60, kmax=6, quiet=True) -> Simulation:
+    """Full-batch gradient descent on ``samples`` fixed samples; records train and population risk."""
+    net = Network(sigma, phi, eps, kmax)
+    m, d = _check_sizes(width, dim)
+    n = _positive_int("samples", samples)
+    eta = _positive("lr", lr if lr is not None else 0.05 * net.eps)
+    t_end = _positive("t_end", t_end)
+    if eta / net.eps > 0.5:
+        warnings.warn(f"lr/eps = {eta / net.eps:.3g}: the second layer is unstable unless lr/eps << 1", stacklevel=2)
+    k = net.compiled()
+    W, a = random_start(m, d, seed, a0)
+    rng = np.random.default_rng([seed, 1])
+    X = rng.standard_normal((n, d))
+    y = np.array([k.phi(x) for x in X[:, 0]]) + noise * rng.standard_normal(n)
+    nsteps = int(round(t_end / eta))
+    train = []
+
+    def advance(W, a, nst):
+        k.gd_steps(W, a, X, y, nst, eta, 1 / net.eps)
+
+    sim = _run_chunks(net, W, a, record_steps(nsteps, points), eta, advance,
+                      {"algo": "gd", "lr": eta, "samples": n, "noise": noise}, seed, a0, quiet,
+                      on_record=lambda W, a: train.append(k.train_risk(W, a, X, y)))
+    sim.train_risk = np.array(train)
+    return sim
+
+
+def _run_chunks(net, W, a, steps, eta, advance, extra, seed, a0, quiet, on_record=None):
+    m, d = W.shape
+    rec_a, rec_s, rec_r = [], [], []
+    start = time.perf_counter()
+    bar = _Bar(int(steps[-1]), extra["algo"], quiet)
+    done = 0
+    for target in steps:
+        if target > done:
+            advance(W, a, int(target - done))
+            bar.update(int(target - done))
+            done = int(target)
+        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(W))):
+            bar.close()
+            raise InputError(f"{extra['algo']} diverged by step {done} (t = {done * eta:.4g}); "
+                             f"lower the learning rate (lr/eps = {eta / net.eps:.3g})")
+        rec_a.append(a.copy())
+        rec_s.append(W[:, 0].copy())
+        rec_r.append(_risks(net, W, a))
+        if on_record is not None:
+            on_record(W, a)
+    bar.close()
+    meta = {"model": "simulation", **extra, "sigma": net.sigma, "phi": net.phi, "eps": net.eps,
+            "kmax": net.kmax, "width": m, "dim": d, "seed": seed, "a0": a0,
+            "risk_kernels": net.overlap_model.kernels, "wall_seconds": time.perf_counter() - start,
+            "steps_per_second": float(steps[-1]) / max(time.perf_counter() - start, 1e-12),
+            "odehild": __version__}
+    return Simulation(steps * eta, steps, np.array(rec_a), np.array(rec_s), np.array(rec_r), None, meta)
+
+
+def population_gf(sigma, phi, eps, width, dim, t_end=5.0, seed=0, a0="normal", space="overlaps",
+                  points=60, kmax=6, method=None, rtol=1e-8, atol=1e-10, quiet=True) -> Simulation:
+    """Exact population gradient flow at finite (m, d) from a random start, integrated in overlap
+    coordinates (bmz-model.md 2a, default) or in weight space R^d (``space="weights"``)."""
+    net = Network(sigma, phi, eps, kmax)
+    m, d = _check_sizes(width, dim)
+    if space not in ("overlaps", "weights"):
+        raise InputError(f"space must be 'overlaps' or 'weights', got {space!r}")
+    W, a = random_start(m, d, seed, a0)
+    model = net.overlap_model
+    t_end = _positive("t_end", t_end)
+    t_eval = np.concatenate([[0.0], np.logspace(np.log10(min(1e-2 * net.eps, 1e-3 * t_end)), np.log10(t_end), points)])
+    t_eval[-1] = t_end
+    start = time.perf_counter()
+    if space == "overlaps":
+        tr = solve(model, InitialCondition(a, W[:, 0], None, W @ W.T, f"random sphere start, d = {d}"),
+                   t_end, t_eval=t_eval, method=method or "Radau", rtol=rtol, atol=atol,
+                   progress=False if quiet else None)
+        A, S, R = tr.a, tr.s, tr.risk
+    else:
+        from scipy.integrate import solve_ivp
+
+        k = net.compiled()
+
+        def f(t, yv):
+            out = np.empty_like(yv)
+            k.weight_flow_rhs(t, yv, m, d, 1 / net.eps, out)
+            return out
+
+        sol = solve_ivp(f, (0, t_end), np.concatenate([a, W.ravel()]), method=method or "DOP853",
+                        t_eval=t_eval, rtol=rtol, atol=atol)
+        if sol.status < 0:
+            raise InputError(f"weight-space flow failed: {sol.message}")
+        A = sol.y[:m].T
+        Ws = sol.y[m:].T.reshape(-1, m, d)
+        S = Ws[:, :, 0]
+        R = np.array([_risks(net, Wt, at) for Wt, at in zip(Ws, A)])
+    meta = {"model": "simulation", "algo": "gf", "space": space, "sigma": net.sigma, "phi": net.phi,
+            "eps": net.eps, "kmax": net.kmax, "width": m, "dim": d, "seed": seed, "a0": a0,
+            "risk_kernels": model.kernels, "wall_seconds": time.perf_counter() - start, "odehild": __version__}
+    return Simulation(t_eval.copy(), np.full(t_eval.size, -1), A, S, R, None, meta)
+
+
+def simulate(algo: str, **kw) -> Simulation:
+    """One entry point: ``algo`` in gf, sgd, gd, with the keyword arguments of that simulator."""
+    table = {"gf": population_gf, "sgd": online_sgd, "gd": batch_gd}
+    if algo not in table:
+        raise InputError(f"unknown algorithm {algo!r} (allowed: {', '.join(ALGORITHMS)})")
+    return table[algo](**kw)
