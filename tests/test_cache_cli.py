@@ -118,3 +118,15 @@ def test_rendered_derivations_are_up_to_date():
         path = ROOT / "derivations" / name
         assert path.exists(), f"{name} missing: run python derivations/render.py"
         assert path.read_text() == text, f"{name} is stale: run python derivations/render.py"
+
+
+def test_demo_quick_produces_every_file(tmp_path):
+    res = run_cli("demo", "--quick", "--quiet", "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"equations.md", "eps_sweep.png", "trajectory_smallest_eps.png", "trajectory_smallest_eps.npz",
+            "ode_vs_sgd.png", "comparison.json", "report.md"} <= files
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "fitted slope" in report and "sup risk distance" in report
+    rep = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert rep["sup_risk_distance"] < 0.5
