@@ -19,6 +19,7 @@ import numpy as np
 import sympy as sp
 
 from .. import __version__
+from ..checks import positive_float, positive_int
 from ..codegen import compile_model, compile_source, digest, scalar_functions_source
 from ..errors import InputError
 from ..io import load_npz, save_npz
@@ -273,22 +274,6 @@ class Simulation:
                 f"T={self.t.size}, risk {self.risk[0]:.4g} -> {self.risk[-1]:.4g})")
 
 
-def _positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise InputError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
-def _positive(name, v):
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a positive number, got {v!r}") from None
-    if not math.isfinite(f) or f <= 0:
-        raise InputError(f"{name} must be a positive finite number, got {v!r}")
-    return f
-
-
 def random_start(m: int, d: int, seed, a0: str = "normal"):
     """Rows of W uniform on the sphere S^(d-1), a_i sampled from the a0 law; u* = e_1."""
     rng = np.random.default_rng(seed)
@@ -327,7 +312,7 @@ class _Bar:
 
 
 def _check_sizes(m, d):
-    m, d = _positive_int("width m", m), _positive_int("dimension d", d)
+    m, d = positive_int("width m", m), positive_int("dimension d", d)
     if d < 2:
         raise InputError(f"dimension d must be at least 2, got {d}")
     return m, d
@@ -338,9 +323,9 @@ def online_sgd(sigma, phi, eps, width, dim, lr=None, t_end=5.0, batch=1, noise=0
     """Online SGD with step ``lr`` (default 0.01/d: the ODE needs lr * d << 1), a fresh sample per step (or a mini-batch)."""
     net = Network(sigma, phi, eps, kmax)
     m, d = _check_sizes(width, dim)
-    eta = _positive("lr", lr if lr is not None else 0.01 / d)
-    t_end = _positive("t_end", t_end)
-    batch = _positive_int("batch", batch)
+    eta = positive_float("lr", lr if lr is not None else 0.01 / d)
+    t_end = positive_float("t_end", t_end)
+    batch = positive_int("batch", batch)
     if noise < 0 or not math.isfinite(noise):
         raise InputError(f"label noise must be a non-negative number, got {noise!r}")
     if eta / net.eps > 0.5:
@@ -363,9 +348,9 @@ def batch_gd(sigma, phi, eps, width, dim, samples, lr=None, t_end=5.0, noise=0.0
     """Full-batch gradient descent on ``samples`` fixed samples; records train and population risk."""
     net = Network(sigma, phi, eps, kmax)
     m, d = _check_sizes(width, dim)
-    n = _positive_int("samples", samples)
-    eta = _positive("lr", lr if lr is not None else 0.05 * net.eps)
-    t_end = _positive("t_end", t_end)
+    n = positive_int("samples", samples)
+    eta = positive_float("lr", lr if lr is not None else 0.05 * net.eps)
+    t_end = positive_float("t_end", t_end)
     if eta / net.eps > 0.5:
         warnings.warn(f"lr/eps = {eta / net.eps:.3g}: the second layer is unstable unless lr/eps << 1", stacklevel=2)
     k = net.compiled()
@@ -425,7 +410,7 @@ def population_gf(sigma, phi, eps, width, dim, t_end=5.0, seed=0, a0="normal", s
         raise InputError(f"space must be 'overlaps' or 'weights', got {space!r}")
     W, a = random_start(m, d, seed, a0)
     model = net.overlap_model
-    t_end = _positive("t_end", t_end)
+    t_end = positive_float("t_end", t_end)
     t_eval = np.concatenate([[0.0], np.logspace(np.log10(min(1e-2 * net.eps, 1e-3 * t_end)), np.log10(t_end), points)])
     t_eval[-1] = t_end
     start = time.perf_counter()

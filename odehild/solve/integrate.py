@@ -10,6 +10,7 @@ import numpy as np
 from scipy.integrate import BDF, LSODA, RK45, Radau
 
 from .. import __version__
+from ..checks import positive_float
 from ..codegen import compile_model
 from ..errors import InputError, IntegrationError
 from ..symbolic.models import FiniteWidthModel, MeanFieldModel
@@ -28,16 +29,6 @@ def log_time_grid(t_end: float, points: int = 200, t_min=None, eps: float = 1.0)
     grid = np.logspace(np.log10(t_min), np.log10(t_end), points)
     grid[-1] = t_end  # 10**log10(t_end) may round above t_end
     return np.concatenate([[0.0], grid])
-
-
-def _check_positive(name, value):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a positive number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise InputError(f"{name} must be a positive finite number, got {value!r}")
-    return v
 
 
 def pack_state(model, init: InitialCondition) -> np.ndarray:
@@ -98,9 +89,9 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
     """
     if not isinstance(model, (MeanFieldModel, FiniteWidthModel)):
         raise InputError(f"model must be a MeanFieldModel or FiniteWidthModel, got {type(model).__name__}")
-    t_end = _check_positive("t_end", t_end)
-    rtol = _check_positive("rtol", rtol)
-    atol = _check_positive("atol", atol)
+    t_end = positive_float("t_end", t_end)
+    rtol = positive_float("rtol", rtol)
+    atol = positive_float("atol", atol)
     if method not in METHODS:
         raise InputError(f"unknown method {method!r} (allowed: {', '.join(METHODS)})")
     if init is None:

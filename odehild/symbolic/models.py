@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 import sympy as sp
 
+from ..checks import positive_float
 from ..errors import ExpressionError, InputError
 from .hermite import HermiteExpansion, hermite
 from .parse import z
@@ -38,13 +39,7 @@ CODEGEN_FORMAT = 3  # bump when generated code changes shape
 
 
 def check_eps(eps) -> float:
-    try:
-        val = float(eps)
-    except (TypeError, ValueError):
-        raise InputError(f"eps must be a positive number, got {eps!r}") from None
-    if not np.isfinite(val) or val <= 0:
-        raise InputError(f"eps must be a positive finite number (eps = 0 is singular), got {eps!r}")
-    return val
+    return positive_float("eps", eps, " (eps = 0 is singular)")
 
 
 def check_kmax(kmax) -> int:
