@@ -52,8 +52,8 @@ def run_demo(args):
     eqs = render_meanfield(model)
     write_text_atomic(out / "equations.md", eqs)
     d = model.derivation
-    _say(f"      eps da/dt = F(s),  ds/dt = (1 - s^2) a F'(s),  F(x) = sum_k sigma_k r_k x^k,  "
-         f"r_k = phi_k - sigma_k M_k", quiet)
+    _say("      eps da/dt = F(s),  ds/dt = (1 - s^2) a F'(s),  F(x) = sum_k sigma_k r_k x^k,  "
+         "r_k = phi_k - sigma_k M_k", quiet)
     _say(f"      risk R = {sp.nsimplify(d.risk.xreplace(model.values))}", quiet)
 
     _say(f"[2/4] integrating an eps sweep {eps_list} with N = {N} particles (Radau, analytic Jacobian)", quiet)

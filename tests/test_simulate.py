@@ -4,7 +4,6 @@ the population gradient, and convergence to the ODE as d grows."""
 import json
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest

@@ -18,7 +18,7 @@ import dataclasses
 import hashlib
 import json
 from functools import cached_property
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import sympy as sp
