@@ -10,10 +10,6 @@ import numpy as np
 from .errors import InputError
 
 
-def _eps_arg(text):
-    return float(text)
-
-
 def add_model_args(p, eps_required=True):
     p.add_argument("--sigma", required=True, help="activation, expression in z (e.g. 'relu(z)')")
     p.add_argument("--phi", required=True, help="link function, expression in z")

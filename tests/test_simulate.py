@@ -12,7 +12,7 @@ from helpers import finite_width_rhs
 from odehild import InputError
 from odehild.codegen import compile_model
 from odehild.simulate import Network, Simulation, batch_gd, online_sgd, population_gf
-from odehild.simulate.compare import compare, convergence_study
+from odehild.simulate.compare import compare, convergence_study, plot_convergence
 from odehild.solve import initial_condition, solve
 from odehild.symbolic.models import MeanFieldModel
 
@@ -110,7 +110,7 @@ def test_batch_gd_records_train_and_population_risk(tmp_path):
     np.testing.assert_array_equal(back.train_risk, sim.train_risk)
 
 
-def test_convergence_with_d():
+def test_convergence_with_d(tmp_path):
     """Exact population flow at m = d/8 from random starts: the distance to the mean-field ODE
     shrinks with d. Measured slope of the L2 risk distance: about -0.7 (allowed [-1.5, -0.3])."""
     rows, slopes = convergence_study(SIG, PHI, 0.05, [32, 64, 128, 256], width_of_d=lambda d: d // 8,
@@ -119,6 +119,8 @@ def test_convergence_with_d():
     assert l2[-1] < 0.5 * l2[0]
     assert -1.5 < slopes["l2_risk_distance"] < -0.3
     assert slopes["sup_risk_distance"] < -0.2
+    assert plot_convergence(rows, slopes, tmp_path / "conv.png") is not None
+    assert (tmp_path / "conv.png").stat().st_size > 5000
 
 
 @pytest.mark.slow

@@ -320,17 +320,3 @@ class FiniteWidthModel(_ModelBase):
     def __repr__(self):
         return (f"FiniteWidthModel(sigma={self.sigma.name!r}, phi={self.phi.name!r}, K={self.K}, "
                 f"eps={self.eps:g}, kernels={self.kernels!r})")
-
-
-def model_from_meta(meta: dict):
-    """Rebuild a model from the ``meta`` of a saved trajectory or simulation."""
-    kind = meta.get("model", "meanfield")
-    sigma = meta.get("sigma_expr_input", meta["sigma"])
-    phi = meta.get("phi_expr_input", meta["phi"])
-    try:
-        if kind == "finite_width":
-            return FiniteWidthModel(sigma, phi, meta["kmax"], meta["eps"], meta.get("kernels", "series"))
-        return MeanFieldModel(sigma, phi, meta["kmax"], meta["eps"])
-    except ExpressionError:
-        cls = FiniteWidthModel if kind == "finite_width" else MeanFieldModel
-        return cls(meta["sigma_coefficients"], meta["phi_coefficients"], meta["kmax"], meta["eps"])
