@@ -249,40 +249,16 @@ def finite_width_source(model: FiniteWidthModel) -> str:
     def sub(e):
         return sp.sympify(e).xreplace(names)
 
-    def deriv(e, var):
-        return sub(sp.diff(e, var))
+    from ..symbolic.parse import z
 
     single = emit_block([("sa", sub(d.self_a)), ("al", sub(d.alpha))], 8, "xs")
     pair = emit_block([("pa", sub(d.pair_a)), ("be", sub(d.beta))], 12, "xp")
-    Vb = emit_block([("val", sub(d.V))], 4, "xv")
-    Ub = emit_block([("val", sub(d.U))], 4, "xu")
-    dV = emit_block([("val", deriv(d.V, s_sym))], 4, "xv")
-    dU = emit_block([("val", deriv(d.U, r_sym))], 4, "xu")
+    kernels = scalar_functions_source({
+        "V": d.V.xreplace({s_sym: z}), "dV": sp.diff(d.V, s_sym).xreplace({s_sym: z}),
+        "U": d.U.xreplace({r_sym: z}), "dU": sp.diff(d.U, r_sym).xreplace({r_sym: z})})
     return HEADER.format(version=__version__, kind=model.kind, key=model.cache_key()) + f'''
 
-@njit(cache=True)
-def V(si):
-{Vb}
-    return val
-
-
-@njit(cache=True)
-def U(rij):
-{Ub}
-    return val
-
-
-@njit(cache=True)
-def dV(si):
-{dV}
-    return val
-
-
-@njit(cache=True)
-def dU(rij):
-{dU}
-    return val
-
+{kernels}
 
 @njit(cache=True)
 def unpack(y, m, R):

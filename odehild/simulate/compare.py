@@ -121,9 +121,9 @@ def fit_slope(x, y) -> tuple:
 
 
 def plot_comparison(cmp: Comparison, path=None, title=None):
-    from ..solve.plot import _pyplot
+    from ..solve.plot import finish_figure, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     ax = axes[0]
     ax.semilogx(cmp.t, cmp.ode_risk, "k-", lw=2, label="ODE (mean field)")
@@ -140,12 +140,7 @@ def plot_comparison(cmp: Comparison, path=None, title=None):
     ax.set_ylabel("sliced W1 between laws of (a, s)")
     m = cmp.meta
     fig.suptitle(title or f"{m['algo']}: m = {m['width']}, d = {m['dim']}, eps = {m['eps']:g}", fontsize=10)
-    fig.tight_layout()
-    if path is not None:
-        from ..io import save_figure
-
-        save_figure(path, fig)
-    return fig
+    return finish_figure(fig, path)
 
 
 def convergence_study(sigma, phi, eps, dims, width_of_d=lambda d: max(2, d // 16), seeds=(0,), algo="gf",
@@ -173,9 +168,9 @@ def convergence_study(sigma, phi, eps, dims, width_of_d=lambda d: max(2, d // 16
 
 
 def plot_convergence(rows, slopes, path=None):
-    from ..solve.plot import _pyplot
+    from ..solve.plot import finish_figure, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     d = np.array([r["dim"] for r in rows])
     for key, style in (("sup_risk_distance", "o-"), ("l2_risk_distance", "s-"), ("law_distance", "^-")):
@@ -183,9 +178,4 @@ def plot_convergence(rows, slopes, path=None):
     ax.set_xlabel("dimension d (width m grows with d)")
     ax.set_ylabel("distance to the ODE")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        from ..io import save_figure
-
-        save_figure(path, fig)
-    return fig
+    return finish_figure(fig, path)

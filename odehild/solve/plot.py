@@ -7,7 +7,8 @@ import numpy as np
 from .analysis import find_plateaus, plateau_levels
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on a non-interactive backend unless one is already chosen."""
     import matplotlib
 
     if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
@@ -15,6 +16,16 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def finish_figure(fig, path=None):
+    """Tight layout, then an atomic save to ``path`` when given. Returns the figure."""
+    from ..io import save_figure
+
+    fig.tight_layout()
+    if path is not None:
+        save_figure(path, fig)
+    return fig
 
 
 def plot_risk(ax, traj, label=None, levels=True):
@@ -33,7 +44,7 @@ def plot_risk(ax, traj, label=None, levels=True):
 
 def plot_trajectory(traj, path=None, n_particles: int = 24, title=None):
     """Three panels; saved to ``path`` (PNG/PDF/SVG) when given. Returns the figure."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
     pos = traj.t > 0
     plot_risk(axes[0], traj)
@@ -67,17 +78,12 @@ def plot_trajectory(traj, path=None, n_particles: int = 24, title=None):
     meta = traj.meta
     fig.suptitle(title or f"sigma = {meta.get('sigma', '?')},  phi = {meta.get('phi', '?')},  "
                  f"eps = {meta.get('eps', float('nan')):.3g}, K = {meta.get('kmax', '?')}", fontsize=10)
-    fig.tight_layout()
-    if path is not None:
-        from ..io import save_figure
-
-        save_figure(path, fig)
-    return fig
+    return finish_figure(fig, path)
 
 
 def plot_sweep(fit, trajs, path=None):
     """Risk curves of an eps sweep and the fitted learning-time exponents."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for tr, e in zip(trajs, fit.eps):
         plot_risk(axes[0], tr, label=f"eps = {e:.0e}", levels=tr is trajs[-1])
@@ -90,9 +96,4 @@ def plot_sweep(fit, trajs, path=None):
     ax.set_xlabel("eps")
     ax.set_ylabel("learning time t_k (|r_k| halved)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    if path is not None:
-        from ..io import save_figure
-
-        save_figure(path, fig)
-    return fig
+    return finish_figure(fig, path)
