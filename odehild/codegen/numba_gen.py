@@ -190,18 +190,14 @@ def rhs(t, y, w, inv_eps, dy):
 
 
 @njit(cache=True)
-def jac(t, y, w, inv_eps, J):
-    """dF/dy = block diagonal at fixed moments + A H B^T (rank <= 2 NM)."""
+def jac_parts(t, y, w, inv_eps, D, A, Vt):
+    """dF/dy = D + A Vt: D the 2x2 blocks at fixed moments (rows jaa, jas, jsa, jss over particles),
+    A = dF/dM (2N, NM) and Vt = H dM/dy (NM, 2N), a term of rank <= NM."""
     N = w.shape[0]
     M = np.empty(NM)
     g = np.empty(NM)
     H = np.empty((NM, NM))
-    A = np.empty((2 * N, NM))
     B = np.empty((2 * N, NM))
-    J_aa = np.empty(N)
-    J_as = np.empty(N)
-    J_sa = np.empty(N)
-    J_ss = np.empty(N)
     moments(y[:N], y[N:], w, M)
     grad_moments(M, g)
     hess_moments(M, H)
@@ -211,19 +207,27 @@ def jac(t, y, w, inv_eps, J):
         si = y[N + i]
         wi = w[i]
 {jac_local}
-        J_aa[i] = jaa
-        J_as[i] = jas
-        J_sa[i] = jsa
-        J_ss[i] = jss
-    C = A @ (H @ B.T)
-    for r in range(2 * N):
-        for c in range(2 * N):
-            J[r, c] = C[r, c]
+        D[0, i] = jaa
+        D[1, i] = jas
+        D[2, i] = jsa
+        D[3, i] = jss
+    Vt[:, :] = H @ B.T
+
+
+@njit(cache=True)
+def jac(t, y, w, inv_eps, J):
+    """Dense dF/dy (the same parts, assembled)."""
+    N = w.shape[0]
+    D = np.empty((4, N))
+    A = np.empty((2 * N, NM))
+    Vt = np.empty((NM, 2 * N))
+    jac_parts(t, y, w, inv_eps, D, A, Vt)
+    J[:, :] = A @ Vt
     for i in range(N):
-        J[i, i] += J_aa[i]
-        J[i, N + i] += J_as[i]
-        J[N + i, i] += J_sa[i]
-        J[N + i, N + i] += J_ss[i]
+        J[i, i] += D[0, i]
+        J[i, N + i] += D[1, i]
+        J[N + i, i] += D[2, i]
+        J[N + i, N + i] += D[3, i]
 
 
 @njit(cache=True)

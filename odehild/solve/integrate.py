@@ -14,9 +14,11 @@ from ..checks import positive_float
 from ..codegen import compile_model
 from ..errors import InputError, IntegrationError
 from ..symbolic.models import FiniteWidthModel, MeanFieldModel
+from .structured import LowRankJacobian, StructuredBDF, StructuredRadau
 from .trajectory import InitialCondition, Trajectory, initial_condition
 
 METHODS = {"Radau": Radau, "BDF": BDF, "LSODA": LSODA, "RK45": RK45}
+STRUCTURED = {"Radau": StructuredRadau, "BDF": StructuredBDF}
 IMPLICIT = ("Radau", "BDF", "LSODA")
 
 
@@ -77,7 +79,7 @@ class _Progress:
 
 def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 200, t_min=None,
           method: str = "Radau", rtol: float = 1e-8, atol: float = 1e-10, first_step=None,
-          max_wall: float = None, progress=None) -> Trajectory:
+          max_wall: float = None, progress=None, structured: bool = True) -> Trajectory:
     """Integrate ``model`` from ``init`` to ``t_end``, SciPy style.
 
     ``method`` is one of Radau (default), BDF, LSODA (implicit, with the generated analytic
@@ -86,6 +88,10 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
     ``max_wall`` (seconds) stops the integration early, keeping what was computed
     (``stats['status'] == 2``). A solver failure raises :class:`IntegrationError` carrying the time
     reached, the state there and the partial trajectory.
+
+    With ``structured=True`` (default) Radau and BDF on a mean-field model keep the Jacobian as
+    2x2 blocks plus a rank-(K+1) term and solve their linear systems by the Woodbury identity,
+    O(N K) instead of O(N^3) (see :mod:`odehild.solve.structured`); ``False`` factors it densely.
     """
     if not isinstance(model, (MeanFieldModel, FiniteWidthModel)):
         raise InputError(f"model must be a MeanFieldModel or FiniteWidthModel, got {type(model).__name__}")
@@ -119,7 +125,7 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
     crhs, cjac = compiled.rhs, compiled.jac
     crhs(0.0, y0, arg, inv_eps, dy)  # compiles (or loads) before timing the solve
     if method in IMPLICIT:
-        cjac(0.0, y0, arg, inv_eps, np.empty((n, n)))
+        cjac(0.0, y0, arg, inv_eps, np.empty((n, n)))  # also compiles jac_parts, which it calls
     compile_seconds = time.perf_counter() - compile_start
 
     def fun(t, y):
@@ -134,12 +140,24 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
         counters["njev"] += 1
         return J
 
+    def jac_structured(t, y):
+        D, A, Vt = np.empty((4, init.N)), np.empty((n, model.K + 1)), np.empty((model.K + 1, n))
+        cjac_parts(t, y, arg, inv_eps, D, A, Vt)
+        counters["njev"] += 1
+        return LowRankJacobian(D, A, Vt)
+
     kw = dict(rtol=rtol, atol=atol)
     if first_step is not None:
         kw["first_step"] = first_step
+    solver_class = METHODS[method]
     if method in IMPLICIT:
         kw["jac"] = jac
-    solver = METHODS[method](fun, 0.0, y0, t_end, **kw)
+    structured = bool(structured and method in STRUCTURED and isinstance(model, MeanFieldModel))
+    if structured:
+        cjac_parts = compiled.jac_parts
+        kw["jac"] = jac_structured
+        solver_class = STRUCTURED[method]
+    solver = solver_class(fun, 0.0, y0, t_end, **kw)
 
     ts, ys = [], []
     idx = 0
@@ -179,11 +197,12 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
 
     Y = np.array(ys) if ys else np.empty((0, n))
     stats = {"nfev": counters["nfev"], "njev": counters["njev"], "nlu": int(getattr(solver, "nlu", 0)),
+             "ndense": int(getattr(solver, "ndense", 0)),
              "nsteps": nsteps, "status": status, "message": message, "t_reached": float(solver.t),
              "solve_seconds": solve_seconds, "wall_seconds": time.perf_counter() - wall0,
              "derive_seconds": compiled.derive_seconds, "compile_seconds": compile_seconds,
              "from_cache": compiled.from_cache}
-    meta = {**model.meta(), "method": method, "rtol": rtol, "atol": atol, "t_end": t_end,
+    meta = {**model.meta(), "method": method, "structured": structured, "rtol": rtol, "atol": atol, "t_end": t_end,
             "init": init.description, "N": init.N, "odehild": __version__}
     traj = _trajectory(model, compiled, np.array(ts), Y, init, stats, meta)
     if status < 0:
