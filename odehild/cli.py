@@ -52,22 +52,42 @@ def build_parser() -> argparse.ArgumentParser:
     from . import commands
 
     commands.register(sub)
+    r = sub.add_parser("run", help="run the command described by a TOML config file")
+    r.add_argument("config", help="config.toml: 'command' plus that command's options (see odehild.config)")
+    p.subcommands = sub.choices
     return p
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
+def _parse(parser, argv):
+    """Parsed arguments; ``odehild run FILE`` is replaced by the command its file describes."""
+    from .config import config_to_argv, load_config
+
     args = parser.parse_args(argv)
+    if args.command != "run":
+        return args
+    argv = config_to_argv(load_config(args.config), parser.subcommands)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from .config import write_used_config
+
+    parser = build_parser()
+    args = None
     try:
+        args = _parse(parser, argv)
         args.func(args)
+        path = write_used_config(args, parser.subcommands[args.command])
+        if path is not None and not getattr(args, "quiet", False):
+            print(f"values used: {path}")
     except IntegrationError as exc:
         print(f"odehild {args.command}: integration failed: {exc}", file=sys.stderr)
         return 1
     except OdehildError as exc:
-        print(f"odehild {args.command}: error: {exc}", file=sys.stderr)
+        print(f"odehild {args.command if args else 'run'}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"odehild {args.command}: interrupted", file=sys.stderr)
+        print(f"odehild {args.command if args else 'run'}: interrupted", file=sys.stderr)
         return 130
     return 0
 

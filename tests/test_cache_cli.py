@@ -125,7 +125,7 @@ def test_demo_quick_produces_every_file(tmp_path):
     assert res.returncode == 0, res.stderr
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"equations.md", "eps_sweep.png", "trajectory_smallest_eps.png", "trajectory_smallest_eps.npz",
-            "ode_vs_sgd.png", "comparison.json", "report.md"} <= files
+            "ode_vs_sgd.png", "comparison.json", "report.md", "config.toml"} <= files
     report = (tmp_path / "out" / "report.md").read_text()
     assert "fitted slope" in report and "sup risk distance" in report
     rep = json.loads((tmp_path / "out" / "comparison.json").read_text())

@@ -1,0 +1,165 @@
+"""Runs described by TOML files: ``odehild run config.toml``.
+
+A config file names one sub-command and its options, spelled as on the command line without the
+leading dashes (``t-end`` or ``t_end``); positional arguments go by their names (``traj``, ``sims``,
+``expr``). For example::
+
+    command = "solve"
+    sigma = "h(0,z)+h(1,z)+h(2,z)+h(3,z)"
+    phi = "h(1,z)+h(2,z)+h(3,z)"
+    eps = 1e-10
+    particles = 200
+    out = "run.npz"
+
+Unknown keys are refused with their name. Omitted options take the command line's defaults, and
+paths are relative to the working directory, as on the command line. Every run (from a file or from
+flags) that writes results also writes the values it used, defaults included, to a config file
+next to them (``run.npz.toml`` for ``--out run.npz``; ``config.toml`` in the demo's folder), so
+``odehild run run.npz.toml`` regenerates the same results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import tomllib
+from pathlib import Path
+
+from .errors import InputError
+
+_SKIP = {"help", "version"}
+
+
+def _options(sub: argparse.ArgumentParser) -> dict:
+    """{dest: action} of the options a config file may set for a sub-command."""
+    return {a.dest: a for a in sub._actions if a.dest not in _SKIP}
+
+
+def _check_value(key, value, action):
+    many = action.nargs in ("+", "*")
+    if many:
+        if not isinstance(value, list) or not value:
+            raise InputError(f"config key {key!r} takes a non-empty list, got {value!r}")
+        values = value
+    else:
+        values = [value]
+    is_flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+    for v in values:
+        if is_flag:
+            ok, want = isinstance(v, bool), "true or false"
+        elif action.type is float:
+            ok, want = isinstance(v, (int, float)) and not isinstance(v, bool), "a number"
+        elif action.type is int:
+            ok, want = isinstance(v, int) and not isinstance(v, bool), "an integer"
+        else:
+            ok, want = isinstance(v, str), "a string"
+        if not ok:
+            raise InputError(f"config key {key!r} takes {want}, got {v!r}")
+
+
+def config_to_argv(config: dict, subparsers: dict) -> list:
+    """Command-line arguments equivalent to a parsed config file."""
+    if "command" not in config:
+        raise InputError(f"config has no 'command' key (allowed: {', '.join(sorted(subparsers))})")
+    command = config["command"]
+    if command not in subparsers or command == "run":
+        allowed = ", ".join(sorted(c for c in subparsers if c != "run"))
+        raise InputError(f"config command {command!r} is not one of: {allowed}")
+    options = _options(subparsers[command])
+    argv, positional = [command], []
+    for raw_key, value in config.items():
+        if raw_key == "command":
+            continue
+        key = raw_key.replace("-", "_")
+        action = options.get(key)
+        if action is None:
+            allowed = ", ".join(sorted(options))
+            raise InputError(f"unknown config key {raw_key!r} for command {command!r} (allowed: {allowed})")
+        _check_value(raw_key, value, action)
+        values = [str(v) for v in (value if isinstance(value, list) else [value])]
+        if not action.option_strings:
+            positional.append((key, values))
+        elif isinstance(action, argparse._StoreTrueAction):
+            if value:
+                argv.append(action.option_strings[-1])
+        else:
+            argv.append(action.option_strings[-1])
+            argv.extend(values)
+    if positional:
+        order = [a.dest for a in subparsers[command]._actions if not a.option_strings]
+        argv.append("--")  # positional values may start with '-' (an expression such as '-z')
+        for _, values in sorted(positional, key=lambda kv: order.index(kv[0])):
+            argv.extend(values)
+    return argv
+
+
+def load_config(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such config file: {path}")
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path} is not valid TOML: {exc}") from None
+
+
+def used_config(args: argparse.Namespace, sub: argparse.ArgumentParser) -> dict:
+    """The values a parsed command ran with, defaults included, as a config dict."""
+    out = {"command": args.command}
+    for dest in _options(sub):
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        out[dest] = value
+    return out
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return repr(v)
+    if isinstance(v, str):
+        # JSON escapes are valid TOML basic-string escapes; TOML also forbids a raw DEL
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dumps(config: dict, header: str = "") -> str:
+    """TOML text of a flat config dict (strings, numbers, booleans and lists of them)."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in config.items()]
+    return "\n".join(lines) + "\n"
+
+
+def results_config_path(args: argparse.Namespace):
+    """Where the values used by this run are written, or None for runs that write no files."""
+    attrs = getattr(args, "results_next_to", ())
+    for attr in attrs:
+        value = getattr(args, attr, None)
+        if value:
+            path = Path(value)
+            return path / "config.toml" if args.command == "demo" else path.with_name(path.name + ".toml")
+    return None
+
+
+def write_used_config(args: argparse.Namespace, sub: argparse.ArgumentParser):
+    from . import __version__
+    from .io import write_text_atomic
+
+    path = results_config_path(args)
+    if path is None:
+        return None
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    header = (f"Values used by 'odehild {args.command}' (odehild {__version__}, {stamp}).\n"
+              f"Regenerate with: odehild run {path}")
+    return write_text_atomic(path, dumps(used_config(args, sub), header))
