@@ -148,7 +148,7 @@ def results_config_path(args: argparse.Namespace):
         value = getattr(args, attr, None)
         if value:
             path = Path(value)
-            return path / "config.toml" if args.command == "demo" else path.with_name(path.name + ".toml")
+            return path / "config.toml" if path.is_dir() else path.with_name(path.name + ".toml")
     return None
 
 
