@@ -14,13 +14,8 @@ from odehild.io import load_npz
 STAIR = ("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)")
 
 
-def arrays(path):
-    data, meta = load_npz(path)
-    return data, meta
-
-
 def assert_same_run(p, q):
-    (x, mx), (y, my) = arrays(p), arrays(q)
+    (x, mx), (y, my) = load_npz(p), load_npz(q)
     assert sorted(x) == sorted(y)
     for k in x:
         np.testing.assert_array_equal(x[k], y[k], err_msg=k)
@@ -46,10 +41,10 @@ def test_solve_from_toml_equals_solve_from_flags(tmp_path, monkeypatch):
                     "particles": 30, "a0": "normal", "seed": 4, "t_end": 3.0, "points": 200,
                     "method": "Radau", "rtol": 1e-9, "atol": 1e-10, "quiet": True, "out": "flags.npz"}
     # and regenerate the same results
-    before = arrays("flags.npz")[0]
+    before = load_npz("flags.npz")[0]
     (tmp_path / "flags.npz").unlink()
     assert main(["run", "flags.npz.toml"]) == 0
-    after = arrays("flags.npz")[0]
+    after = load_npz("flags.npz")[0]
     for k in before:
         np.testing.assert_array_equal(before[k], after[k])
 
@@ -63,7 +58,7 @@ def test_plot_and_simulate_from_toml(tmp_path, monkeypatch):
         'command = "simulate"\nsigma = "h(0,z)+h(1,z)+h(2,z)"\nphi = "h(1,z)+h(2,z)"\neps = 0.1\nwidth = 4\n'
         'dim = 16\nalgo = "gf"\nt_end = 0.5\npoints = 10\nkmax = 2\nquiet = true\nout = "toml.npz"\n')
     assert main(["run", "sim.toml"]) == 0
-    x, y = arrays("flags.npz")[0], arrays("toml.npz")[0]
+    x, y = load_npz("flags.npz")[0], load_npz("toml.npz")[0]
     for k in ("t", "risk", "a", "s"):
         if k in x:
             np.testing.assert_array_equal(x[k], y[k], err_msg=k)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.integrate import BDF, Radau
 from scipy.linalg import lu_factor, lu_solve
+from scipy.sparse import csc_matrix
 
 # A block or capacitance matrix worse conditioned than this is factored densely instead.
 COND_LIMIT = 1e10
@@ -124,6 +125,7 @@ class _Structured:
     def __init__(self, fun, t0, y0, t_bound, *, jac, **kw):
         self.ndense = 0
         super().__init__(fun, t0, y0, t_bound, jac=jac, **kw)
+        self.J = self._J0
         self.I = ShiftedIdentity()
         self.lu = self._lu
         self.solve_lu = lambda LU, b: LU.solve(b)
@@ -133,9 +135,11 @@ class _Structured:
             self.njev += 1
             return jac(t, y)
 
-        J = jac(self.t, self.y)
+        self._J0 = jac(self.t, self.y)
         self.njev = 1
-        return jac_wrapped, J
+        # SciPy's __init__ sees a sparse J and builds a sparse identity; a dense one would take
+        # 8 (2N)^2 bytes (3.2 GB at N = 10^4). Both are replaced right after.
+        return jac_wrapped, csc_matrix((self.n, self.n))
 
     def _lu(self, M):
         self.nlu += 1
