@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from .errors import ExpressionError, InputError, IntegrationError, OdehildError
+from .errors import ExpressionError, InputError, IntegrationError, OdehildError, ResolutionWarning
 from .symbolic import HermiteExpansion, Kernel, U_kernel, V_kernel, hermite, parse_expression
 
 try:
@@ -10,6 +10,6 @@ try:
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+local"
 
-__all__ = ["ExpressionError", "InputError", "IntegrationError", "OdehildError",
+__all__ = ["ExpressionError", "InputError", "IntegrationError", "OdehildError", "ResolutionWarning",
            "HermiteExpansion", "Kernel", "U_kernel", "V_kernel", "hermite", "parse_expression",
            "__version__"]

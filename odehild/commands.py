@@ -20,7 +20,7 @@ def add_model_args(p, eps_required=True):
 
 def add_solver_args(p):
     p.add_argument("--t-end", type=float, default=5.0, help="final time (default 5)")
-    p.add_argument("--points", type=int, default=200, help="log-spaced output times (default 200)")
+    p.add_argument("--points", type=int, default=200, help="log-spaced output times (default %(default)s)")
     p.add_argument("--t-min", type=float, default=None, help="first output time (default eps/100)")
     p.add_argument("--method", default="Radau", help="Radau (default), BDF, LSODA, or RK45")
     p.add_argument("--rtol", type=float, default=1e-8)
@@ -36,7 +36,7 @@ def init_from_args(args):
         arrays, _ = load_npz(args.init, required=("a0", "s0"))
         return InitialCondition(arrays["a0"], arrays["s0"], arrays.get("weights"),
                                 description=f"from {args.init}")
-    return initial_condition(args.particles, args.a0, args.seed)
+    return initial_condition(args.particles, args.a0, args.seed, args.nodes)
 
 
 def _cmd_solve(args):
@@ -69,6 +69,9 @@ def _cmd_plot(args):
 
 
 def _cmd_timescales(args):
+    import warnings
+
+    from .errors import ResolutionWarning
     from .solve import initial_condition
     from .solve.analysis import predicted_exponent, timescale_sweep
     from .symbolic.models import MeanFieldModel
@@ -77,24 +80,64 @@ def _cmd_timescales(args):
     if len(eps_list) < 2:
         raise InputError("--eps-list needs at least two values")
     model = MeanFieldModel(args.sigma, args.phi, args.kmax, eps_list[0])
-    init = initial_condition(args.particles, args.a0, args.seed)
-    fit, trajs = timescale_sweep(model, eps_list, init, args.t_end, method=args.method,
-                                 rtol=args.rtol, atol=args.atol, points=args.points,
-                                 progress=False if args.quiet else None)
+    init = initial_condition(args.particles, args.a0, args.seed, args.nodes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResolutionWarning)  # printed below, in the notes
+        fit, trajs = timescale_sweep(model, eps_list, init, args.t_end, method=args.method,
+                                     rtol=args.rtol, atol=args.atol, points=args.points,
+                                     check_resolution=not args.no_resolution_check,
+                                     progress=False if args.quiet else None)
     if args.plot:
         from .solve.plot import plot_sweep
 
         plot_sweep(fit, trajs, args.plot)
+    learn = model.learnability(s0_zero=not init.s0.any())
     if args.json:
-        print(json.dumps({**fit.to_dict(), "predicted_slope": [predicted_exponent(k) for k in range(model.K + 1)]}))
+        print(json.dumps({**fit.to_dict(), "predicted_slope": [predicted_exponent(k) for k in range(model.K + 1)],
+                          "learnability": learn.to_dict()}))
         return
-    print("learning time t_k: first time |r_k| <= |r_k(0)|/2  (NaN: nothing to learn or not reached)")
-    print("eps       " + "".join(f"{'k=' + str(k):>12}" for k in range(model.K + 1)))
-    for e, row in zip(fit.eps, fit.times):
-        print(f"{e:<10.3g}" + "".join(f"{v:>12.4g}" for v in row))
-    print("slope     " + "".join(f"{v:>12.4f}" for v in fit.slope))
-    print("scenario  " + "".join(f"{predicted_exponent(k):>12.4f}" for k in range(model.K + 1)))
-    print("(scenario: t_0 ~ eps, t_1 ~ sqrt(eps) log(1/eps), t_l ~ eps^(1/(2l)) for l >= 2)")
+    print(learn.summary())
+    degrees = fit.degrees
+    if not degrees:
+        print("no target degree can be learned: no learning times to measure")
+        return
+    err_note = (f"± discretisation error |t(N) - t(N/2)| at N = {fit.resolution[0]}" if len(fit.resolution) > 1
+                else "no discretisation error estimate")
+    print(f"learning time t_k: first time |r_k| <= |r_k(0)|/2; {err_note}; * = phase not separated from a "
+          f"neighbour (learning times within a factor 2), left out of the fits")
+    w = 24
+    print(f"{'eps':<10}" + "".join(f"{'k=' + str(k):>{w}}" for k in degrees))
+
+    def cell(v, e, sep):
+        if not np.isfinite(v):
+            return f"{'-':>{w}}"
+        txt = f"{v:.4g}" + (f" ± {e:.1g}" if np.isfinite(e) else "") + (" " if sep else "*")
+        return f"{txt:>{w}}"
+
+    for i, e in enumerate(fit.eps):
+        print(f"{e:<10.3g}" + "".join(cell(fit.times[i, k], fit.time_error[i, k], fit.separated[i, k]) for k in degrees))
+
+    def num(v, e=None):
+        if not np.isfinite(v):
+            return f"{'-':>{w}}"
+        txt = f"{v:.4f}" + (f" ± {e:.4f}" if e is not None and np.isfinite(e) else "") + " "
+        return f"{txt:>{w}}"
+
+    print(f"{'slope':<10}" + "".join(num(fit.slope[k], fit.slope_error[k]) for k in degrees)
+          + "   (least squares over the separated eps)")
+    print(f"{'scenario':<10}" + "".join(num(fit.expected[k]) for k in degrees)
+          + "   (expected over the same eps: t_1 ~ sqrt(eps) log(1/eps), t_l ~ eps^(1/(2l)))")
+    for i in range(fit.local_slope.shape[0]):
+        print(f"{'local':<10}" + "".join(num(fit.local_slope[i, k], fit.local_slope_error[i, k]) for k in degrees)
+              + f"   (eps {fit.eps[i]:.3g} .. {fit.eps[i + 1]:.3g})")
+    if 1 in degrees and np.isfinite(fit.log_corrected_slope[1]):
+        print(f"degree 1 with its log factor: slope of t_1/log(1/eps) = {fit.log_corrected_slope[1]:.4f} (scenario 0.5)")
+    if args.a0 == "normal" and any(k >= 2 for k in degrees):
+        print("note: for a normal a0 law the late phases are driven by |a0| of 3 to 5 standard deviations and "
+              "the degree-l >= 2 slopes approach 1/(2l) only logarithmically in eps; a bounded law "
+              "(--a0 uniform) shows the scenario's exponent (README, 'Convergence')")
+    for note in fit.notes:
+        print(note)
 
 
 def _cmd_simulate(args):
@@ -181,7 +224,10 @@ def register(sub):
     g.add_argument("--init", default=None, help="FILE.npz with arrays a0, s0 (optional weights)")
     g.add_argument("--particles", type=int, default=200, help="number of particles N (default 200)")
     g.add_argument("--a0", default="normal", help="law of a0: normal (default), uniform, rademacher")
-    g.add_argument("--seed", type=int, default=None, help="sample a0 with this seed (default: quantiles)")
+    g.add_argument("--seed", type=int, default=None, help="sample a0 with this seed (default: quadrature nodes)")
+    g.add_argument("--nodes", default="quadrature",
+                   help="how a0's law becomes particles: quadrature (default: weighted nodes covering the tails) "
+                        "or quantiles (equal weights, slow to converge in N)")
     add_solver_args(s)
     s.add_argument("--out", required=True, help="output trajectory FILE.npz")
     s.set_defaults(func=_cmd_solve, results_next_to=("out",))
@@ -194,10 +240,14 @@ def register(sub):
     t = sub.add_parser("timescales", help="per-degree learning times over an eps sweep, with fitted exponents")
     add_model_args(t, eps_required=False)
     t.add_argument("--eps-list", type=float, nargs="+", required=True, help="values of eps")
-    t.add_argument("--particles", type=int, default=200)
-    t.add_argument("--a0", default="normal")
-    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--particles", type=int, default=200, help="particles N (default 200); N/2 gives the error estimate")
+    t.add_argument("--a0", default="normal", help="law of a0: normal (default), uniform, rademacher")
+    t.add_argument("--seed", type=int, default=None, help="sample a0 with this seed (default: quadrature nodes)")
+    t.add_argument("--nodes", default="quadrature", help="quadrature (default) or quantiles")
+    t.add_argument("--no-resolution-check", action="store_true",
+                   help="skip the second run at N/2 that estimates the discretisation error")
     add_solver_args(t)
+    t.set_defaults(points=2000)
     t.add_argument("--json", action="store_true")
     t.add_argument("--plot", default=None, help="write the sweep figure here")
     t.set_defaults(func=_cmd_timescales, results_next_to=("plot",))

@@ -21,3 +21,7 @@ class IntegrationError(OdehildError, RuntimeError):
         self.t_fail = t_fail
         self.state = state
         self.partial = partial
+
+
+class ResolutionWarning(UserWarning):
+    """A reported number changed by more than its tolerance between two resolutions (N and N/2)."""

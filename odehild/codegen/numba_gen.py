@@ -257,6 +257,14 @@ def finite_width_source(model: FiniteWidthModel) -> str:
 
     single = emit_block([("sa", sub(d.self_a)), ("al", sub(d.alpha))], 8, "xs")
     pair = emit_block([("pa", sub(d.pair_a)), ("be", sub(d.beta))], 12, "xp")
+    (sa_a, sa_s), (al_a, al_s) = d.self_partials
+    (pa_ai, pa_aj, pa_r), (be_ai, be_aj, be_r) = d.pair_partials
+    single_partials = emit_block(
+        [("al", sub(d.alpha)), ("d_sa_a", sub(sa_a)), ("d_sa_s", sub(sa_s)), ("d_al_a", sub(al_a)),
+         ("d_al_s", sub(al_s))], 8, "xds")
+    pair_partials = emit_block(
+        [("be", sub(d.beta)), ("d_pa_ai", sub(pa_ai)), ("d_pa_aj", sub(pa_aj)), ("d_pa_r", sub(pa_r)),
+         ("d_be_ai", sub(be_ai)), ("d_be_aj", sub(be_aj)), ("d_be_r", sub(be_r))], 12, "xdp")
     kernels = scalar_functions_source({
         "V": d.V.xreplace({s_sym: z}), "dV": sp.diff(d.V, s_sym).xreplace({s_sym: z}),
         "U": d.U.xreplace({r_sym: z}), "dU": sp.diff(d.U, r_sym).xreplace({r_sym: z})})
@@ -280,10 +288,10 @@ def unpack(y, m, R):
 def rhs(t, y, m, inv_eps, dy):
     """dy/dt for y = [a (m), s (m), r_ij for i < j (row-major upper triangle)]."""
     mf = float(m)
-    R = np.empty((m, m), dtype=y.dtype)
+    R = np.empty((m, m))
     unpack(y, m, R)
-    al_v = np.empty(m, dtype=y.dtype)
-    W = np.zeros((m, m), dtype=y.dtype)  # beta_ij, zero on the diagonal
+    al_v = np.empty(m)
+    W = np.zeros((m, m))  # beta_ij, zero on the diagonal
     for i in range(m):
         ai = y[i]
         si = y[m + i]
@@ -306,7 +314,7 @@ def rhs(t, y, m, inv_eps, dy):
             ds += W[i, k] * (y[m + k] - R[i, k] * si)
         dy[m + i] = ds
     # G_ij = alpha_i (s_j - s_i r_ij) + sum_k beta_ik (r_kj - r_ik r_ij); dr_ij = G_ij + G_ji
-    G = np.empty((m, m), dtype=y.dtype)
+    G = np.empty((m, m))
     for i in range(m):
         si = y[m + i]
         for j in range(m):
@@ -324,18 +332,114 @@ def rhs(t, y, m, inv_eps, dy):
 
 
 @njit(cache=True)
+def pair_index(m):
+    """Column of r_ij (i != j) in the packed state; -1 on the diagonal."""
+    P = np.full((m, m), -1, dtype=np.int64)
+    p = 2 * m
+    for i in range(m):
+        for j in range(i + 1, m):
+            P[i, j] = p
+            P[j, i] = p
+            p += 1
+    return P
+
+
+@njit(cache=True)
 def jac(t, y, m, inv_eps, J):
-    """Jacobian by complex-step differentiation of the generated rhs (exact to rounding)."""
-    n = y.shape[0]
-    h = 1e-40
-    yc = y.astype(np.complex128)
-    dyc = np.empty(n, dtype=np.complex128)
-    for c in range(n):
-        yc[c] = y[c] + 1j * h
-        rhs(t, yc, m, inv_eps, dyc)
-        for r in range(n):
-            J[r, c] = dyc[r].imag / h
-        yc[c] = y[c]
+    """Analytic dF/dy, assembled from the derived partials of the one-neuron terms (self_a,
+    alpha) in (a_i, s_i) and of the pair terms (pair_a, beta) in (a_i, a_j, r_ij)."""
+    mf = float(m)
+    R = np.empty((m, m))
+    unpack(y, m, R)
+    P = pair_index(m)
+    s = y[m:2 * m]
+    AL = np.empty(m)
+    SAa = np.empty(m)
+    SAs = np.empty(m)
+    ALa = np.empty(m)
+    ALs = np.empty(m)
+    W = np.zeros((m, m))
+    PAi = np.zeros((m, m))
+    PAj = np.zeros((m, m))
+    PAr = np.zeros((m, m))
+    BEi = np.zeros((m, m))
+    BEj = np.zeros((m, m))
+    BEr = np.zeros((m, m))
+    for i in range(m):
+        ai = y[i]
+        si = s[i]
+{single_partials}
+        AL[i] = al
+        SAa[i] = d_sa_a
+        SAs[i] = d_sa_s
+        ALa[i] = d_al_a
+        ALs[i] = d_al_s
+        for j in range(m):
+            if j == i:
+                continue
+            aj = y[j]
+            rij = R[i, j]
+{pair_partials}
+            W[i, j] = be
+            PAi[i, j] = d_pa_ai
+            PAj[i, j] = d_pa_aj
+            PAr[i, j] = d_pa_r
+            BEi[i, j] = d_be_ai
+            BEj[i, j] = d_be_aj
+            BEr[i, j] = d_be_r
+    J[:, :] = 0.0
+    for i in range(m):
+        si = s[i]
+        # eps da_i/dt = self_a(a_i, s_i) + sum_j pair_a(a_i, a_j, r_ij)
+        acc = SAa[i]
+        for j in range(m):
+            if j != i:
+                acc += PAi[i, j]
+                J[i, j] = inv_eps * PAj[i, j]
+                J[i, P[i, j]] = inv_eps * PAr[i, j]
+        J[i, i] = inv_eps * acc
+        J[i, m + i] = inv_eps * SAs[i]
+        # ds_i/dt = alpha_i (1 - s_i^2) + sum_k W_ik (s_k - r_ik s_i)
+        row = m + i
+        da = ALa[i] * (1.0 - si * si)
+        dsi = ALs[i] * (1.0 - si * si) - 2.0 * si * AL[i]
+        for k in range(m):
+            if k == i:
+                continue
+            lever = s[k] - R[i, k] * si
+            da += BEi[i, k] * lever
+            J[row, k] += BEj[i, k] * lever
+            dsi -= W[i, k] * R[i, k]
+            J[row, m + k] += W[i, k]
+            J[row, P[i, k]] += BEr[i, k] * lever - W[i, k] * si
+        J[row, i] += da
+        J[row, m + i] += dsi
+    # dr_ij/dt = G_ij + G_ji, G_ij = alpha_i (s_j - s_i r_ij) + sum_k W_ik (r_kj - r_ik r_ij)
+    for i in range(m):
+        for j in range(m):
+            if j == i:
+                continue
+            row = P[i, j]
+            si = s[i]
+            rij = R[i, j]
+            da = ALa[i] * (s[j] - si * rij)
+            drij = -AL[i] * si - rij * W[i, j]
+            for k in range(m):
+                if k == i:
+                    continue
+                lever = R[k, j] - R[i, k] * rij
+                da += BEi[i, k] * lever
+                J[row, k] += BEj[i, k] * lever
+                drij -= W[i, k] * R[i, k]
+                if k == j:
+                    drij += BEr[i, j] * (1.0 - rij * rij)
+                else:
+                    J[row, P[i, k]] += BEr[i, k] * lever - rij * W[i, k]
+                    J[row, P[k, j]] += W[i, k]
+            J[row, i] += da
+            J[row, m + i] += ALs[i] * (s[j] - si * rij) - AL[i] * rij
+            J[row, m + j] += AL[i]
+            J[row, row] += drij
 
 
 @njit(cache=True)
@@ -343,10 +447,11 @@ def risk(a, s, R, phi_norm2):
     """Exact population risk of the finite network from its overlaps (bmz-model.md 1)."""
     m = a.shape[0]
     val = 0.5 * phi_norm2
+    # overlaps of unit vectors computed in floating point may exceed 1 by rounding
     for i in range(m):
-        val -= a[i] * V(s[i]) / m
+        val -= a[i] * V(min(max(s[i], -1.0), 1.0)) / m
         for j in range(m):
-            val += a[i] * a[j] * U(R[i, j]) / (2.0 * m * m)
+            val += a[i] * a[j] * U(min(max(R[i, j], -1.0), 1.0)) / (2.0 * m * m)
     return val
 '''
 
@@ -379,6 +484,10 @@ def _write_atomic(path: Path, text: str):
     os.replace(tmp, path)
 
 
+# entries made by another version of these templates are rebuilt, not trusted
+GENERATOR_SHA = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
 def _entry_valid(folder: Path, key: str) -> bool:
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -386,7 +495,7 @@ def _entry_valid(folder: Path, key: str) -> bool:
     except (OSError, ValueError):
         return False
     return (manifest.get("key") == key and manifest.get("sha256") == _sha(source)
-            and manifest.get("odehild") == __version__)
+            and manifest.get("odehild") == __version__ and manifest.get("generator") == GENERATOR_SHA)
 
 
 def _import(folder: Path, key: str):
@@ -418,7 +527,7 @@ def compile_source(key: str, build_source, declaration: dict, kind: str) -> Comp
             stale.unlink(missing_ok=True)
         _write_atomic(folder / MODULE, source)
         _write_atomic(folder / MANIFEST, json.dumps(
-            {"key": key, "sha256": _sha(source), "odehild": __version__, "kind": kind,
+            {"key": key, "sha256": _sha(source), "odehild": __version__, "generator": GENERATOR_SHA, "kind": kind,
              "declaration": declaration}, indent=1))
     t0 = time.perf_counter()
     module = _import(folder, key)

@@ -21,9 +21,9 @@ import sympy as sp
 from .. import __version__
 from ..checks import positive_float, positive_int
 from ..codegen import compile_model, compile_source, digest, scalar_functions_source
-from ..errors import InputError
+from ..errors import InputError, IntegrationError
 from ..io import load_npz, save_npz
-from ..solve import InitialCondition, a0_law, solve
+from ..solve import InitialCondition, a0_law, log_time_grid, solve
 from ..symbolic.models import FiniteWidthModel, check_eps, check_kmax
 from ..symbolic.parse import parse_expression, z
 
@@ -180,15 +180,16 @@ def weight_flow_rhs(t, yv, m, d, inv_eps, out):
     du_i/dt = (I - u_i u_i^T)[a_i V'(s_i) u* - (1/m) sum_j a_i a_j U'(r_ij) u_j]."""
     a = yv[:m]
     W = yv[m:].reshape((m, d))
-    R = W @ W.T
+    # |u_i| = 1 holds only to rounding; closed-form kernels (sqrt(1 - r^2)) need |r| <= 1
+    R = np.minimum(np.maximum(W @ W.T, -1.0), 1.0)
     for i in range(m):
-        acc = Vk(W[i, 0])
+        acc = Vk(min(max(W[i, 0], -1.0), 1.0))
         for j in range(m):
             acc -= a[j] * Uk(R[i, j]) / m
         out[i] = inv_eps * acc
     G = np.zeros((m, d))
     for i in range(m):
-        G[i, 0] += a[i] * dVk(W[i, 0])
+        G[i, 0] += a[i] * dVk(min(max(W[i, 0], -1.0), 1.0))
         for j in range(m):
             if j != i:
                 c = a[i] * a[j] * dUk(R[i, j]) / m
@@ -232,7 +233,8 @@ class Network:
         from ..symbolic.models import r_sym, s_sym
 
         key = digest({"kind": "network", "sigma": sp.srepr(s_expr), "phi": sp.srepr(p_expr),
-                      "V": sp.srepr(V), "U": sp.srepr(U), "odehild": __version__})
+                      "V": sp.srepr(V), "U": sp.srepr(U), "odehild": __version__,
+                      "template": digest({"kernels": _KERNELS})})
 
         def build():
             funcs = {"sigma": s_expr, "dsigma": sp.diff(s_expr, z), "phi": p_expr,
@@ -411,8 +413,7 @@ def population_gf(sigma, phi, eps, width, dim, t_end=5.0, seed=0, a0="normal", s
     W, a = random_start(m, d, seed, a0)
     model = net.overlap_model
     t_end = positive_float("t_end", t_end)
-    t_eval = np.concatenate([[0.0], np.logspace(np.log10(min(1e-2 * net.eps, 1e-3 * t_end)), np.log10(t_end), points)])
-    t_eval[-1] = t_end
+    t_eval = log_time_grid(t_end, points, eps=net.eps)
     start = time.perf_counter()
     if space == "overlaps":
         tr = solve(model, InitialCondition(a, W[:, 0], None, W @ W.T, f"random sphere start, d = {d}"),
@@ -427,6 +428,9 @@ def population_gf(sigma, phi, eps, width, dim, t_end=5.0, seed=0, a0="normal", s
         def f(t, yv):
             out = np.empty_like(yv)
             k.weight_flow_rhs(t, yv, m, d, 1 / net.eps, out)
+            if not np.all(np.isfinite(out)):
+                raise IntegrationError(f"weight-space flow: non-finite derivative at t = {t:.6g}", t_fail=t,
+                                       state=yv.copy())
             return out
 
         sol = solve_ivp(f, (0, t_end), np.concatenate([a, W.ravel()]), method=method or "DOP853",

@@ -112,6 +112,10 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
     if t_eval.ndim != 1 or t_eval.size < 1 or np.any(np.diff(t_eval) <= 0) or t_eval[0] < 0 \
             or t_eval[-1] > t_end * (1 + 1e-12):
         raise InputError("t_eval must be increasing, within [0, t_end]")
+    # a last time that rounds above t_end (logspace) is t_end: the solver stops exactly there
+    t_eval = np.minimum(t_eval, t_end)
+    if t_eval.size > 1 and t_eval[-1] <= t_eval[-2]:
+        raise InputError("t_eval must be increasing, within [0, t_end]")
 
     wall0 = time.perf_counter()
     compiled = compile_model(model)

@@ -32,12 +32,16 @@ def plot_risk(ax, traj, label=None, levels=True):
     pos = traj.t > 0
     ax.semilogx(traj.t[pos], traj.risk[pos], lw=1.8, label=label)
     if levels and "phi_coefficients" in traj.meta:
-        lv = plateau_levels(traj.meta["phi_coefficients"], traj.meta.get("phi_norm2"))
-        for l, v in enumerate(lv[:-1]):
-            if l == 0 or v < lv[l - 1] - 1e-12:
+        # only levels the dynamics can reach (sigma_k = 0, the s = 0 trap, sign obstructions)
+        lv = plateau_levels(traj.meta["phi_coefficients"], traj.meta.get("phi_norm2"),
+                            traj.meta.get("sigma_coefficients"), not np.any(traj.s[0]))
+        last = None
+        for l, v in lv.items():
+            if last is None or v < last - 1e-12:
                 ax.axhline(v, color="0.6", ls=":", lw=0.8)
-                ax.text(traj.t[pos][0], v, f" degree {l - 1} learned" if l else " start",
+                ax.text(traj.t[pos][0], v, f" degree {l} learned" if l >= 0 else " start",
                         va="bottom", fontsize=7, color="0.4")
+            last = v
     ax.set_xlabel("t")
     ax.set_ylabel("population risk R(t)")
 
@@ -89,11 +93,33 @@ def plot_sweep(fit, trajs, path=None):
         plot_risk(axes[0], tr, label=f"eps = {e:.0e}", levels=tr is trajs[-1])
     axes[0].legend(fontsize=7)
     ax = axes[1]
-    for k in range(fit.times.shape[1]):
+    err = fit.time_error if fit.time_error is not None else np.full_like(fit.times, np.nan)
+    sep = fit.separated if fit.separated is not None else np.isfinite(fit.times)
+    drawn = False
+    for k in fit.degrees or range(fit.times.shape[1]):
         ok = np.isfinite(fit.times[:, k])
-        if ok.sum() >= 2:
-            ax.loglog(fit.eps[ok], fit.times[ok, k], "o-", label=f"degree {k}: slope {fit.slope[k]:.3f}")
+        if not ok.any():
+            continue
+        label = f"degree {k}"
+        if np.isfinite(fit.slope[k]):
+            label += f": slope {fit.slope[k]:.3f}"
+            if fit.slope_error is not None and np.isfinite(fit.slope_error[k]):
+                label += f" ± {fit.slope_error[k]:.3f}"
+            if fit.expected is not None and np.isfinite(fit.expected[k]):
+                label += f" (scenario {fit.expected[k]:.3f})"
+        line, = ax.loglog(fit.eps[ok], fit.times[ok, k], "-", lw=1, label=label)
+        yerr = np.where(np.isfinite(err[ok, k]), err[ok, k], 0.0)
+        for filled in (True, False):
+            pick = sep[ok, k] == filled
+            if pick.any():
+                ax.errorbar(fit.eps[ok][pick], fit.times[ok, k][pick], yerr=yerr[pick], fmt="o", ms=5,
+                            color=line.get_color(), mfc=line.get_color() if filled else "white", capsize=2)
+        drawn = True
     ax.set_xlabel("eps")
     ax.set_ylabel("learning time t_k (|r_k| halved)")
-    ax.legend(fontsize=7)
+    ax.set_title("hollow: phase not separated from a neighbour (not fitted)", fontsize=8)
+    if drawn:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no degree was learned", ha="center", transform=ax.transAxes)
     return finish_figure(fig, path)

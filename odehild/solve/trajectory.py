@@ -12,17 +12,26 @@ from ..errors import InputError
 from ..io import load_npz, save_npz
 
 A0_LAWS = ("normal", "uniform", "rademacher")
+A0_NODES = ("quadrature", "quantiles")
+# the normal law is truncated here for quadrature: mass beyond 8 standard deviations is 1.2e-15
+NORMAL_CUTOFF = 8.0
 
 
 @dataclasses.dataclass
 class InitialCondition:
-    """Particles (a0, s0) with weights summing to 1; ``r0`` (m, m) for finite-width overlaps."""
+    """Particles (a0, s0) with weights summing to 1; ``r0`` (m, m) for finite-width overlaps.
+
+    ``recipe`` (law, nodes, seed) says how a0 was built from its law, so that the same initial
+    condition can be rebuilt at another number of particles (:meth:`at_resolution`); None for
+    explicit arrays.
+    """
 
     a0: np.ndarray
     s0: np.ndarray
     weights: np.ndarray
     r0: Optional[np.ndarray] = None
     description: str = "explicit arrays"
+    recipe: Optional[dict] = None
 
     def __post_init__(self):
         self.a0 = _finite_vector(self.a0, "a0")
@@ -57,6 +66,12 @@ class InitialCondition:
     def N(self) -> int:
         return self.a0.size
 
+    def at_resolution(self, N: int) -> Optional["InitialCondition"]:
+        """The same initial condition with N particles, or None when it was given as arrays."""
+        if self.recipe is None:
+            return None
+        return initial_condition(N, **self.recipe)
+
 
 def _finite_vector(x, name) -> np.ndarray:
     try:
@@ -69,15 +84,20 @@ def _finite_vector(x, name) -> np.ndarray:
     return arr
 
 
-def a0_law(law: str, N: int, seed=None) -> np.ndarray:
-    """N second-layer weights from a law of unit variance: by quantiles (j + 1/2)/N, or sampled.
-
-    Laws: ``normal`` N(0, 1), ``uniform`` U(-sqrt 3, sqrt 3), ``rademacher`` +-1.
-    """
+def _check_law(law, N):
     if law not in A0_LAWS:
         raise InputError(f"unknown law for a0: {law!r} (allowed: {', '.join(A0_LAWS)})")
     if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
         raise InputError(f"number of particles must be a positive integer, got {N!r}")
+
+
+def a0_law(law: str, N: int, seed=None) -> np.ndarray:
+    """N equal-weight second-layer weights from a law of unit variance: by quantiles (j + 1/2)/N,
+    or sampled with ``seed``.
+
+    Laws: ``normal`` N(0, 1), ``uniform`` U(-sqrt 3, sqrt 3), ``rademacher`` +-1.
+    """
+    _check_law(law, N)
     if seed is None:
         q = (np.arange(N) + 0.5) / N
     else:
@@ -93,11 +113,55 @@ def a0_law(law: str, N: int, seed=None) -> np.ndarray:
     return a
 
 
-def initial_condition(N: int = 200, a0: str = "normal", seed=None) -> InitialCondition:
-    """The paper's initial condition: s = 0, a from a law (quantiles, or sampled with ``seed``)."""
-    a = a0_law(a0, N, seed)
-    how = "quantiles" if seed is None else f"samples, seed {seed}"
-    return InitialCondition(a, np.zeros(N), None, None, f"s0 = 0, a0 ~ {a0} ({how}), N = {N}")
+def a0_quadrature(law: str, N: int):
+    """N weighted nodes (a_j, w_j) representing the law of a0, tails included.
+
+    With s0 = 0 every particle's path depends on a0 alone, so the moments are integrals over the
+    law of a0, and a quadrature rule converges where equal-weight quantiles do not: late phases are
+    driven by |a0| of 3 to 5 standard deviations, which N quantiles reach only as sqrt(2 log N).
+
+    - ``normal``: Gauss-Legendre nodes on [-8, 8], weights the Gauss-Legendre weights times the
+      N(0, 1) density (mass beyond 8 standard deviations: 1.2e-15);
+    - ``uniform`` on [-sqrt 3, sqrt 3]: Gauss-Legendre, exact for polynomials of degree < 2N;
+    - ``rademacher``: the two atoms +-1, each of mass 1/2 shared by its nodes.
+    """
+    _check_law(law, N)
+    if N < 2:
+        raise InputError(f"a quadrature of the a0 law needs at least 2 nodes, got N = {N}")
+    if law == "rademacher":
+        a = np.where(np.arange(N) < N // 2, -1.0, 1.0)
+        w = np.where(a < 0, 0.5 / (N // 2), 0.5 / (N - N // 2))
+        return a, w
+    x, gw = np.polynomial.legendre.leggauss(N)
+    if law == "normal":
+        a = NORMAL_CUTOFF * x
+        w = gw * stats.norm.pdf(a)
+    else:
+        a = np.sqrt(3) * x
+        w = gw.copy()
+    return a, w / w.sum()
+
+
+def initial_condition(N: int = 200, a0: str = "normal", seed=None, nodes: str = "quadrature") -> InitialCondition:
+    """The paper's initial condition: s = 0, a from a law.
+
+    ``nodes="quadrature"`` (default) places weighted nodes that represent the tails
+    (:func:`a0_quadrature`); ``"quantiles"`` gives equal-weight quantiles (j + 1/2)/N, which
+    converge slowly in N for unbounded laws; a ``seed`` samples N equal-weight particles instead.
+    """
+    if nodes not in A0_NODES:
+        raise InputError(f"unknown a0 nodes {nodes!r} (allowed: {', '.join(A0_NODES)})")
+    recipe = {"a0": a0, "seed": seed, "nodes": nodes}
+    if seed is not None:
+        a, w = a0_law(a0, N, seed), None
+        how = f"samples, seed {seed}"
+    elif nodes == "quantiles":
+        a, w = a0_law(a0, N), None
+        how = "quantiles"
+    else:
+        a, w = a0_quadrature(a0, N)
+        how = "quadrature nodes"
+    return InitialCondition(a, np.zeros(N), w, None, f"s0 = 0, a0 ~ {a0} ({how}), N = {N}", recipe)
 
 
 @dataclasses.dataclass

@@ -35,7 +35,7 @@ eps_sym = sp.Symbol("epsilon", positive=True)
 m_sym = sp.Symbol("m", positive=True)
 x_sym = sp.Symbol("x", real=True)
 
-CODEGEN_FORMAT = 5  # bump when generated code changes shape
+CODEGEN_FORMAT = 6  # bump when generated code changes shape
 
 
 def check_eps(eps) -> float:
@@ -167,12 +167,12 @@ class _ModelBase:
         self.eps = check_eps(self.eps)
         self.K = check_kmax(self.K)
 
-    @property
-    def plateau_levels(self) -> np.ndarray:
-        """Risk plateau after degree l is learned: (1/2) sum_{k>l} phi_k^2 (+ tail), l = -1..K."""
-        p2 = np.square(self.phi.coefficients)
-        tails = np.array([p2[l + 1:].sum() for l in range(-1, self.K + 1)]) + self.phi.tail
-        return 0.5 * tails
+    def learnability(self, s0_zero: bool = True):
+        """Which target degrees the dynamics can learn, the risk levels between phases and the floor
+        (:mod:`odehild.symbolic.learnability`), from s0 = 0 or from s0 != 0."""
+        from .learnability import learnability
+
+        return learnability(self.sigma.coefficients, self.phi.coefficients, self.phi.norm2, s0_zero)
 
     def meta(self) -> dict:
         return {"model": self.kind, "sigma": self.sigma.name, "phi": self.phi.name,
@@ -250,6 +250,8 @@ class FiniteWidthDerivation:
     pair_a: sp.Expr
     alpha: sp.Expr
     beta: sp.Expr
+    self_partials: tuple  # d(self_a, alpha)/d(a_i, s_i): ((sa_a, sa_s), (al_a, al_s))
+    pair_partials: tuple  # d(pair_a, beta)/d(a_i, a_j, r_ij): ((pa_ai, pa_aj, pa_r), (be_ai, be_aj, be_r))
 
 
 def derive_finite_width(V: sp.Expr, U: sp.Expr) -> FiniteWidthDerivation:
@@ -261,7 +263,10 @@ def derive_finite_width(V: sp.Expr, U: sp.Expr) -> FiniteWidthDerivation:
     pair_a = sp.expand(-m_sym * 2 * sp.diff(B, a_sym))
     alpha = sp.expand(-m_sym * sp.diff(A, s_sym))
     beta = sp.expand(-m_sym * 2 * sp.diff(B, r_sym))
-    return FiniteWidthDerivation(V, U, A, B, self_a, pair_a, alpha, beta)
+    # analytic partials for the Jacobian: closed-form kernels (asin, acos) admit no complex step
+    self_partials = tuple(tuple(sp.diff(f, v) for v in (a_sym, s_sym)) for f in (self_a, alpha))
+    pair_partials = tuple(tuple(sp.diff(f, v) for v in (a_sym, aj_sym, r_sym)) for f in (pair_a, beta))
+    return FiniteWidthDerivation(V, U, A, B, self_a, pair_a, alpha, beta, self_partials, pair_partials)
 
 
 class FiniteWidthModel(_ModelBase):

@@ -14,6 +14,7 @@ def _tex(e) -> str:
 def render_meanfield(model: MeanFieldModel) -> str:
     d = model.derivation
     K = d.K
+    learn = model.learnability()
     sig = model.sigma.symbolic_coefficients
     phi = model.phi.symbolic_coefficients
     vals = {**dict(zip(d.sigma, sig)), **dict(zip(d.phi, phi)), d.tail: sp.nsimplify(model.phi.tail)
@@ -61,11 +62,15 @@ def render_meanfield(model: MeanFieldModel) -> str:
         "",
         f"$$R = {_tex(sp.expand(d.risk.subs(vals)))}$$",
         "",
-        "Plateau levels $\\frac12 \\sum_{k>l} \\varphi_k^2$ (+ tail) after degree $l$ is learned:",
+        "Risk levels once every reachable degree $\\le l$ is learned, from $s_0 = 0$ "
+        "($\\frac12$ the squared norm of the target degrees not yet learned or unreachable, + tail; "
+        "$l = -1$: the start):",
         "",
-        "| l | " + " | ".join(str(l) for l in range(-1, K + 1)) + " |",
-        "|---|" + "---|" * (K + 2),
-        "| level | " + " | ".join(f"{v:.6g}" for v in model.plateau_levels) + " |",
+        "| l | " + " | ".join(str(l) for l in learn.levels) + " |",
+        "|---|" + "---|" * len(learn.levels),
+        "| level | " + " | ".join(f"{v:.6g}" for v in learn.levels.values()) + " |",
+        "",
+        *[f"- {reason}" for reason in learn.reasons()],
         "",
         "## Jacobian structure",
         "",
