@@ -20,45 +20,87 @@
 # the population risk only depends on the moments $M_k = \mathbb E[a s^k]$ (normalized Hermite
 # coefficients $\sigma_k, \varphi_k$). The scenario (bmz-model.md, section 3): degree $l$ is learned
 # on the time scale $t_1 \sim \sqrt\varepsilon \log(1/\varepsilon)$, $t_l \sim \varepsilon^{1/(2l)}$ for
-# $l \ge 2$, with plateaus at $\frac12 \sum_{k>l} \varphi_k^2$ in between.
+# $l \ge 2$, with plateaus at $\frac12 \sum_{k>l} \varphi_k^2$ in between **where the phases separate**.
 #
-# This notebook integrates an eps sweep, marks the plateaus, collapses the drops in rescaled time and
-# fits the exponents. Under `CI=true` it runs on reduced sizes.
+# This notebook first shows that the numbers converge in the number of particles N (and why equal-weight
+# quantiles of $a_0$ do not), then integrates an eps sweep, shows which plateaus exist, collapses the
+# drops in rescaled time and fits the exponents with their uncertainties. Under `CI=true` it runs on
+# reduced sizes.
 
 # %%
 import os
+import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from odehild.solve import initial_condition
-from odehild.solve.analysis import find_plateaus, plateau_levels, predicted_exponent, timescale_sweep
+from odehild import ResolutionWarning
+from odehild.solve import initial_condition, solve
+from odehild.solve.analysis import find_plateaus, learning_times, timescale_sweep
 from odehild.symbolic.models import MeanFieldModel
 
 QUICK = os.environ.get("CI", "").lower() == "true"
 SIGMA = "h(0,z)+h(1,z)+h(2,z)+h(3,z)"
 PHI = "h(1,z)+h(2,z)+h(3,z)"
 EPS = [1e-4, 1e-6, 1e-8] if QUICK else [1e-4, 1e-6, 1e-8, 1e-10, 1e-12]
-N = 60 if QUICK else 400  # particles: quantiles of a0 ~ N(0, 1), s0 = 0
+N = 60 if QUICK else 200  # particles: s0 = 0, a0 ~ N(0, 1) on weighted quadrature nodes
 
 model = MeanFieldModel(SIGMA, PHI, K=3, eps=EPS[0])
-fit, trajs = timescale_sweep(model, EPS, initial_condition(N), t_end=5.0, progress=False)
+
+# %% [markdown]
+# ## Convergence in the number of particles
+# With $s_0 = 0$ a particle's path depends on $a_0$ alone, so the moments are integrals over the law
+# of $a_0$. Late phases are driven by the particles with the largest $|a_0|$ (3 to 5 standard
+# deviations): N equal-weight quantiles reach only $\sqrt{2\log N}$, and the learning times keep
+# drifting as N grows. Weighted quadrature nodes (the default: Gauss-Legendre on $[-8, 8]$ with the
+# normal density as weights) represent the tail and converge by N = 100.
+
+# %%
+Ns = [25, 50, 100] if QUICK else [25, 50, 100, 200, 400, 1000]
+conv = {}
+for nodes in ("quadrature", "quantiles"):
+    conv[nodes] = [learning_times(*(lambda tr: (tr.t, tr.residuals))(
+        solve(model.with_eps(1e-8), initial_condition(n, nodes=nodes), 5.0, points=2000, progress=False)))
+        for n in Ns]
+fig, ax = plt.subplots(figsize=(6, 3.8))
+for nodes, style in (("quadrature", "o-"), ("quantiles", "s--")):
+    ax.semilogx(Ns, [lt[2] for lt in conv[nodes]], style, label=f"t_2, {nodes}")
+ax.set_xlabel("particles N")
+ax.set_ylabel("learning time of degree 2 at eps = 1e-8")
+ax.legend()
+plt.show()
+for nodes in conv:
+    print(f"{nodes:>10}: t_2 = " + ", ".join(f"{lt[2]:.4g}" for lt in conv[nodes]) + f"  (N = {Ns})")
+
+# %% [markdown]
+# ## The eps sweep
+# `timescale_sweep` solves every eps at N and again at N/2: the difference is the discretisation error
+# it reports with every learning time (and warns about above 1%).
+
+# %%
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ResolutionWarning)  # listed in fit.notes
+    fit, trajs = timescale_sweep(model, EPS, initial_condition(N), t_end=5.0, progress=False)
 for tr in trajs:
     st = tr.stats
     print(f"eps = {tr.meta['eps']:.0e}: {st['nsteps']} Radau steps, {st['solve_seconds']:.2f} s, "
           f"risk {tr.risk[0]:.3f} -> {tr.risk[-1]:.2e}")
 
 # %% [markdown]
-# ## Risk against log-time, with the plateau levels
-# The dotted lines are $\frac12\sum_{k>l}\varphi_k^2$ for $l = 0, 1, 2, 3$: 1.5, 1.0, 0.5 and 0.
+# ## Risk against log-time: which plateaus exist
+# The dotted lines are the levels $\frac12\sum_{k>l}\varphi_k^2$ of the degrees this activation can
+# learn (`model.learnability()`): 1.5, 1.0, 0.5 and 0. The plateau at 1.0 (degree 1 learned) is there
+# at every small eps; the one at 0.5 is not: degrees 2 and 3 are learned in one drop, their learning
+# times within 1% of each other (the ratio $t_3/t_2$ grows only like
+# $\varepsilon^{-1/12}$, and with a normal $a_0$ law the tail particles learn both at once).
 
 # %%
-levels = plateau_levels(model.phi.coefficients, model.phi.norm2)
+levels = model.learnability().levels
 fig, ax = plt.subplots(figsize=(7, 4))
 colors = plt.cm.viridis(np.linspace(0, 0.9, len(trajs)))
 for tr, c in zip(trajs, colors):
     ax.semilogx(tr.t[1:], tr.risk[1:], color=c, label=f"eps = {tr.meta['eps']:.0e}")
-for lev in levels:
+for lev in levels.values():
     ax.axhline(lev, ls=":", color="gray", lw=0.8)
 ax.set_xlabel("t")
 ax.set_ylabel("population risk")
@@ -69,6 +111,9 @@ smallest = trajs[-1]
 for p in find_plateaus(smallest.t, smallest.risk):
     print(f"plateau at risk {p.level:.3f} over {p.decades:.1f} decades of time "
           f"(t = {p.t_start:.2e} .. {p.t_end:.2e})")
+print(f"t_3 / t_2 at each eps: " + ", ".join(f"{r:.3f}" for r in fit.times[:, 3] / fit.times[:, 2]))
+for note in fit.notes:
+    print(note)
 
 # %% [markdown]
 # ## Collapse in rescaled time
@@ -97,18 +142,25 @@ plt.show()
 # %% [markdown]
 # ## Fitted exponents against the scenario
 # Learning time of degree $k$: first time $|r_k| \le |r_k(0)|/2$. Slope of $\log t_k$ against
-# $\log\varepsilon$. Degree 0 has nothing to learn here ($r_0(0) = 0$: the a0 quantiles are
-# symmetric). The log factor of degree 1 pulls its slope below 1/2 at these eps.
+# $\log\varepsilon$ over the eps where degree $k$'s phase is separated, with the discretisation error
+# propagated. Degree 0 has nothing to learn here ($r_0(0) = 0$: $a_0$ has mean 0). The scenario column
+# is what $\sqrt\varepsilon\log(1/\varepsilon)$ gives over the same eps (below 1/2); degrees 2 and 3
+# are not separated, so they get no fit here: the K = 2 staircase with a bounded $a_0$ law (the demo,
+# and the test suite) shows the exponent 1/4 to within 0.01.
 
 # %%
-print(f"{'degree':>6} {'fitted slope':>13} {'scenario':>9}")
-for k in range(1, model.K + 1):
-    print(f"{k:>6} {fit.slope[k]:>13.3f} {predicted_exponent(k):>9.3f}")
+print(f"{'degree':>6} {'fitted slope':>20} {'scenario over these eps':>24}")
+for k in fit.degrees:
+    print(f"{k:>6} {fit.slope[k]:>12.4f} ± {fit.slope_error[k]:.4f} {fit.expected[k]:>24.4f}")
+print(f"degree 1 with its log factor: t_1 / log(1/eps) fits {fit.log_corrected_slope[1]:.4f} (scenario 0.5)")
 
 fig, ax = plt.subplots(figsize=(5, 4))
-for k in range(1, model.K + 1):
-    ax.loglog(fit.eps, fit.times[:, k], "o-", label=f"k = {k}: slope {fit.slope[k]:.3f} "
-              f"(scenario {predicted_exponent(k):.3f})")
+for k in fit.degrees:
+    ax.errorbar(fit.eps, fit.times[:, k], yerr=np.nan_to_num(fit.time_error[:, k]), fmt="o-",
+                label=f"k = {k}" + (f": slope {fit.slope[k]:.3f} (scenario {fit.expected[k]:.3f})"
+                                    if np.isfinite(fit.slope[k]) else ": not separated"))
+ax.set_xscale("log")
+ax.set_yscale("log")
 ax.set_xlabel("eps")
 ax.set_ylabel("learning time t_k")
 ax.legend(fontsize=8)

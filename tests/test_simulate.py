@@ -194,3 +194,41 @@ def test_closed_form_kernels_under_every_implicit_solver(sigma, phi):
         np.testing.assert_allclose(sim.s, ref.s, atol=1e-7)
         np.testing.assert_allclose(sim.risk, ref.risk, atol=1e-8)
         assert sim.risk[-1] < 0.2 * sim.risk[0]
+
+
+def _kernel_by_quadrature(f, g, rho, n=300):
+    """E[f(G) g(rho G + sqrt(1 - rho^2) G')] by a tensor Gauss-Hermite rule (smooth f, g; tanh(2x)
+    has poles near the real axis, so n = 300; NumPy's weights overflow beyond about 350)."""
+    x, w = np.polynomial.hermite_e.hermegauss(n)
+    w = w / w.sum()
+    X, Y = np.meshgrid(x, x, indexing="ij")
+    return float(np.sum(np.outer(w, w) * f(X) * g(rho * X + np.sqrt(1 - rho**2) * Y)))
+
+
+def test_sgd_risk_without_closed_form_is_exact_within_its_bound(rng):
+    """tanh has no closed-form kernel: the recorded population risk uses series kernels, and must
+    agree with kernels from 2-D quadrature to within the reported truncation bound (which is small)."""
+    from odehild.simulate.networks import _risks
+
+    net = Network("tanh(z)", "tanh(2*z)", eps=0.1, kmax=4)
+    assert net.risk_kernels.startswith("series")
+    m, d = 5, 6
+    W = rng.normal(size=(m, d))
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    W[0] = 0.6 * np.eye(d)[0] + 0.8 * np.eye(d)[1]  # a large alignment, s = 0.6
+    a = rng.normal(size=m) * 2
+    R, s = W @ W.T, W[:, 0]
+    V = np.array([_kernel_by_quadrature(lambda x: np.tanh(2 * x), np.tanh, si) for si in s])
+    U = np.array([[_kernel_by_quadrature(np.tanh, np.tanh, min(r, 1.0)) for r in row] for row in R])
+    phi2 = _kernel_by_quadrature(lambda x: np.tanh(2 * x), lambda x: np.tanh(2 * x), 1.0)
+    exact = 0.5 * phi2 - a @ V / m + a @ U @ a / (2 * m * m)
+    risk, bound = _risks(net, W, a)
+    assert bound < 1e-6
+    assert abs(risk - exact) <= bound + 1e-10
+    # the old risk (series to degree K = 4, U(1) from the series) misses by far more
+    from odehild.symbolic.models import FiniteWidthModel
+
+    low = FiniteWidthModel("tanh(z)", "tanh(2*z)", 4, 0.1)
+    low_risk = 0.5 * low.phi.norm2 - a @ np.polyval(np.array(low.phi.coefficients)[::-1] * np.array(
+        low.sigma.coefficients)[::-1], s) / m + a @ np.polyval(np.square(low.sigma.coefficients)[::-1], R) @ a / (2 * m * m)
+    assert abs(low_risk - exact) > 100 * (bound + 1e-10)

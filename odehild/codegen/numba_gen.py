@@ -183,7 +183,7 @@ def rhs(t, y, w, inv_eps, dy):
 {unpack_g}
     for i in range(N):
         ai = y[i]
-        si = y[N + i]
+        si = min(max(y[N + i], -1.0), 1.0)  # |s| <= 1 is invariant; a Newton overshoot must not leave it
 {rhs}
         dy[i] = fa
         dy[N + i] = fs
@@ -204,7 +204,7 @@ def jac_parts(t, y, w, inv_eps, D, A, Vt):
 {unpack_g}
     for i in range(N):
         ai = y[i]
-        si = y[N + i]
+        si = min(max(y[N + i], -1.0), 1.0)  # |s| <= 1 is invariant; a Newton overshoot must not leave it
         wi = w[i]
 {jac_local}
         D[0, i] = jaa
@@ -443,15 +443,18 @@ def jac(t, y, m, inv_eps, J):
 
 
 @njit(cache=True)
-def risk(a, s, R, phi_norm2):
-    """Exact population risk of the finite network from its overlaps (bmz-model.md 1)."""
+def risk(a, s, R, phi_norm2, sigma_norm2):
+    """Population risk of the finite network from its overlaps (bmz-model.md 1); U(1) = E[sigma^2]
+    exactly, whatever the kernel's truncation."""
     m = a.shape[0]
     val = 0.5 * phi_norm2
     # overlaps of unit vectors computed in floating point may exceed 1 by rounding
     for i in range(m):
         val -= a[i] * V(min(max(s[i], -1.0), 1.0)) / m
+        val += a[i] * a[i] * sigma_norm2 / (2.0 * m * m)
         for j in range(m):
-            val += a[i] * a[j] * U(min(max(R[i, j], -1.0), 1.0)) / (2.0 * m * m)
+            if j != i:
+                val += a[i] * a[j] * U(min(max(R[i, j], -1.0), 1.0)) / (2.0 * m * m)
     return val
 '''
 

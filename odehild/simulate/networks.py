@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import cached_property
 import sys
 import time
 import warnings
@@ -28,6 +29,8 @@ from ..symbolic.models import FiniteWidthModel, check_eps, check_kmax
 from ..symbolic.parse import parse_expression, z
 
 ALGORITHMS = ("gf", "sgd", "gd")
+# series order of the risk kernels when no closed form is known (tanh: tail of E[sigma^2] 1.4e-5)
+RISK_KMAX = 16
 
 _KERNELS = '''
 
@@ -217,14 +220,22 @@ class Network:
         object.__setattr__(self, "eps", check_eps(self.eps))
         object.__setattr__(self, "kmax", check_kmax(self.kmax))
 
-    @property
+    @cached_property
     def overlap_model(self) -> FiniteWidthModel:
+        """The overlap model whose kernels V, U give the population risk (and the flow of
+        ``population_gf``): closed forms where known, else Hermite series to degree
+        max(K, RISK_KMAX), whose truncation error :func:`risk_truncation_bound` bounds."""
         try:
             model = FiniteWidthModel(self.sigma, self.phi, self.kmax, self.eps, kernels="closed")
             model.kernel_exprs
             return model
         except InputError:
-            return FiniteWidthModel(self.sigma, self.phi, self.kmax, self.eps, kernels="series")
+            return FiniteWidthModel(self.sigma, self.phi, max(self.kmax, RISK_KMAX), self.eps, kernels="series")
+
+    @property
+    def risk_kernels(self) -> str:
+        model = self.overlap_model
+        return "closed" if model.kernels == "closed" else f"series to degree {model.K}"
 
     def compiled(self):
         s_expr, p_expr = parse_expression(self.sigma), parse_expression(self.phi)
@@ -293,7 +304,26 @@ def record_steps(nsteps: int, points: int) -> np.ndarray:
 def _risks(net: Network, W, a):
     model = net.overlap_model
     c = compile_model(model)
-    return c.risk(a.copy(), W[:, 0].copy(), W @ W.T, model.phi.norm2)
+    R = W @ W.T
+    return c.risk(a.copy(), W[:, 0].copy(), R, model.phi.norm2, model.sigma.norm2), \
+        risk_truncation_bound(model, a, W[:, 0], R)
+
+
+def risk_truncation_bound(model: FiniteWidthModel, a, s, R) -> float:
+    """Bound on |risk - exact risk| from truncating the kernels at K (0 for closed forms and
+    finite series). Cauchy-Schwarz on the coefficient tails: |V - V_K|(s) <= |s|^(K+1) sqrt(tau_phi
+    tau_sigma), |U - U_K|(r) <= |r|^(K+1) tau_sigma; U(1) = E[sigma^2] is used exactly."""
+    if model.kernels == "closed":
+        return 0.0
+    tp, ts = model.phi.tail, model.sigma.tail
+    if tp == 0 and ts == 0:
+        return 0.0
+    m, p = a.size, model.K + 1
+    aa = np.abs(a)
+    off = np.abs(np.clip(R, -1, 1)) ** p
+    np.fill_diagonal(off, 0.0)
+    return float(np.sum(aa * np.abs(np.clip(s, -1, 1)) ** p) * np.sqrt(tp * ts) / m
+                 + aa @ off @ aa * ts / (2 * m * m))
 
 
 class _Bar:
@@ -375,7 +405,7 @@ def batch_gd(sigma, phi, eps, width, dim, samples, lr=None, t_end=5.0, noise=0.0
 
 def _run_chunks(net, W, a, steps, eta, advance, extra, seed, a0, quiet, on_record=None):
     m, d = W.shape
-    rec_a, rec_s, rec_r = [], [], []
+    rec_a, rec_s, rec_r, rec_b = [], [], [], []
     start = time.perf_counter()
     bar = _Bar(int(steps[-1]), extra["algo"], quiet)
     done = 0
@@ -390,13 +420,16 @@ def _run_chunks(net, W, a, steps, eta, advance, extra, seed, a0, quiet, on_recor
                              f"lower the learning rate (lr/eps = {eta / net.eps:.3g})")
         rec_a.append(a.copy())
         rec_s.append(W[:, 0].copy())
-        rec_r.append(_risks(net, W, a))
+        risk, bound = _risks(net, W, a)
+        rec_r.append(risk)
+        rec_b.append(bound)
         if on_record is not None:
             on_record(W, a)
     bar.close()
     meta = {"model": "simulation", **extra, "sigma": net.sigma, "phi": net.phi, "eps": net.eps,
             "kmax": net.kmax, "width": m, "dim": d, "seed": seed, "a0": a0,
-            "risk_kernels": net.overlap_model.kernels, "wall_seconds": time.perf_counter() - start,
+            "risk_kernels": net.risk_kernels, "risk_truncation_bound": float(max(rec_b)),
+            "wall_seconds": time.perf_counter() - start,
             "steps_per_second": float(steps[-1]) / max(time.perf_counter() - start, 1e-12),
             "odehild": __version__}
     return Simulation(steps * eta, steps, np.array(rec_a), np.array(rec_s), np.array(rec_r), None, meta)
@@ -440,10 +473,10 @@ def population_gf(sigma, phi, eps, width, dim, t_end=5.0, seed=0, a0="normal", s
         A = sol.y[:m].T
         Ws = sol.y[m:].T.reshape(-1, m, d)
         S = Ws[:, :, 0]
-        R = np.array([_risks(net, Wt, at) for Wt, at in zip(Ws, A)])
+        R = np.array([_risks(net, Wt, at)[0] for Wt, at in zip(Ws, A)])
     meta = {"model": "simulation", "algo": "gf", "space": space, "sigma": net.sigma, "phi": net.phi,
             "eps": net.eps, "kmax": net.kmax, "width": m, "dim": d, "seed": seed, "a0": a0,
-            "risk_kernels": model.kernels, "wall_seconds": time.perf_counter() - start, "odehild": __version__}
+            "risk_kernels": net.risk_kernels, "wall_seconds": time.perf_counter() - start, "odehild": __version__}
     return Simulation(t_eval.copy(), np.full(t_eval.size, -1), A, S, R, None, meta)
 
 

@@ -231,5 +231,6 @@ def _trajectory(model, compiled, t, Y, init, stats, meta) -> Trajectory:
         compiled.observables(np.ascontiguousarray(a), np.ascontiguousarray(s), init.weights, M, r, R)
         return Trajectory(t, a, s, R, init.weights, M, r, None, stats, meta)
     overl = unpack_overlaps(Y, N)
-    risk = np.array([compiled.risk(a[i].copy(), s[i].copy(), overl[i], model.phi.norm2) for i in range(t.size)])
+    risk = np.array([compiled.risk(a[i].copy(), s[i].copy(), overl[i], model.phi.norm2,
+                                    model.sigma.norm2) for i in range(t.size)])
     return Trajectory(t, a, s, risk, init.weights, None, None, overl, stats, meta)
