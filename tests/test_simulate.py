@@ -37,7 +37,7 @@ def test_exact_risk_from_overlaps_equals_monte_carlo(sigma, phi, rng):
     W /= np.linalg.norm(W, axis=1, keepdims=True)
     a = rng.normal(size=m) * 2
     model = net.overlap_model
-    exact = compile_model(model).risk(a, W[:, 0].copy(), W @ W.T, model.phi.norm2)
+    exact = compile_model(model).risk(a, W[:, 0].copy(), W @ W.T, model.phi.norm2, model.sigma.norm2)
     X = rng.normal(size=(400_000, d))
     sig = np.vectorize(k.sigma)
     e = np.vectorize(k.phi)(X[:, 0]) - sig(X @ W.T) @ a / m
