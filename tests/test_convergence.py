@@ -108,11 +108,10 @@ def test_last_output_time_is_always_t_end():
 def test_stall_level_accounts_for_a_vanishing_activation_coefficient():
     """relu has sigma_3 = 0: the link z + z^3/6 = 1.5 h_1 + h_3/sqrt(6) leaves its degree-3 part,
     risk phi_3^2 / 2 = 1/12, and that is where the run ends."""
-    learn = learnability(*[MeanFieldModel("relu(z)", "z + z**3/6", K=4, eps=1e-4).__getattribute__(f).coefficients
-                           for f in ("sigma", "phi")])
+    model = MeanFieldModel("relu(z)", "z + z**3/6", K=4, eps=1e-4)
+    learn = learnability(model.sigma.coefficients, model.phi.coefficients)
     assert learn.unrepresentable == (3,) and learn.reachable == (1,)
     assert learn.floor == pytest.approx(1 / 12, rel=1e-12)
-    model = MeanFieldModel("relu(z)", "z + z**3/6", K=4, eps=1e-4)
     tr = solve(model, initial_condition(60), 50.0, progress=False)
     assert tr.risk[-1] == pytest.approx(1 / 12, abs=2e-3)
 
