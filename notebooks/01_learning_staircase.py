@@ -36,7 +36,7 @@ import numpy as np
 
 from odehild import ResolutionWarning
 from odehild.solve import initial_condition, solve
-from odehild.solve.analysis import find_plateaus, learning_times, timescale_sweep
+from odehild.solve.analysis import learning_times, timescale_sweep
 from odehild.symbolic.models import MeanFieldModel
 
 QUICK = os.environ.get("CI", "").lower() == "true"
@@ -108,9 +108,9 @@ ax.legend(fontsize=8)
 plt.show()
 
 smallest = trajs[-1]
-for p in find_plateaus(smallest.t, smallest.risk):
-    print(f"plateau at risk {p.level:.3f} over {p.decades:.1f} decades of time "
-          f"(t = {p.t_start:.2e} .. {p.t_end:.2e})")
+# fit.plateaus: measured in each run, ± the same plateau with N/2 particles
+for p in fit.plateaus[-1]:
+    print("plateau:", p.describe())
 print(f"t_3 / t_2 at each eps: " + ", ".join(f"{r:.3f}" for r in fit.times[:, 3] / fit.times[:, 2]))
 for note in fit.notes:
     print(note)

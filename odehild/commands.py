@@ -132,6 +132,11 @@ def _cmd_timescales(args):
               + f"   (eps {fit.eps[i]:.3g} .. {fit.eps[i + 1]:.3g})")
     if 1 in degrees and np.isfinite(fit.log_corrected_slope[1]):
         print(f"degree 1 with its log factor: slope of t_1/log(1/eps) = {fit.log_corrected_slope[1]:.4f} (scenario 0.5)")
+    print("plateaus (risk level ± its discretisation error, nearest level of the report):")
+    for e, row in zip(fit.eps, fit.plateaus):
+        print(f"  eps = {e:.3g}: " + ("; ".join(
+            f"{p.level:.4g}" + (f" ± {p.level_error:.1g}" if np.isfinite(p.level_error) else "")
+            + f" over {p.decades:.1f} decades (nearest {p.expected_level:.4g})" for p in row) or "none"))
     if args.a0 == "normal" and any(k >= 2 for k in degrees):
         print("note: for a normal a0 law the late phases are driven by |a0| of 3 to 5 standard deviations and "
               "the degree-l >= 2 slopes approach 1/(2l) only logarithmically in eps; a bounded law "

@@ -30,17 +30,9 @@ def _say(msg, quiet):
         print(msg, flush=True)
 
 
-def _plateau_lines(traj, learn):
-    """Plateaus found in a run, each named by the nearest reachable level (measured, not assumed)."""
-    from .solve.analysis import find_plateaus
-
-    out = []
-    for p in find_plateaus(traj.t, traj.risk):
-        l, v = min(learn.levels.items(), key=lambda kv: abs(kv[1] - p.level))
-        name = "start" if l < 0 else f"degree {l} learned"
-        out.append(f"- risk {p.level:.4g} over {p.decades:.1f} decades (t = {p.t_start:.2g} .. {p.t_end:.2g}); "
-                   f"nearest level: {v:.4g} ({name})")
-    return out
+def _plateau_lines(plateaus):
+    """Plateaus found in a run (measured, with their N vs N/2 error), each named by the nearest level."""
+    return ["- " + p.describe() for p in plateaus]
 
 
 def _table(fit, K):
@@ -106,7 +98,7 @@ def run_demo(args):
     plot_sweep(fit, trajs, out / "eps_sweep.png")
     plot_trajectory(trajs[-1], out / "trajectory_smallest_eps.png")
     trajs[-1].save(out / "trajectory_smallest_eps.npz")
-    plateaus = _plateau_lines(trajs[-1], learn)
+    plateaus = _plateau_lines(fit.plateaus[-1])
     r2_min = float(trajs[-1].residuals[:, 2].min())
 
     _say(f"[3/5] the K = 2 staircase sigma = {SIGMA2}, phi = {PHI2} with a bounded a0 law (uniform) over "

@@ -9,7 +9,9 @@ import pytest
 
 from odehild import ResolutionWarning
 from odehild.solve import initial_condition, solve
-from odehild.solve.analysis import expected_slope, learning_times, phase_separation, timescale_sweep
+from odehild.errors import InputError
+from odehild.solve.analysis import (expected_slope, find_plateaus, learning_times, phase_separation,
+                                    timescale_sweep)
 from odehild.solve.trajectory import a0_quadrature
 from odehild.symbolic.learnability import learnability
 from odehild.symbolic.models import MeanFieldModel
@@ -66,6 +68,26 @@ def test_exponents_of_the_K2_staircase_match_the_scenario():
     assert np.nanmax(fit.time_error[:, 1:] / fit.times[:, 1:]) < 0.01
     # local slopes approach 1/4 from above
     assert np.all(np.diff(fit.local_slope[:, 2]) < 0)
+    # at eps = 1e-14 the plateau between the phases exists at phi_2^2 / 2 = 0.5, with an error estimate
+    middle = [p for p in fit.plateaus[-1] if p.degree == 1]
+    assert len(middle) == 1 and middle[0].level == pytest.approx(0.5, abs=0.01)
+    assert 0 <= middle[0].level_error < 1e-3 and middle[0].decades > 1
+
+
+def test_plateau_levels_carry_the_difference_to_the_coarse_run():
+    """Synthetic risk with plateaus at 1.0 and 0.5 and a coarse run 0.02 higher on the second:
+    level errors 0 and 0.02, each plateau named by the nearest level."""
+    t = np.logspace(-8, 2, 1001)
+    x = np.log10(t)
+    risk = 1.0 - 0.5 / (1 + np.exp(-8 * (x + 3))) - 0.5 / (1 + np.exp(-8 * (x - 0.5)))
+    coarse = risk + 0.02 * ((x > -3) & (x < 0.5))
+    found = find_plateaus(t, risk, coarse_risk=coarse, levels={-1: 1.0, 1: 0.5, 2: 0.0})
+    assert [p.degree for p in found] == [-1, 1, 2]
+    assert [p.level for p in found] == pytest.approx([1.0, 0.5, 0.0], abs=1e-3)
+    assert found[0].level_error == pytest.approx(0, abs=1e-12)
+    assert found[1].level_error == pytest.approx(0.02, rel=1e-12)
+    with pytest.raises(InputError, match="same output times"):
+        find_plateaus(t, risk, coarse_risk=coarse[::2])
 
 
 def test_expected_slope_of_degree_one_includes_the_log_factor():

@@ -40,10 +40,11 @@ def test_meanfield_rhs_matches_numpy(mf_models, rng):
         for N in (1, 7, 64):
             a, s, w = random_state(rng, N)
             dy = np.empty(2 * N)
-            c.rhs(0.0, np.concatenate([a, s]), w, 1 / model.eps, dy)
+            # the state is (a, u) with s = tanh(u): du/dt = (ds/dt) / (1 - s^2)
+            c.rhs(0.0, np.concatenate([a, np.arctanh(s)]), w, 1 / model.eps, dy)
             da, ds = meanfield_rhs(a, s, w, model.sigma.coefficients, model.phi.coefficients, model.eps)
             np.testing.assert_allclose(dy[:N], da, rtol=1e-12, atol=1e-12)
-            np.testing.assert_allclose(dy[N:], ds, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(dy[N:] * (1 - s**2), ds, rtol=1e-11, atol=1e-12)
 
 
 def test_meanfield_jacobian_matches_finite_differences(mf_models, rng):
@@ -51,7 +52,7 @@ def test_meanfield_jacobian_matches_finite_differences(mf_models, rng):
         c = compile_model(model)
         N = 9
         a, s, w = random_state(rng, N)
-        y = np.concatenate([a, s])
+        y = np.concatenate([a, np.arctanh(s)])
 
         def f(y):
             out = np.empty(2 * N)

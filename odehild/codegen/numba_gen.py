@@ -20,7 +20,7 @@ import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
 from .. import __version__
-from ..symbolic.models import (FiniteWidthModel, MeanFieldModel, a_sym, aj_sym, eps_sym, m_sym,
+from ..symbolic.models import (FiniteWidthModel, MeanFieldModel, a_sym, aj_sym, dsdu_sym, eps_sym, m_sym,
                                r_sym, s_sym)
 
 MANIFEST = "manifest.json"
@@ -105,7 +105,8 @@ def meanfield_source(model: MeanFieldModel) -> str:
     n = K + 1
     gsym = {d.g[k]: sp.Symbol(f"g_{k}") for k in range(n)}
     Msym = {d.M[k]: sp.Symbol(f"M_{k}") for k in range(n)}
-    local = {a_sym: sp.Symbol("ai"), s_sym: sp.Symbol("si"), eps_sym: 1 / sp.Symbol("inv_eps")}
+    local = {a_sym: sp.Symbol("ai"), s_sym: sp.Symbol("si"), eps_sym: 1 / sp.Symbol("inv_eps"),
+             dsdu_sym: sp.Symbol("dsdu")}
 
     def sub(e):
         return sp.sympify(e).xreplace(vals).xreplace(gsym).xreplace(Msym).xreplace(local)
@@ -118,14 +119,14 @@ def meanfield_source(model: MeanFieldModel) -> str:
     hess = emit_block([(f"H[{k}, {l}]", sub(d.hess[k][l])) for k in range(n) for l in range(n)], 4, "xh")
     resid = emit_block([(f"out[{k}]", sub(d.residuals[k])) for k in range(n)], 4, "xr")
     risk = emit_block([("val", sub(d.risk))], 4, "xk")
-    rhs = emit_block([("fa", sub(d.rhs[0])), ("fs", sub(d.rhs[1]))], 8, "xf")
+    rhs = emit_block([("fa", sub(d.state_rhs[0])), ("fu", sub(d.state_rhs[1]))], 8, "xf")
     jac_local = emit_block(
-        [("jaa", sub(d.local_jac[0][0])), ("jas", sub(d.local_jac[0][1])),
-         ("jsa", sub(d.local_jac[1][0])), ("jss", sub(d.local_jac[1][1]))]
-        + [(f"A[i, {k}]", sub(d.rhs_dg[0][k])) for k in range(n)]
-        + [(f"A[N + i, {k}]", sub(d.rhs_dg[1][k])) for k in range(n)]
-        + [(f"B[i, {k}]", sub(d.moment_dy[0][k]) * sp.Symbol("wi")) for k in range(n)]
-        + [(f"B[N + i, {k}]", sub(d.moment_dy[1][k]) * sp.Symbol("wi")) for k in range(n)], 8, "xj")
+        [("jaa", sub(d.state_jac[0][0])), ("jau", sub(d.state_jac[0][1])),
+         ("jua", sub(d.state_jac[1][0])), ("juu", sub(d.state_jac[1][1]))]
+        + [(f"A[i, {k}]", sub(d.state_rhs_dg[0][k])) for k in range(n)]
+        + [(f"A[N + i, {k}]", sub(d.state_rhs_dg[1][k])) for k in range(n)]
+        + [(f"B[i, {k}]", sub(d.state_moment_dy[0][k]) * sp.Symbol("wi")) for k in range(n)]
+        + [(f"B[N + i, {k}]", sub(d.state_moment_dy[1][k]) * sp.Symbol("wi")) for k in range(n)], 8, "xj")
 
     return HEADER.format(version=__version__, kind=model.kind, key=model.cache_key()) + f'''
 K = {K}
@@ -174,43 +175,47 @@ def risk(M):
 
 @njit(cache=True)
 def rhs(t, y, w, inv_eps, dy):
-    """dy/dt for y = [a_0..a_(N-1), s_0..s_(N-1)]."""
+    """dy/dt for the state y = [a_0..a_(N-1), u_0..u_(N-1)], s_j = tanh(u_j)."""
     N = w.shape[0]
     M = np.empty(NM)
     g = np.empty(NM)
-    moments(y[:N], y[N:], w, M)
+    s = np.tanh(y[N:])
+    moments(y[:N], s, w, M)
     grad_moments(M, g)
 {unpack_g}
     for i in range(N):
         ai = y[i]
-        si = min(max(y[N + i], -1.0), 1.0)  # |s| <= 1 is invariant; a Newton overshoot must not leave it
+        si = s[i]
 {rhs}
         dy[i] = fa
-        dy[N + i] = fs
+        dy[N + i] = fu
 
 
 @njit(cache=True)
 def jac_parts(t, y, w, inv_eps, D, A, Vt):
-    """dF/dy = D + A Vt: D the 2x2 blocks at fixed moments (rows jaa, jas, jsa, jss over particles),
-    A = dF/dM (2N, NM) and Vt = H dM/dy (NM, 2N), a term of rank <= NM."""
+    """dF/dy = D + A Vt for the state (a, u): D the 2x2 blocks at fixed moments (rows jaa, jau,
+    jua, juu over particles), A = dF/dM (2N, NM) and Vt = H dM/dy (NM, 2N), of rank <= NM."""
     N = w.shape[0]
     M = np.empty(NM)
     g = np.empty(NM)
     H = np.empty((NM, NM))
     B = np.empty((2 * N, NM))
-    moments(y[:N], y[N:], w, M)
+    s = np.tanh(y[N:])
+    moments(y[:N], s, w, M)
     grad_moments(M, g)
     hess_moments(M, H)
 {unpack_g}
     for i in range(N):
         ai = y[i]
-        si = min(max(y[N + i], -1.0), 1.0)  # |s| <= 1 is invariant; a Newton overshoot must not leave it
+        si = s[i]
+        c = math.cosh(y[N + i])
+        dsdu = 1.0 / (c * c)  # 1 - s^2 without cancellation; 0 once cosh overflows
         wi = w[i]
 {jac_local}
         D[0, i] = jaa
-        D[1, i] = jas
-        D[2, i] = jsa
-        D[3, i] = jss
+        D[1, i] = jau
+        D[2, i] = jua
+        D[3, i] = juu
     Vt[:, :] = H @ B.T
 
 

@@ -72,21 +72,54 @@ def learning_times(t, residuals, fraction: float = 0.5, floor: float = 1e-12) ->
 
 @dataclasses.dataclass
 class Plateau:
+    """An interval of log-time where the risk stays flat. ``level_error`` is the discretisation
+    error estimate of ``level`` (the same plateau in a run with half the particles; NaN if none was
+    run); ``degree`` names the nearest level of the learnability report (-1: the start, None: not
+    named) and ``expected_level`` is that level."""
+
     t_start: float
     t_end: float
     level: float
+    level_error: float = float("nan")
+    degree: Optional[int] = None
+    expected_level: float = float("nan")
 
     @property
     def decades(self) -> float:
         return float(np.log10(self.t_end / self.t_start))
 
+    def describe(self) -> str:
+        err = f" ± {self.level_error:.1g}" if np.isfinite(self.level_error) else ""
+        txt = (f"risk {self.level:.4g}{err} over {self.decades:.1f} decades "
+               f"(t = {self.t_start:.2g} .. {self.t_end:.2g})")
+        if self.degree is not None:
+            name = "start" if self.degree < 0 else f"degree {self.degree} learned"
+            txt += f"; nearest level {self.expected_level:.4g} ({name})"
+        return txt
 
-def find_plateaus(t, risk, tol: float = 0.02, min_decades: float = 0.5) -> list:
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in d.items()}
+
+
+def find_plateaus(t, risk, tol: float = 0.02, min_decades: float = 0.5, coarse_risk=None,
+                  levels: Optional[dict] = None) -> list:
     """Maximal intervals of log-time where the risk changes by less than ``tol`` (relative to its
-    total drop) per decade, lasting at least ``min_decades``. Drops lie between them."""
+    total drop) per decade, lasting at least ``min_decades``. Drops lie between them.
+
+    ``coarse_risk``: the risk of the same run at a second resolution on the same times; each
+    plateau's ``level_error`` is the difference of the two levels over its interval. ``levels``
+    ({degree: level}, as in :attr:`Learnability.levels`) names each plateau by the nearest one.
+    """
     t, risk = np.asarray(t, dtype=float), np.asarray(risk, dtype=float)
+    if coarse_risk is not None:
+        coarse_risk = np.asarray(coarse_risk, dtype=float)
+        if coarse_risk.shape != risk.shape:
+            raise InputError(f"coarse_risk has shape {coarse_risk.shape}, the risk {risk.shape}: "
+                             "the second run must use the same output times")
     keep = t > 0
     t, risk = t[keep], risk[keep]
+    coarse = coarse_risk[keep] if coarse_risk is not None else None
     if t.size < 3:
         return []
     span = max(risk.max() - risk.min(), 1e-300)
@@ -102,7 +135,13 @@ def find_plateaus(t, risk, tol: float = 0.02, min_decades: float = 0.5) -> list:
         while j + 1 < t.size and flat[j + 1]:
             j += 1
         if lt[j] - lt[i] >= min_decades:
-            out.append(Plateau(float(t[i]), float(t[j]), float(np.median(risk[i:j + 1]))))
+            p = Plateau(float(t[i]), float(t[j]), float(np.median(risk[i:j + 1])))
+            if coarse is not None:
+                p.level_error = float(abs(p.level - np.median(coarse[i:j + 1])))
+            if levels:
+                p.degree, p.expected_level = min(levels.items(), key=lambda kv: abs(kv[1] - p.level))
+                p.expected_level = float(p.expected_level)
+            out.append(p)
         i = j + 1
     return out
 
@@ -119,6 +158,8 @@ class ScalingFit:
     between neighbouring eps with ``local_slope_error``, and ``expected`` the slope the scenario of
     bmz-model.md section 3 gives over the same eps values (for degree 1 with its log(1/eps)
     factor). ``log_corrected_slope[1]`` fits t_1 / log(1/eps), whose scenario value is 1/2.
+    ``plateaus[i]`` lists the plateaus of the run at ``eps[i]`` (:class:`Plateau`, with their
+    discretisation errors).
     """
 
     eps: np.ndarray
@@ -136,6 +177,7 @@ class ScalingFit:
     degrees: tuple = ()
     resolution: tuple = ()
     notes: list = dataclasses.field(default_factory=list)
+    plateaus: list = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         def clean(x):
@@ -153,7 +195,8 @@ class ScalingFit:
                 "slope_error": clean(self.slope_error), "local_slope": clean(self.local_slope),
                 "local_slope_error": clean(self.local_slope_error), "expected_slope": clean(self.expected),
                 "log_corrected_slope": clean(self.log_corrected_slope), "degrees": list(self.degrees),
-                "resolution": list(self.resolution), "notes": list(self.notes)}
+                "resolution": list(self.resolution), "notes": list(self.notes),
+                "plateaus": [[p.to_dict() for p in row] for row in self.plateaus]}
 
 
 def _lsq(x, y, dy=None):
@@ -260,7 +303,9 @@ def timescale_sweep(model, eps_list, init=None, t_end: float = 5.0, fraction: fl
     With ``check_resolution`` and an initial condition built from a law, every eps is solved a
     second time with half the particles; |t(N) - t(N/2)| is the discretisation error estimate
     stored in ``fit.time_error`` (and in each trajectory's meta), and a :class:`ResolutionWarning`
-    is issued where it exceeds ``resolution_tol`` relative to t.
+    is issued where it exceeds ``resolution_tol`` relative to t. The plateaus of every run
+    (``fit.plateaus``, meta ``plateaus``) carry the same estimate for their levels, with a warning
+    where it exceeds ``resolution_tol`` of the risk's total drop.
     """
     import warnings
 
@@ -280,21 +325,27 @@ def timescale_sweep(model, eps_list, init=None, t_end: float = 5.0, fraction: fl
                          s0_zero=not np.any(init.s0))
     degrees = tuple(k for k in learn.reachable)
     coarse = init.at_resolution(init.N // 2) if check_resolution and init.N >= 4 else None
-    trajs, times, errors = [], [], []
+    trajs, times, errors, plateaus = [], [], [], []
     for e in eps_list:
         tr = solve(model.with_eps(e), init, t_end, progress=progress, **solve_kw)
         lt = _restrict(learning_times(tr.t, tr.residuals, fraction), degrees)
         err = np.full_like(lt, np.nan)
+        coarse_risk = None
         if coarse is not None:
             trc = solve(model.with_eps(e), coarse, t_end, progress=False, **solve_kw)
             err = np.abs(lt - _restrict(learning_times(trc.t, trc.residuals, fraction), degrees))
+            coarse_risk = trc.risk
+        found = find_plateaus(tr.t, tr.risk, coarse_risk=coarse_risk, levels=learn.levels)
         tr.meta["learning_times"] = [None if not np.isfinite(v) else float(v) for v in lt]
         tr.meta["learning_time_errors"] = [None if not np.isfinite(v) else float(v) for v in err]
+        tr.meta["plateaus"] = [p.to_dict() for p in found]
         tr.meta["learnability"] = learn.to_dict()
         trajs.append(tr)
         times.append(lt)
         errors.append(err)
+        plateaus.append(found)
     fit = fit_timescales(eps_list, np.array(times), np.array(errors), degrees, separation)
+    fit.plateaus = plateaus
     fit.resolution = (init.N, coarse.N) if coarse is not None else (init.N,)
     fit.notes.extend(learn.reasons())
     if coarse is None:
@@ -308,6 +359,16 @@ def timescale_sweep(model, eps_list, init=None, t_end: float = 5.0, fraction: fl
                              f"not used in the fits")
     rel = fit.time_error / np.where(np.isfinite(fit.times) & (fit.times > 0), fit.times, np.nan)
     bad = np.argwhere(rel > resolution_tol)
+    # plateau levels: error relative to the total drop of the risk in that run
+    for e, tr, row in zip(fit.eps, trajs, fit.plateaus):
+        drop = float(np.ptp(tr.risk)) or 1.0
+        for p in row:
+            if p.level_error > resolution_tol * drop:
+                msg = (f"discretisation error of the plateau at risk {p.level:.4g} (eps = {e:.3g}) is "
+                       f"{p.level_error:.2g}, above {resolution_tol:.0%} of the risk's drop, between N = "
+                       f"{fit.resolution[0]} and N = {fit.resolution[-1]}; use more particles")
+                fit.notes.append("warning: " + msg)
+                warnings.warn(msg, ResolutionWarning, stacklevel=2)
     if bad.size:
         worst = max(bad, key=lambda ek: rel[ek[0], ek[1]])
         msg = (f"discretisation error above {resolution_tol:.0%} at {len(bad)} learning time(s), worst "

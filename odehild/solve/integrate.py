@@ -33,12 +33,26 @@ def log_time_grid(t_end: float, points: int = 200, t_min=None, eps: float = 1.0)
     return np.concatenate([[0.0], grid])
 
 
+# the mean-field state holds u = artanh(s) (see MeanFieldDerivation); |s| = 1 is a fixed point,
+# kept as the u whose tanh rounds to +-1
+U_AT_UNIT_OVERLAP = 20.0
+
+
 def pack_state(model, init: InitialCondition) -> np.ndarray:
     if isinstance(model, FiniteWidthModel):
         m = init.N
         r0 = init.r0 if init.r0 is not None else np.eye(m)
         return np.concatenate([init.a0, init.s0, r0[np.triu_indices(m, 1)]])
-    return np.concatenate([init.a0, init.s0])
+    unit = np.abs(init.s0) >= 1
+    with np.errstate(divide="ignore"):
+        u0 = np.where(unit, np.sign(init.s0) * U_AT_UNIT_OVERLAP, np.arctanh(np.where(unit, 0.0, init.s0)))
+    return np.concatenate([init.a0, u0])
+
+
+def unpack_state(model, Y: np.ndarray, N: int) -> tuple:
+    """(a, s) from packed states (..., n): the mean-field state stores u = artanh(s)."""
+    a, x = Y[..., :N], Y[..., N:2 * N]
+    return a, (np.tanh(x) if isinstance(model, MeanFieldModel) else x)
 
 
 def unpack_overlaps(Y: np.ndarray, m: int) -> np.ndarray:
@@ -215,8 +229,11 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
     traj = _trajectory(model, compiled, np.array(ts), Y, init, stats, meta)
     if status < 0:
         where = f"t = {t_fail:.6g}" if t_fail is not None else "start"
+        a_fail, s_fail = unpack_state(model, y_fail, init.N)
+        y_fail = np.concatenate([a_fail, s_fail, y_fail[2 * init.N:]])  # reported as (a, s, ...)
         raise IntegrationError(
-            f"{method} failed at {where} ({message}); |y| max = {np.max(np.abs(y_fail)):.3g}; "
+            f"{method} failed at {where} ({message}); |a| max = {np.max(np.abs(a_fail)):.3g}, "
+            f"|s| max = {np.max(np.abs(s_fail)):.3g}; "
             f"{len(traj)} of {t_eval.size} output times were computed and are kept in .partial",
             t_fail=t_fail, state=y_fail, partial=traj)
     return traj
@@ -224,7 +241,7 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
 
 def _trajectory(model, compiled, t, Y, init, stats, meta) -> Trajectory:
     N = init.N
-    a, s = Y[:, :N], Y[:, N:2 * N]
+    a, s = unpack_state(model, Y, N)
     if isinstance(model, MeanFieldModel):
         T, nm = t.size, model.K + 1
         M, r, R = np.empty((T, nm)), np.empty((T, nm)), np.empty(T)

@@ -34,8 +34,9 @@ aj_sym, r_sym = sp.symbols("a_j r", real=True)
 eps_sym = sp.Symbol("epsilon", positive=True)
 m_sym = sp.Symbol("m", positive=True)
 x_sym = sp.Symbol("x", real=True)
+dsdu_sym = sp.Symbol("dsdu", positive=True)  # ds/du = 1 - s^2 for the state u = artanh(s)
 
-CODEGEN_FORMAT = 6  # bump when generated code changes shape
+CODEGEN_FORMAT = 7  # bump when generated code changes shape
 
 
 def check_eps(eps) -> float:
@@ -123,6 +124,13 @@ class MeanFieldDerivation:
     local_jac: tuple  # d rhs / d(a, s) at fixed g: ((faa, fas), (fsa, fss))
     rhs_dg: tuple  # d rhs / d g_k: (tuple over k for f_a, tuple over k for f_s)
     moment_dy: tuple  # d m_k / d(a, s): ((dm_k/da for k), (dm_k/ds for k))
+    # the integrated state is (a, u) with s = tanh(u): du/dt = (ds/dt) / (1 - s^2) has no factor
+    # that pins s to +-1, so a particle that comes within rounding of |s| = 1 can still leave it
+    # and |s| < 1 holds by construction. Expressions in a, s, g and ``dsdu`` = 1 - s^2.
+    state_rhs: tuple  # (da/dt, du/dt)
+    state_jac: tuple  # d state_rhs / d(a, u) at fixed g
+    state_rhs_dg: tuple  # d state_rhs / d g_k
+    state_moment_dy: tuple  # d m_k / d(a, u)
 
     def substitutions(self, sigma_vals, phi_vals, tail_val) -> dict:
         sub = {self.tail: tail_val}
@@ -156,8 +164,17 @@ def derive_meanfield(K: int) -> MeanFieldDerivation:
     local_jac = tuple(tuple(sp.diff(fi, v) for v in (a_sym, s_sym)) for fi in f)
     rhs_dg = tuple(tuple(sp.diff(fi, gk) for gk in g) for fi in f)
     moment_dy = tuple(tuple(sp.diff(mk, v) for mk in moment_fns) for v in (a_sym, s_sym))
+    # state (a, u), s = tanh u: d/du = (1 - s^2) d/ds
+    fu = sp.expand(sp.cancel(f[1] / (1 - s_sym**2)))
+    if sp.denom(sp.together(fu)) != 1:  # an internal invariant of the derivation
+        raise RuntimeError("the s-flow has no factor 1 - s^2: the state u = artanh(s) does not apply")
+    state_rhs = (f[0], fu)
+    state_jac = tuple((sp.diff(fi, a_sym), sp.expand(dsdu_sym * sp.diff(fi, s_sym))) for fi in state_rhs)
+    state_rhs_dg = tuple(tuple(sp.diff(fi, gk) for gk in g) for fi in state_rhs)
+    state_moment_dy = (moment_dy[0], tuple(dsdu_sym * dm for dm in moment_dy[1]))
     return MeanFieldDerivation(K, sigma, phi, tail, M, g, moment_fns, risk, grad, hess, residuals,
-                               f, local_jac, rhs_dg, moment_dy)
+                               f, local_jac, rhs_dg, moment_dy, state_rhs, state_jac, state_rhs_dg,
+                               state_moment_dy)
 
 
 class _ModelBase:

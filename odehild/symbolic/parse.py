@@ -63,6 +63,7 @@ _FUNCTIONS = {
     "erf": (sp.erf, (1,)),
     "erfc": (sp.erfc, (1,)),
     "Abs": (sp.Abs, (1,)),
+    "abs": (sp.Abs, (1,)),  # the Python spelling
     "sign": (sp.sign, (1,)),
     "Heaviside": (sp.Heaviside, (1,)),
     "Max": (sp.Max, None),

@@ -56,6 +56,10 @@ def render_meanfield(model: MeanFieldModel) -> str:
         "",
         "the flow reads $\\epsilon\\, da/dt = F(s)$, $ds/dt = (1 - s^2)\\, a\\, F'(s)$.",
         "",
+        "The solver integrates $u = \\operatorname{artanh} s$ in place of $s$: $du/dt = a\\, F'(s)$ has no "
+        "factor that pins $s$ to $\\pm 1$, so a particle that comes within rounding of $|s| = 1$ can still "
+        "leave it, and $|s| < 1$ holds by construction.",
+        "",
         "## This model",
         "",
         f"$$F(x) = {_tex(F_num)}$$",
