@@ -18,7 +18,7 @@
 # target $\varphi(\langle u_*, x\rangle)$; the second layer moves $1/\varepsilon$ times faster than the
 # first. In the mean-field limit each neuron is a particle $(a, s)$, $s = \langle w, u_*\rangle$, and
 # the population risk only depends on the moments $M_k = \mathbb E[a s^k]$ (normalized Hermite
-# coefficients $\sigma_k, \varphi_k$). The scenario (bmz-model.md, section 3): degree $l$ is learned
+# coefficients $\sigma_k, \varphi_k$). The scenario (docs/model.md, section 3): degree $l$ is learned
 # on the time scale $t_1 \sim \sqrt\varepsilon \log(1/\varepsilon)$, $t_l \sim \varepsilon^{1/(2l)}$ for
 # $l \ge 2$, with plateaus at $\frac12 \sum_{k>l} \varphi_k^2$ in between **where the phases separate**.
 #

@@ -79,7 +79,7 @@ display(Markdown(render_meanfield(models["polynomial"])))
 # ## What changes in the dynamics
 # Same activation, same eps, same initial particles. Before integrating, `model.learnability()` says
 # from the Hermite data alone which degrees can be learned and where the risk must end (the floor).
-# The polynomial has $\varphi_1 = 0$: from $s(0) = 0$ the alignment stays 0 for ever (bmz-model.md,
+# The polynomial has $\varphi_1 = 0$: from $s(0) = 0$ the alignment stays 0 for ever (docs/model.md,
 # section 5) and nothing but the constant is learned. A small random initial alignment $s(0) = \pm s_0$
 # (the size of $1/\sqrt d$) lets it escape after a delay of order $\log(1/s_0)$: the escape time is set
 # by $s_0$, not by the degree-2 time scale $\varepsilon^{1/4}$.

@@ -1,4 +1,4 @@
-"""Command line: ``odehild <sub-command>`` (contract in conventions.md).
+"""Command line: ``odehild <sub-command>`` (contract in docs/conventions.md).
 
 Exit codes: 0 success, 2 bad input (one-line message on stderr), 1 numerical failure.
 """
@@ -52,8 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     from . import commands
 
     commands.register(sub)
-    r = sub.add_parser("run", help="run the command described by a TOML config file")
-    r.add_argument("config", help="config.toml: 'command' plus that command's options (see odehild.config)")
+    r = sub.add_parser("run", help="run the command described by a TOML config file",
+                       description="Run the sub-command a TOML file describes. The file holds 'command' (one "
+                                   "of hermite, solve, plot, timescales, simulate, compare, demo) and that "
+                                   "command's options, spelled as on its command line without the dashes "
+                                   "(t-end or t_end). Every run writes such a file next to its results "
+                                   "(FILE.toml for FILE): 'odehild run FILE.toml' regenerates FILE. "
+                                   "Details: docs/conventions.md.",
+                       epilog='example:\n  command = "solve"\n  sigma = "relu(z)"\n  phi = "h(1,z)+h(2,z)"\n'
+                              '  eps = 1e-6\n  out = "run.npz"',
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("config", help="FILE.toml")
     p.subcommands = sub.choices
     return p
 
@@ -70,16 +79,19 @@ def _parse(parser, argv):
 
 
 def main(argv=None) -> int:
+    from .commands import check_outputs
     from .config import write_used_config
 
     parser = build_parser()
     args = None
     try:
         args = _parse(parser, argv)
-        args.func(args)
-        path = write_used_config(args, parser.subcommands[args.command])
-        if path is not None and not getattr(args, "quiet", False):
-            print(f"values used: {path}")
+        check_outputs(args)
+        # machine output (--json) alone goes to stdout; messages go to stderr
+        for result, overrides in args.func(args) or []:
+            path = write_used_config(args, parser.subcommands[args.command], result, overrides)
+            if not getattr(args, "quiet", False):
+                print(f"values used: {path}", file=sys.stderr)
     except IntegrationError as exc:
         print(f"odehild {args.command}: integration failed: {exc}", file=sys.stderr)
         return 1

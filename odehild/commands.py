@@ -8,6 +8,7 @@ import sys
 import numpy as np
 
 from .errors import InputError
+from .io import json_safe
 
 
 def add_model_args(p, eps_required=True):
@@ -22,10 +23,31 @@ def add_solver_args(p):
     p.add_argument("--t-end", type=float, default=5.0, help="final time (default 5)")
     p.add_argument("--points", type=int, default=200, help="log-spaced output times (default %(default)s)")
     p.add_argument("--t-min", type=float, default=None, help="first output time (default eps/100)")
-    p.add_argument("--method", default="Radau", help="Radau (default), BDF, LSODA, or RK45")
-    p.add_argument("--rtol", type=float, default=1e-8)
-    p.add_argument("--atol", type=float, default=1e-10)
+    p.add_argument("--method", default="Radau",
+                   help="Radau (default), BDF or LSODA: implicit, with the generated Jacobian; RK45 is explicit, "
+                        "for comparison only: at small eps (1e-6 and below) it takes millions of steps")
+    p.add_argument("--rtol", type=float, default=1e-8, help="relative tolerance of the solver (default %(default)g)")
+    p.add_argument("--atol", type=float, default=1e-10, help="absolute tolerance of the solver (default %(default)g)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# result options and the file kinds they take: one rule for every sub-command (docs/conventions.md)
+OUTPUT_KINDS = {"out": ".npz", "ode": ".npz", "report": ".json", "plot": "figure", "output": "figure"}
+
+
+def check_outputs(args):
+    """Refuse, before any work, a result path whose suffix does not name its format."""
+    from .io import check_figure_path
+
+    for dest, kind in OUTPUT_KINDS.items():
+        value = getattr(args, dest, None)
+        if not value or (dest == "out" and args.command == "demo"):  # the demo's --out is a folder
+            continue
+        flag = "--" + dest if dest != "output" else "-o/--output"
+        if kind == "figure":
+            check_figure_path(value, flag)
+        elif not str(value).endswith(kind):
+            raise InputError(f"{flag} {value!r} must end in {kind}")
 
 
 def init_from_args(args):
@@ -45,18 +67,38 @@ def _cmd_solve(args):
 
     if args.points < 2:
         raise InputError(f"--points must be at least 2, got {args.points}")
+    from pathlib import Path
+
+    from .errors import IntegrationError
+
     model = MeanFieldModel(args.sigma, args.phi, args.kmax, args.eps)
-    traj = solve(model, init_from_args(args), args.t_end, points=args.points, t_min=args.t_min,
-                 method=args.method, rtol=args.rtol, atol=args.atol,
-                 progress=False if args.quiet else None)
-    traj.meta.update({"sigma_expr_input": args.sigma, "phi_expr_input": args.phi,
-                      "seed": args.seed, "points": args.points})
+    init = init_from_args(args)
+    learn = model.learnability(s0_zero=not init.s0.any())
+    print(learn.summary(), flush=True)  # before integrating: a run that cannot learn says so first
+    info = {"sigma_expr_input": args.sigma, "phi_expr_input": args.phi, "seed": args.seed, "points": args.points}
+    try:
+        traj = solve(model, init, args.t_end, points=args.points, t_min=args.t_min,
+                     method=args.method, rtol=args.rtol, atol=args.atol,
+                     progress=False if args.quiet else None)
+    except IntegrationError as exc:
+        if exc.partial is None or len(exc.partial) == 0:
+            raise
+        out = Path(args.out)
+        exc.partial.meta.update({**info, "partial": True, "failure": str(exc)})
+        where = exc.partial.save(out.with_name(out.name[:-len(".npz")] + ".partial.npz"))
+        raise IntegrationError(f"{exc}; partial trajectory written to {where}", t_fail=exc.t_fail,
+                               state=exc.state, partial=exc.partial) from None
+    traj.meta.update(info)
     path = traj.save(args.out)
     st = traj.stats
     print(f"{path}: T = {len(traj)}, N = {traj.a.shape[1]}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
           f"{st['nsteps']} steps, nfev {st['nfev']}, njev {st['njev']}, nlu {st['nlu']}, "
           f"solve {st['solve_seconds']:.2f} s (compile {st['compile_seconds']:.2f} s, "
           f"{'cached' if st['from_cache'] else 'generated'})")
+    if learn.learns_nothing:
+        print(f"note: nothing beyond degree 0 was learnable; the risk ends on the floor {learn.floor:.6g} "
+              "(learnability report above: what to change)")
+    return [(path, {"t_min": float(traj.t[1]) if len(traj) > 1 else None})]
 
 
 def _cmd_plot(args):
@@ -66,6 +108,7 @@ def _cmd_plot(args):
     traj = Trajectory.load(args.traj)
     plot_trajectory(traj, args.output)
     print(f"wrote {args.output}")
+    return [(args.output, {})]
 
 
 def _cmd_timescales(args):
@@ -87,15 +130,17 @@ def _cmd_timescales(args):
                                      rtol=args.rtol, atol=args.atol, points=args.points,
                                      check_resolution=not args.no_resolution_check,
                                      progress=False if args.quiet else None)
+    written = []
     if args.plot:
         from .solve.plot import plot_sweep
 
         plot_sweep(fit, trajs, args.plot)
+        written.append((args.plot, {}))
     learn = model.learnability(s0_zero=not init.s0.any())
     if args.json:
-        print(json.dumps({**fit.to_dict(), "predicted_slope": [predicted_exponent(k) for k in range(model.K + 1)],
-                          "learnability": learn.to_dict()}))
-        return
+        print(json.dumps(json_safe({**fit.to_dict(), "learnability": learn.to_dict(),
+                                    "predicted_slope": [predicted_exponent(k) for k in range(model.K + 1)]})))
+        return written
     print(learn.summary())
     degrees = fit.degrees
     if not degrees:
@@ -143,6 +188,7 @@ def _cmd_timescales(args):
               "(--a0 uniform) shows the scenario's exponent (README, 'Convergence')")
     for note in fit.notes:
         print(note)
+    return written
 
 
 def _cmd_simulate(args):
@@ -171,7 +217,7 @@ def _cmd_simulate(args):
                 raise InputError("--algo gd needs --samples N")
             kw["samples"] = args.samples
     out = Path(args.out)
-    paths = []
+    paths, written = [], []
     for k in range(args.seeds):
         seed = args.seed + k
         with warnings.catch_warnings(record=True) as caught:
@@ -179,8 +225,11 @@ def _cmd_simulate(args):
             sim = simulate(args.algo, seed=seed, t_end=t_end, **kw)
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
-        path = out if args.seeds == 1 else out.with_name(f"{out.stem}_seed{seed}{out.suffix or '.npz'}")
+        path = out if args.seeds == 1 else out.with_name(f"{out.stem}_seed{seed}.npz")
         paths.append(sim.save(path))
+        # each file's values regenerate that file alone: its seed, the resolved step, no ODE
+        written.append((paths[-1], {"seed": seed, "seeds": 1, "out": str(paths[-1]), "ode": None,
+                                    "lr": sim.meta.get("lr")}))
         print(f"{paths[-1]}: {sim.meta['algo']} m = {args.width}, d = {args.dim}, seed {seed}: risk "
               f"{sim.risk[0]:.4g} -> {sim.risk[-1]:.4g} ({sim.meta['wall_seconds']:.1f} s)")
     if args.ode:
@@ -190,7 +239,10 @@ def _cmd_simulate(args):
         model = MeanFieldModel(args.sigma, args.phi, args.kmax, args.eps)
         traj = solve(model, initial_condition(args.particles), t_end, progress=False if args.quiet else None)
         traj.meta.update({"sigma_expr_input": args.sigma, "phi_expr_input": args.phi})
-        print(f"{traj.save(args.ode)}: mean-field ODE, N = {args.particles}, risk {traj.risk[0]:.4g} -> {traj.risk[-1]:.4g}")
+        ode_path = traj.save(args.ode)
+        written.append((ode_path, {"lr": written[0][1]["lr"] if args.algo != "gf" else None}))
+        print(f"{ode_path}: mean-field ODE, N = {args.particles}, risk {traj.risk[0]:.4g} -> {traj.risk[-1]:.4g}")
+    return written
 
 
 def _cmd_compare(args):
@@ -203,23 +255,29 @@ def _cmd_compare(args):
     sims = [Simulation.load(p) for p in args.sims]
     cmp = compare(traj, sims)
     report = cmp.to_dict()
+    written = []
     if args.report:
-        write_text_atomic(args.report, json.dumps(report, indent=1))
+        written.append((write_text_atomic(args.report, json.dumps(json_safe(report), indent=1)), {}))
     if args.plot:
         plot_comparison(cmp, args.plot)
+        written.append((args.plot, {}))
     print(f"{len(sims)} simulation(s) against the ODE on {cmp.t.size} log-spaced times:")
     print(f"  sup |risk_sim - risk_ode| = {cmp.sup_risk_distance:.4g}")
     print(f"  L2 (log-time)             = {cmp.l2_risk_distance:.4g}")
     print(f"  sliced W1 of (a, s) laws  = {cmp.law_distance:.4g} (final time)")
-    fmt = lambda v: " ".join("-" if not np.isfinite(x) else f"{x:.3g}" for x in v)
-    print(f"  learning times ODE        = {fmt(cmp.ode_learning_times)}")
-    print(f"  learning times simulation = {fmt(cmp.sim_learning_times)}")
+    degrees = cmp.meta.get("learning_time_degrees", [])
+    fmt = lambda x: "never" if not np.isfinite(x) else f"{x:.3g}"
+    print("  learning times ODE / simulation: " + (", ".join(
+        f"t_{k} = {fmt(cmp.ode_learning_times[k])} / {fmt(cmp.sim_learning_times[k])}" for k in degrees)
+        or "none (the ODE learns no target degree)"))
+    return written
 
 
 def _cmd_demo(args):
     from .demo import run_demo
 
     run_demo(args)
+    return [(args.out, {})]
 
 
 def register(sub):
@@ -235,12 +293,12 @@ def register(sub):
                         "or quantiles (equal weights, slow to converge in N)")
     add_solver_args(s)
     s.add_argument("--out", required=True, help="output trajectory FILE.npz")
-    s.set_defaults(func=_cmd_solve, results_next_to=("out",))
+    s.set_defaults(func=_cmd_solve)
 
     p = sub.add_parser("plot", help="plot a saved trajectory")
     p.add_argument("traj", help="trajectory .npz written by 'odehild solve'")
     p.add_argument("-o", "--output", required=True, help="figure file (.png, .pdf, .svg)")
-    p.set_defaults(func=_cmd_plot, results_next_to=("output",))
+    p.set_defaults(func=_cmd_plot)
 
     t = sub.add_parser("timescales", help="per-degree learning times over an eps sweep, with fitted exponents")
     add_model_args(t, eps_required=False)
@@ -248,14 +306,15 @@ def register(sub):
     t.add_argument("--particles", type=int, default=200, help="particles N (default 200); N/2 gives the error estimate")
     t.add_argument("--a0", default="normal", help="law of a0: normal (default), uniform, rademacher")
     t.add_argument("--seed", type=int, default=None, help="sample a0 with this seed (default: quadrature nodes)")
-    t.add_argument("--nodes", default="quadrature", help="quadrature (default) or quantiles")
+    t.add_argument("--nodes", default="quadrature",
+                   help="how a0's law becomes particles: quadrature (default) or quantiles")
     t.add_argument("--no-resolution-check", action="store_true",
                    help="skip the second run at N/2 that estimates the discretisation error")
     add_solver_args(t)
     t.set_defaults(points=2000)
-    t.add_argument("--json", action="store_true")
-    t.add_argument("--plot", default=None, help="write the sweep figure here")
-    t.set_defaults(func=_cmd_timescales, results_next_to=("plot",))
+    t.add_argument("--json", action="store_true", help="print one JSON object on stdout (messages go to stderr)")
+    t.add_argument("--plot", default=None, help="write the sweep figure here (FILE.png, .pdf, .svg, ...)")
+    t.set_defaults(func=_cmd_timescales)
 
     m = sub.add_parser("simulate", help="train finite networks (gradient flow, online SGD, batch GD)")
     add_model_args(m)
@@ -263,29 +322,31 @@ def register(sub):
     m.add_argument("--dim", type=int, required=True, help="input dimension d")
     m.add_argument("--algo", default="sgd", help="gf (population gradient flow), sgd (online), gd (full batch)")
     m.add_argument("--lr", type=float, default=None, help="step size (sgd default 0.01/d, gd 0.05 eps)")
-    m.add_argument("--batch", type=int, default=1, help="mini-batch size for sgd")
+    m.add_argument("--batch", type=int, default=1, help="mini-batch size for sgd (default 1)")
     m.add_argument("--samples", type=int, default=None, help="number of fixed samples for gd")
-    m.add_argument("--noise", type=float, default=0.0, help="label noise standard deviation")
-    m.add_argument("--t-end", type=float, default=5.0, help="final time in the ODE's unit (t = step * lr)")
+    m.add_argument("--noise", type=float, default=0.0, help="label noise standard deviation (default 0)")
+    m.add_argument("--t-end", type=float, default=5.0, help="final time in the ODE's unit, t = step * lr (default 5)")
     m.add_argument("--steps", type=int, default=None, help="number of steps instead of --t-end")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--seeds", type=int, default=1, help="run seeds seed..seed+N-1 (files *_seedK.npz)")
-    m.add_argument("--points", type=int, default=60, help="log-spaced record times")
-    m.add_argument("--ode", default=None, help="also solve the matching mean-field ODE into this file")
-    m.add_argument("--particles", type=int, default=400, help="ODE particles for --ode")
-    m.add_argument("--quiet", action="store_true")
+    m.add_argument("--seed", type=int, default=0, help="random seed of the initial weights and the samples (default 0)")
+    m.add_argument("--seeds", type=int, default=1,
+                   help="run seeds seed..seed+S-1; with S > 1 --out SIM.npz becomes SIM_seedK.npz (default 1)")
+    m.add_argument("--points", type=int, default=60,
+                   help="log-spaced times at which the state is recorded; never changes the training (default 60)")
+    m.add_argument("--ode", default=None, help="also solve the matching mean-field ODE into this FILE.npz")
+    m.add_argument("--particles", type=int, default=400, help="ODE particles for --ode (default 400)")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.add_argument("--out", required=True, help="output SIM.npz")
-    m.set_defaults(func=_cmd_simulate, results_next_to=("out",))
+    m.set_defaults(func=_cmd_simulate)
 
     c = sub.add_parser("compare", help="distance between an ODE trajectory and simulations")
     c.add_argument("traj", help="trajectory .npz")
     c.add_argument("sims", nargs="+", help="simulation .npz files (seeds of one configuration)")
-    c.add_argument("--report", default=None, help="write the JSON report here")
-    c.add_argument("--plot", default=None, help="write the comparison figure here")
-    c.set_defaults(func=_cmd_compare, results_next_to=("report", "plot"))
+    c.add_argument("--report", default=None, help="write the report here (FILE.json)")
+    c.add_argument("--plot", default=None, help="write the comparison figure here (FILE.png, .pdf, .svg, ...)")
+    c.set_defaults(func=_cmd_compare)
 
     d = sub.add_parser("demo", help="the main job on built-in defaults")
     d.add_argument("--out", default="odehild-out", help="output folder (default ./odehild-out)")
     d.add_argument("--quick", action="store_true", help="small sizes (for tests)")
-    d.add_argument("--quiet", action="store_true")
-    d.set_defaults(func=_cmd_demo, results_next_to=("out",))
+    d.add_argument("--quiet", action="store_true", help="no progress messages")
+    d.set_defaults(func=_cmd_demo)

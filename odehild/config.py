@@ -13,9 +13,10 @@ leading dashes (``t-end`` or ``t_end``); positional arguments go by their names 
 
 Unknown keys are refused with their name. Omitted options take the command line's defaults, and
 paths are relative to the working directory, as on the command line. Every run (from a file or from
-flags) that writes results also writes the values it used, defaults included, to a config file
-next to them (``run.npz.toml`` for ``--out run.npz``; ``config.toml`` in the demo's folder), so
-``odehild run run.npz.toml`` regenerates the same results.
+flags) that writes results also writes the values it used, defaults included and resolved
+(the SGD step ``lr``, the first output time ``t-min``), next to every result file: ``FILE.toml``
+for ``FILE`` (``run.npz.toml`` for ``--out run.npz``, ``sim_seed3.npz.toml`` for one seed of
+``--seeds``), ``config.toml`` in the demo's folder. ``odehild run FILE.toml`` regenerates FILE.
 """
 
 from __future__ import annotations
@@ -61,11 +62,11 @@ def _check_value(key, value, action):
 
 def config_to_argv(config: dict, subparsers: dict) -> list:
     """Command-line arguments equivalent to a parsed config file."""
+    allowed = ", ".join(sorted(c for c in subparsers if c != "run"))
     if "command" not in config:
-        raise InputError(f"config has no 'command' key (allowed: {', '.join(sorted(subparsers))})")
+        raise InputError(f"config has no 'command' key (allowed: {allowed})")
     command = config["command"]
     if command not in subparsers or command == "run":
-        allowed = ", ".join(sorted(c for c in subparsers if c != "run"))
         raise InputError(f"config command {command!r} is not one of: {allowed}")
     options = _options(subparsers[command])
     argv, positional = [command], []
@@ -87,6 +88,12 @@ def config_to_argv(config: dict, subparsers: dict) -> list:
         else:
             argv.append(action.option_strings[-1])
             argv.extend(values)
+    given = {k.replace("-", "_") for k in config}
+    missing = [a.dest for a in subparsers[command]._actions
+               if (a.required or not a.option_strings) and a.dest not in given and a.dest not in _SKIP]
+    if missing:
+        raise InputError(f"config for command {command!r} lacks required key(s): "
+                         f"{', '.join(m.replace('_', '-') for m in missing)}")
     if positional:
         order = [a.dest for a in subparsers[command]._actions if not a.option_strings]
         argv.append("--")  # positional values may start with '-' (an expression such as '-z')
@@ -141,25 +148,27 @@ def dumps(config: dict, header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def results_config_path(args: argparse.Namespace):
-    """Where the values used by this run are written, or None for runs that write no files."""
-    attrs = getattr(args, "results_next_to", ())
-    for attr in attrs:
-        value = getattr(args, attr, None)
-        if value:
-            path = Path(value)
-            return path / "config.toml" if path.is_dir() else path.with_name(path.name + ".toml")
-    return None
+def values_path(result) -> Path:
+    """The values file of a result: ``FILE.toml`` next to ``FILE`` (``run.npz`` -> ``run.npz.toml``);
+    ``config.toml`` inside a result folder (the demo's)."""
+    result = Path(result)
+    return result / "config.toml" if result.is_dir() else result.with_name(result.name + ".toml")
 
 
-def write_used_config(args: argparse.Namespace, sub: argparse.ArgumentParser):
+def write_used_config(args: argparse.Namespace, sub: argparse.ArgumentParser, result, overrides=None) -> Path:
+    """Write the values ``args`` ran with (defaults included, ``overrides`` on top: resolved
+    defaults such as the SGD step, or the one seed a file holds) next to ``result``."""
     from . import __version__
     from .io import write_text_atomic
 
-    path = results_config_path(args)
-    if path is None:
-        return None
+    path = values_path(result)
+    values = used_config(args, sub)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            values.pop(key, None)
+        else:
+            values[key] = value
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
-    header = (f"Values used by 'odehild {args.command}' (odehild {__version__}, {stamp}).\n"
+    header = (f"Values used by 'odehild {args.command}' for {Path(result).name} (odehild {__version__}, {stamp}).\n"
               f"Regenerate with: odehild run {path}")
-    return write_text_atomic(path, dumps(used_config(args, sub), header))
+    return write_text_atomic(path, dumps(values, header))

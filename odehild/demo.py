@@ -133,7 +133,7 @@ def run_demo(args):
         f"(learning times within a factor 2), left out of the fits.", "",
         *_table(fit, K), "",
         *([f"- {n}" for n in together] or ["- every phase is separated"]), "",
-        "Scenario (bmz-model.md section 3): t_1 ~ sqrt(eps) log(1/eps), whose fitted slope over this eps range "
+        "Scenario (docs/model.md section 3 in the odehild repository): t_1 ~ sqrt(eps) log(1/eps), whose fitted slope over this eps range "
         f"is {fit.expected[1]:.3f}, not 1/2 (t_1 / log(1/eps) fits {fit.log_corrected_slope[1]:.3f}); "
         "t_l ~ eps^(1/(2l)). For this model and a normal a0 law, degrees 2 and 3 are learned in one drop "
         "at every eps here: the particles with |a0| of 3 to 5 standard deviations drive both, so there is "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -12,20 +13,37 @@ import numpy as np
 from .errors import InputError
 
 
-def save_npz(path, arrays: dict, meta: dict) -> Path:
-    """Write arrays and meta to ``path`` (.npz) atomically: a temporary file, then a rename."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "wb"):
+    """Open a temporary file next to ``path`` and rename it onto ``path`` when the block ends
+    without error; on error (or Ctrl-C) the old file, if any, is left as it was. The result gets
+    the permissions any new file gets (0666 less the umask), not mkstemp's 0600."""
     path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, meta=np.array(json.dumps(meta, default=_json_default)), **arrays)
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, mode) as fh:
+            yield fh
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_npz(path, arrays: dict, meta: dict) -> Path:
+    """Write arrays and meta to ``path`` (.npz appended if missing, as NumPy does) atomically."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    with atomic_write(path) as fh:
+        np.savez(fh, meta=np.array(json.dumps(meta, default=_json_default)), **arrays)
     return path
 
 
@@ -47,13 +65,23 @@ def load_npz(path, required=()) -> tuple:
 
 
 def write_text_atomic(path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
+    with atomic_write(path, "w") as fh:
         fh.write(text)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
+
+
+def json_safe(obj):
+    """``obj`` with NumPy values made plain and non-finite floats made None: strict JSON, which
+    has no NaN or Infinity."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
 
 
 def _json_default(obj):
@@ -66,17 +94,27 @@ def _json_default(obj):
     raise TypeError(f"cannot store {type(obj).__name__} in meta")
 
 
-def save_figure(path, figure) -> Path:
-    """Save a matplotlib figure atomically (format from the suffix, PNG by default)."""
+def figure_formats() -> list:
+    """File suffixes matplotlib can write (png, pdf, svg, ...)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    return sorted(FigureCanvasAgg(Figure()).get_supported_filetypes())
+
+
+def check_figure_path(path, option: str = "the figure file") -> Path:
+    """Refuse a figure path whose suffix matplotlib cannot write, naming the allowed ones."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            figure.savefig(fh, format=fmt, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fmt = path.suffix.lstrip(".").lower()
+    allowed = figure_formats()
+    if fmt not in allowed:
+        raise InputError(f"{option} {str(path)!r} must end in one of: {', '.join('.' + f for f in allowed)}")
+    return path
+
+
+def save_figure(path, figure) -> Path:
+    """Save a matplotlib figure atomically, in the format its suffix names."""
+    path = check_figure_path(path)
+    with atomic_write(path) as fh:
+        figure.savefig(fh, format=path.suffix.lstrip(".").lower(), dpi=120)
     return path

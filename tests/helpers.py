@@ -1,4 +1,4 @@
-"""Independent plain-NumPy implementations of bmz-model.md, written from the spec, not from the
+"""Independent plain-NumPy implementations of docs/model.md, written from the spec, not from the
 generated code."""
 
 import numpy as np

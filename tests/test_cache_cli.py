@@ -1,6 +1,7 @@
 """Code cache across processes, the solve/plot/timescales CLI, and the rendered derivations."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,5 +129,7 @@ def test_demo_quick_produces_every_file(tmp_path):
             "ode_vs_sgd.png", "comparison.json", "report.md", "config.toml"} <= files
     report = (tmp_path / "out" / "report.md").read_text()
     assert "fitted slope" in report and "sup risk distance" in report
+    for ref in re.findall(r"[\w./-]*[\w-]\.md\b", report):  # every cited document exists
+        assert (ROOT / ref).exists() or (tmp_path / "out" / ref).exists(), ref
     rep = json.loads((tmp_path / "out" / "comparison.json").read_text())
     assert np.isfinite(rep["sup_risk_distance"]) and np.isfinite(rep["law_distance"])

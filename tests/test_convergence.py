@@ -1,4 +1,4 @@
-"""Reported numbers that converge and mean what they say (bmz-model.md section 3): learning times
+"""Reported numbers that converge and mean what they say (docs/model.md section 3): learning times
 in N, exponents against the scenario, reachable plateau levels, output grids."""
 
 import math

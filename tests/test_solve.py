@@ -1,4 +1,4 @@
-"""Solved trajectories against exact facts of bmz-model.md (sections 2 and 5)."""
+"""Solved trajectories against exact facts of docs/model.md (sections 2 and 5)."""
 
 import numpy as np
 import pytest

@@ -449,7 +449,7 @@ def jac(t, y, m, inv_eps, J):
 
 @njit(cache=True)
 def risk(a, s, R, phi_norm2, sigma_norm2):
-    """Population risk of the finite network from its overlaps (bmz-model.md 1); U(1) = E[sigma^2]
+    """Population risk of the finite network from its overlaps (docs/model.md 1); U(1) = E[sigma^2]
     exactly, whatever the kernel's truncation."""
     m = a.shape[0]
     val = 0.5 * phi_norm2

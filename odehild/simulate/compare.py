@@ -10,6 +10,7 @@ from scipy.stats import wasserstein_distance
 
 from ..errors import InputError
 from ..solve.analysis import learning_times, residuals_from_particles
+from ..symbolic.learnability import learnability
 
 
 def _check_consistent(traj, sims):
@@ -110,8 +111,16 @@ def compare(traj, sims) -> Comparison:
     meta = {"n_simulations": len(sims), "eps": traj.meta.get("eps"), "sigma": traj.meta.get("sigma"),
             "phi": traj.meta.get("phi"), "width": sims[0].meta.get("width"), "dim": sims[0].meta.get("dim"),
             "algo": sims[0].meta.get("algo"), "seeds": [s.meta.get("seed") for s in sims]}
+    # learning times only for degrees the ODE has to learn (a target degree it can reach and whose
+    # residual does not start at 0): elsewhere a simulation's "learning time" is a halving of noise
+    learn = learnability(sig, phi, traj.meta.get("phi_norm2"), s0_zero=not np.any(traj.s[0]))
+    lt_ode, lt_sim = learning_times(traj.t, res_ode), learning_times(sims[0].t, res_sim)
+    for k in range(lt_ode.size):
+        if k not in learn.reachable or not np.isfinite(lt_ode[k]):
+            lt_ode[k] = lt_sim[k] = np.nan
+    meta["learning_time_degrees"] = [k for k in range(lt_ode.size) if np.isfinite(lt_ode[k])]
     return Comparison(tc, ode_risk, mean, std, float(diff.max()), l2, float(law_t[-1]), law_t,
-                      learning_times(traj.t, res_ode), learning_times(sims[0].t, res_sim), meta)
+                      lt_ode, lt_sim, meta)
 
 
 def fit_slope(x, y) -> tuple:

@@ -1,4 +1,4 @@
-"""Finite-width, finite-dimension simulations of the founding model (bmz-model.md section 4).
+"""Finite-width, finite-dimension simulations of the founding model (docs/model.md section 4).
 
 The network f(x) = (1/m) sum_i a_i sigma(<u_i, x>), |u_i| = 1, learns y = phi(<u*, x>) with
 u* = e_1 (inputs are isotropic, so this loses nothing). Time is in the ODE's unit, t = step * eta.
@@ -178,7 +178,7 @@ def train_risk(W, a, X, y):
 
 @njit(cache=True)
 def weight_flow_rhs(t, yv, m, d, inv_eps, out):
-    """Population gradient flow of (a, W) in R^d (bmz-model.md 2), u* = e_1, with the kernels
+    """Population gradient flow of (a, W) in R^d (docs/model.md 2), u* = e_1, with the kernels
     V and U of the ODE: eps da_i/dt = V(s_i) - (1/m) sum_j a_j U(r_ij),
     du_i/dt = (I - u_i u_i^T)[a_i V'(s_i) u* - (1/m) sum_j a_i a_j U'(r_ij) u_j]."""
     a = yv[:m]
@@ -438,7 +438,7 @@ def _run_chunks(net, W, a, steps, eta, advance, extra, seed, a0, quiet, on_recor
 def population_gf(sigma, phi, eps, width, dim, t_end=5.0, seed=0, a0="normal", space="overlaps",
                   points=60, kmax=6, method=None, rtol=1e-8, atol=1e-10, quiet=True) -> Simulation:
     """Exact population gradient flow at finite (m, d) from a random start, integrated in overlap
-    coordinates (bmz-model.md 2a, default) or in weight space R^d (``space="weights"``)."""
+    coordinates (docs/model.md 2a, default) or in weight space R^d (``space="weights"``)."""
     net = Network(sigma, phi, eps, kmax)
     m, d = _check_sizes(width, dim)
     if space not in ("overlaps", "weights"):

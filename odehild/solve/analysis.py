@@ -156,7 +156,7 @@ class ScalingFit:
     Fits use separated points only: ``slope`` (least squares of log10 t against log10 eps) with
     ``slope_stderr`` (regression) and ``slope_error`` (the time errors propagated), ``local_slope``
     between neighbouring eps with ``local_slope_error``, and ``expected`` the slope the scenario of
-    bmz-model.md section 3 gives over the same eps values (for degree 1 with its log(1/eps)
+    docs/model.md section 3 gives over the same eps values (for degree 1 with its log(1/eps)
     factor). ``log_corrected_slope[1]`` fits t_1 / log(1/eps), whose scenario value is 1/2.
     ``plateaus[i]`` lists the plateaus of the run at ``eps[i]`` (:class:`Plateau`, with their
     discretisation errors).
@@ -214,7 +214,7 @@ def _lsq(x, y, dy=None):
 
 def expected_slope(degree: int, eps) -> float:
     """The slope a least-squares fit of log t_l against log eps gives over these eps if t_l follows
-    the scenario of bmz-model.md section 3: eps (l = 0), sqrt(eps) log(1/eps) (l = 1, below 1/2 at
+    the scenario of docs/model.md section 3: eps (l = 0), sqrt(eps) log(1/eps) (l = 1, below 1/2 at
     any finite eps), eps^(1/(2l)) (l >= 2)."""
     eps = np.asarray(eps, dtype=float)
     x = np.log10(eps)
@@ -281,7 +281,7 @@ def fit_timescales(eps: Sequence[float], times, time_error=None, degrees=None,
 
 
 def predicted_exponent(degree: int) -> Optional[float]:
-    """Leading eps exponent of the degree-l learning time from bmz-model.md section 3:
+    """Leading eps exponent of the degree-l learning time from docs/model.md section 3:
     1 for l = 0, 1/2 for l = 1 (up to the log factor), 1/(2l) for l >= 2."""
     if degree == 0:
         return 1.0

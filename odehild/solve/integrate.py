@@ -226,6 +226,8 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
              "from_cache": compiled.from_cache}
     meta = {**model.meta(), "method": method, "structured": structured, "rtol": rtol, "atol": atol, "t_end": t_end,
             "init": init.description, "N": init.N, "odehild": __version__}
+    if isinstance(model, MeanFieldModel):
+        meta["learnability"] = model.learnability(s0_zero=not np.any(init.s0)).to_dict()
     traj = _trajectory(model, compiled, np.array(ts), Y, init, stats, meta)
     if status < 0:
         where = f"t = {t_fail:.6g}" if t_fail is not None else "start"

@@ -166,7 +166,7 @@ def initial_condition(N: int = 200, a0: str = "normal", seed=None, nodes: str = 
 
 @dataclasses.dataclass
 class Trajectory:
-    """A solved trajectory, time on the first axis (conventions.md).
+    """A solved trajectory, time on the first axis (docs/conventions.md).
 
     ``t`` (T,), ``a`` and ``s`` (T, N), ``risk`` (T,), ``moments`` and ``residuals`` (T, K+1) for
     mean-field models, ``r`` (T, m, m) for finite-width models. ``stats`` holds the solver counters

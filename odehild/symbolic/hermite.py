@@ -369,7 +369,7 @@ def numeric_coefficients(f, kmax: int):
 
 @dataclasses.dataclass
 class HermiteExpansion:
-    """Normalized Hermite coefficients c_0..c_K of a function f of z (conventions.md).
+    """Normalized Hermite coefficients c_0..c_K of a function f of z (docs/conventions.md).
 
     ``exact[k]`` is the exact SymPy value or None; ``errors[k]`` bounds |coefficients[k] - c_k|
     (0 for exact values, below 1e-10 for quadrature). ``tail = norm2 - sum c_k^2`` is the squared

@@ -1,4 +1,4 @@
-"""The two kernels of the founding model (bmz-model.md section 1).
+"""The two kernels of the founding model (docs/model.md section 1).
 
 V(s) = E[phi(G) sigma(G_s)] = sum_k phi_k sigma_k s^k and U(r) = E[sigma(G) sigma(G_r)] =
 sum_k sigma_k^2 r^k, as truncated series with a bound on the truncation error, and in closed form

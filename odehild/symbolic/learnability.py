@@ -1,7 +1,7 @@
 """What the founding model's mean-field dynamics can learn, from the Hermite data alone.
 
 Before integrating, the normalized coefficients of sigma and phi (truncated at K) already say which
-degrees the risk can shed and so which plateaus a run can show (bmz-model.md sections 2b and 3):
+degrees the risk can shed and so which plateaus a run can show (docs/model.md sections 2b and 3):
 
 - degree k is a **target degree** when phi_k != 0;
 - it is **unrepresentable** when sigma_k = 0: r_k = phi_k - sigma_k M_k cannot move;

@@ -3,11 +3,11 @@
 A model is declared once, from sigma, phi, the truncation degree K and eps. Everything numeric is
 derived from the declared risk by differentiation; nothing here is hand-differentiated.
 
-* :class:`MeanFieldModel` (bmz-model.md 2b): particles (a_j, s_j) with weights w_j interact only
+* :class:`MeanFieldModel` (docs/model.md 2b): particles (a_j, s_j) with weights w_j interact only
   through the moments M_k = sum_j w_j a_j s_j^k. The risk R(M) is declared; the flow is
   eps da/dt = -dR/d(w a), ds/dt = -(1 - s^2) dR/d(w s) (sphere mobility), and the Jacobian is a
   2x2-block diagonal plus the rank <= 2(K+1) correction through the moments.
-* :class:`FiniteWidthModel` (bmz-model.md 2a): overlaps (a_i, s_i, r_ij) of m neurons. The risk is
+* :class:`FiniteWidthModel` (docs/model.md 2a): overlaps (a_i, s_i, r_ij) of m neurons. The risk is
   declared as a sum of one-neuron terms A(a_i, s_i) and pair terms B(a_i, a_j, r_ij); the flow on
   the sphere follows from the gradients of A and B.
 """
@@ -145,7 +145,7 @@ class MeanFieldDerivation:
 
 
 def derive_meanfield(K: int) -> MeanFieldDerivation:
-    """Derive the mean-field particle flow of bmz-model.md 2b from its risk."""
+    """Derive the mean-field particle flow of docs/model.md 2b from its risk."""
     sigma = sp.symbols(f"sigma_0:{K + 1}", real=True)
     phi = sp.symbols(f"phi_0:{K + 1}", real=True)
     M = sp.symbols(f"M_0:{K + 1}", real=True)
@@ -199,7 +199,7 @@ class _ModelBase:
 
 
 class MeanFieldModel(_ModelBase):
-    """The mean-field (m -> inf, d -> inf) particle system of bmz-model.md section 2b.
+    """The mean-field (m -> inf, d -> inf) particle system of docs/model.md section 2b.
 
     ``sigma`` and ``phi`` are expressions in z, HermiteExpansions, or sequences of normalized
     Hermite coefficients. The dynamics uses sigma and phi truncated at degree K; the risk adds
@@ -251,7 +251,7 @@ class MeanFieldModel(_ModelBase):
 
 @dataclasses.dataclass(frozen=True)
 class FiniteWidthDerivation:
-    """Symbolic pieces of the exact finite-width overlap ODE (bmz-model.md 2a).
+    """Symbolic pieces of the exact finite-width overlap ODE (docs/model.md 2a).
 
     R = |phi|^2/2 + sum_i A(a_i, s_i) + sum_{i != j} B(a_i, a_j, r_ij). With the mobility m of
     the paper, the sphere-projected flow is

@@ -1,4 +1,4 @@
-"""Safe parsing of activation and link-function expressions (grammar in conventions.md).
+"""Safe parsing of activation and link-function expressions (grammar in docs/conventions.md).
 
 A string is parsed with :mod:`ast` and rebuilt node by node from a whitelist; it is never passed to
 ``eval`` or to a raw ``sympify``.
@@ -181,7 +181,7 @@ def _build(node: ast.AST, text: str) -> sp.Expr:
 def parse_expression(expr) -> sp.Expr:
     """Return the SymPy expression in ``z`` for a string or SymPy expression.
 
-    Strings follow the grammar of conventions.md; anything else raises :class:`ExpressionError`
+    Strings follow the grammar of docs/conventions.md; anything else raises :class:`ExpressionError`
     naming the offending token. A SymPy expression may only depend on a symbol named ``z``.
     """
     if isinstance(expr, sp.Basic):
