@@ -123,9 +123,7 @@ for note in fit.notes:
 # eps decreases.
 
 # %%
-def scenario_time(l, eps):
-    return np.sqrt(eps) * np.log(1 / eps) if l == 1 else eps ** (1 / (2 * l))
-
+from odehild.solve.analysis import scenario_time
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
 for ax, l in zip(axes, (1, 2, 3)):

@@ -2,7 +2,8 @@
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from .errors import ExpressionError, InputError, IntegrationError, OdehildError, ResolutionWarning
+from .errors import (ExpressionError, InputError, IntegrationError, OdehildError, ResolutionWarning,
+                     StiffnessWarning)
 from .symbolic import HermiteExpansion, Kernel, U_kernel, V_kernel, hermite, parse_expression
 
 try:
@@ -10,6 +11,6 @@ try:
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+local"
 
-__all__ = ["ExpressionError", "InputError", "IntegrationError", "OdehildError", "ResolutionWarning",
+__all__ = ["ExpressionError", "InputError", "IntegrationError", "OdehildError", "ResolutionWarning", "StiffnessWarning",
            "HermiteExpansion", "Kernel", "U_kernel", "V_kernel", "hermite", "parse_expression",
            "__version__"]

@@ -82,6 +82,10 @@ def main(argv=None) -> int:
     from .commands import check_outputs
     from .config import write_used_config
 
+    import warnings
+
+    # warnings reach the user as one line on stderr, when they happen
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"
     parser = build_parser()
     args = None
     try:
@@ -93,6 +97,9 @@ def main(argv=None) -> int:
             if not getattr(args, "quiet", False):
                 print(f"values used: {path}", file=sys.stderr)
     except IntegrationError as exc:
+        if exc.interrupted:  # Ctrl-C inside the solver: exit 130 like any interrupt, partial kept
+            print(f"odehild {args.command}: interrupted: {exc}", file=sys.stderr)
+            return 130
         print(f"odehild {args.command}: integration failed: {exc}", file=sys.stderr)
         return 1
     except OdehildError as exc:

@@ -87,7 +87,7 @@ def _cmd_solve(args):
         exc.partial.meta.update({**info, "partial": True, "failure": str(exc)})
         where = exc.partial.save(out.with_name(out.name[:-len(".npz")] + ".partial.npz"))
         raise IntegrationError(f"{exc}; partial trajectory written to {where}", t_fail=exc.t_fail,
-                               state=exc.state, partial=exc.partial) from None
+                               state=exc.state, partial=exc.partial, interrupted=exc.interrupted) from None
     traj.meta.update(info)
     path = traj.save(args.out)
     st = traj.stats

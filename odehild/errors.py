@@ -16,12 +16,17 @@ class InputError(OdehildError, ValueError):
 class IntegrationError(OdehildError, RuntimeError):
     """A solver failed; ``partial`` holds what was computed up to ``t_fail``."""
 
-    def __init__(self, message, t_fail=None, state=None, partial=None):
+    def __init__(self, message, t_fail=None, state=None, partial=None, interrupted=False):
         super().__init__(message)
         self.t_fail = t_fail
         self.state = state
         self.partial = partial
+        self.interrupted = interrupted  # stopped by Ctrl-C, not by the solver
 
 
 class ResolutionWarning(UserWarning):
     """A reported number changed by more than its tolerance between two resolutions (N and N/2)."""
+
+
+class StiffnessWarning(UserWarning):
+    """An explicit method was asked for a stiff problem (small eps): it will crawl."""

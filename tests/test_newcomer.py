@@ -167,3 +167,26 @@ def test_every_cited_document_exists_in_the_repository():
     helps = [parser.format_help()] + [sub.format_help() for sub in parser.subcommands.values()]
     assert _unresolved("\n".join(helps), ROOT) == []
     assert (ROOT / "docs" / "model.md").exists() and (ROOT / "docs" / "conventions.md").exists()
+
+
+def test_ctrl_c_in_solve_exits_130_and_names_the_partial_file(tmp_path):
+    import signal
+    import time
+
+    from odehild.codegen import compile_model
+
+    sigma, phi = "h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)"
+    compile_model(MeanFieldModel(sigma, phi, K=3, eps=1e-14))  # cached: the child starts solving at once
+    proc = subprocess.Popen([sys.executable, "-m", "odehild", "solve", "--sigma", sigma, "--phi", phi, "--kmax", "3",
+                             "--eps", "1e-14", "--t-end", "1e6", "--rtol", "1e-13", "--atol", "1e-15",
+                             "--out", "run.npz"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc.stdout.readline()  # the learnability report comes before the integration
+    time.sleep(4.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "run.partial.npz" in err and "Traceback" not in err
+    arrays, meta = load_npz(tmp_path / "run.partial.npz")
+    assert meta["partial"] is True and arrays["t"].size >= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.partial.npz"]

@@ -109,6 +109,7 @@ def compare(traj, sims) -> Comparison:
     res_sim = np.mean([residuals_from_particles(s.a, s.s, np.full(s.a.shape[1], 1 / s.a.shape[1]), sig, phi)
                        for s in sims], axis=0)
     meta = {"n_simulations": len(sims), "eps": traj.meta.get("eps"), "sigma": traj.meta.get("sigma"),
+            "particles": int(traj.a.shape[1]),
             "phi": traj.meta.get("phi"), "width": sims[0].meta.get("width"), "dim": sims[0].meta.get("dim"),
             "algo": sims[0].meta.get("algo"), "seeds": [s.meta.get("seed") for s in sims]}
     # learning times only for degrees the ODE has to learn (a target degree it can reach and whose
@@ -147,9 +148,17 @@ def plot_comparison(cmp: Comparison, path=None, title=None):
     ax.loglog(cmp.t, cmp.law_distance_t, "C0-")
     ax.set_xlabel("t")
     ax.set_ylabel("sliced W1 between laws of (a, s)")
+    ax.set_title(f"distance between the particle laws (final {cmp.law_distance:.3g})")
     m = cmp.meta
-    fig.suptitle(title or f"{m['algo']}: m = {m['width']}, d = {m['dim']}, eps = {m['eps']:g}", fontsize=10)
+    fig.suptitle(title or f"sigma = {m.get('sigma')}, phi = {m.get('phi')}, eps = {m['eps']:g}: {m['algo']} with "
+                          f"m = {m['width']}, d = {m['dim']} against the mean-field ODE with N = "
+                          f"{m.get('particles', '?')} particles", fontsize=9)
     return finish_figure(fig, path)
+
+
+# what convergence_study reports: risk distances, and the law distance at the end and at the first time
+# (the latter is the sampling error of m neurons' initial a0, about m^(-1/2))
+DISTANCES = ("sup_risk_distance", "l2_risk_distance", "law_distance", "law_distance_start")
 
 
 def convergence_study(sigma, phi, eps, dims, width_of_d=lambda d: max(2, d // 16), seeds=(0,), algo="gf",
@@ -170,9 +179,9 @@ def convergence_study(sigma, phi, eps, dims, width_of_d=lambda d: max(2, d // 16
                          seed=s, kmax=kmax, **sim_kw) for s in seeds]
         c = compare(traj, sims)
         rows.append({"dim": d, "width": width_of_d(d), "sup_risk_distance": c.sup_risk_distance,
-                     "l2_risk_distance": c.l2_risk_distance, "law_distance": c.law_distance})
-    slopes = {k: fit_slope([r["dim"] for r in rows], [r[k] for r in rows])[0]
-              for k in ("sup_risk_distance", "l2_risk_distance", "law_distance")}
+                     "l2_risk_distance": c.l2_risk_distance, "law_distance": c.law_distance,
+                     "law_distance_start": float(c.law_distance_t[0])})
+    slopes = {k: fit_slope([r["dim"] for r in rows], [r[k] for r in rows])[0] for k in DISTANCES}
     return rows, slopes
 
 
@@ -182,8 +191,9 @@ def plot_convergence(rows, slopes, path=None):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     d = np.array([r["dim"] for r in rows])
-    for key, style in (("sup_risk_distance", "o-"), ("l2_risk_distance", "s-"), ("law_distance", "^-")):
-        ax.loglog(d, [r[key] for r in rows], style, label=f"{key}: slope {slopes[key]:.2f}")
+    for key, style in zip(DISTANCES, ("o-", "s-", "^-", "v:")):
+        if key in slopes:
+            ax.loglog(d, [r[key] for r in rows], style, label=f"{key}: slope {slopes[key]:.2f}")
     ax.set_xlabel("dimension d (width m grows with d)")
     ax.set_ylabel("distance to the ODE")
     ax.legend(fontsize=8)

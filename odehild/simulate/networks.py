@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from functools import cached_property
-import sys
 import time
 import warnings
 from typing import Optional
@@ -328,11 +327,9 @@ def risk_truncation_bound(model: FiniteWidthModel, a, s, R) -> float:
 
 class _Bar:
     def __init__(self, total, desc, quiet):
-        self.bar = None
-        if not quiet and sys.stderr.isatty():
-            from tqdm import tqdm
+        from ..progress import progress_bar
 
-            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr)
+        self.bar = progress_bar(total, desc, False if quiet else None, unit="step")
 
     def update(self, n):
         if self.bar is not None:
@@ -407,7 +404,7 @@ def _run_chunks(net, W, a, steps, eta, advance, extra, seed, a0, quiet, on_recor
     m, d = W.shape
     rec_a, rec_s, rec_r, rec_b = [], [], [], []
     start = time.perf_counter()
-    bar = _Bar(int(steps[-1]), extra["algo"], quiet)
+    bar = _Bar(int(steps[-1]), f"{extra['algo']} seed {seed}", quiet)
     done = 0
     for target in steps:
         if target > done:

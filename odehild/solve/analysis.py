@@ -212,19 +212,23 @@ def _lsq(x, y, dy=None):
     return float(slope), float(icpt), float(stderr), prop
 
 
+def scenario_time(degree: int, eps):
+    """The eps-dependence of t_l in the scenario of docs/model.md section 3, up to a constant:
+    eps (l = 0), sqrt(eps) log(1/eps) (l = 1), eps^(1/(2l)) (l >= 2)."""
+    eps = np.asarray(eps, dtype=float)
+    if degree == 1:
+        return np.sqrt(eps) * np.log(1 / eps)
+    return eps ** predicted_exponent(degree)
+
+
 def expected_slope(degree: int, eps) -> float:
     """The slope a least-squares fit of log t_l against log eps gives over these eps if t_l follows
-    the scenario of docs/model.md section 3: eps (l = 0), sqrt(eps) log(1/eps) (l = 1, below 1/2 at
-    any finite eps), eps^(1/(2l)) (l >= 2)."""
+    :func:`scenario_time` (for l = 1 below 1/2 at any finite eps)."""
     eps = np.asarray(eps, dtype=float)
-    x = np.log10(eps)
     if eps.size < 2:
         return float(predicted_exponent(degree))
-    if degree == 1:
-        y = 0.5 * x + np.log10(np.log(1 / eps))
-    else:
-        y = predicted_exponent(degree) * x
-    return _lsq(x, y)[0]
+    x = np.log10(eps)
+    return _lsq(x, np.log10(scenario_time(degree, eps)))[0]
 
 
 def phase_separation(times, degrees, ratio: float = 2.0) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 import time
 
 import numpy as np
@@ -18,6 +17,7 @@ from .structured import LowRankJacobian, StructuredBDF, StructuredRadau
 from .trajectory import InitialCondition, Trajectory, initial_condition
 
 METHODS = {"Radau": Radau, "BDF": BDF, "LSODA": LSODA, "RK45": RK45}
+STIFF_EPS = 1e-3  # below this an explicit method needs more than ~1e3 steps per unit time
 STRUCTURED = {"Radau": StructuredRadau, "BDF": StructuredBDF}
 IMPLICIT = ("Radau", "BDF", "LSODA")
 
@@ -65,19 +65,14 @@ def unpack_overlaps(Y: np.ndarray, m: int) -> np.ndarray:
 
 
 class _Progress:
-    """Progress in log-time on stderr (tqdm), only on a terminal."""
+    """Progress in log-time (tqdm), on a terminal or in Jupyter."""
 
     def __init__(self, t0, t_end, enabled):
-        self.bar = None
-        if enabled is None:
-            enabled = sys.stderr.isatty()
-        if enabled:
-            from tqdm import tqdm
+        from ..progress import progress_bar
 
-            self.lo = math.log10(max(t0, 1e-300))
-            self.bar = tqdm(total=100, desc="solve", unit="%", leave=False, file=sys.stderr,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| t={postfix}")
-            self.hi = math.log10(t_end)
+        self.lo, self.hi = math.log10(max(t0, 1e-300)), math.log10(t_end)
+        self.bar = progress_bar(100, "solve", enabled, unit="%",
+                                bar_format="{desc}: {percentage:3.0f}%|{bar}| t={postfix}")
 
     def update(self, t):
         if self.bar is not None and t > 0:
@@ -114,6 +109,14 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
     atol = positive_float("atol", atol)
     if method not in METHODS:
         raise InputError(f"unknown method {method!r} (allowed: {', '.join(METHODS)})")
+    if method not in IMPLICIT and model.eps < STIFF_EPS:
+        import warnings
+
+        from ..errors import StiffnessWarning
+
+        warnings.warn(f"{method} is explicit: at eps = {model.eps:g} the fast second layer limits its step to "
+                      f"about eps, so reaching t_end = {t_end:g} takes of order {t_end / model.eps:.0e} steps; "
+                      "use Radau, BDF or LSODA", StiffnessWarning, stacklevel=2)
     if init is None:
         if isinstance(model, FiniteWidthModel):
             raise InputError("a finite-width model needs an explicit initial condition with r0")
@@ -237,7 +240,7 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
             f"{method} failed at {where} ({message}); |a| max = {np.max(np.abs(a_fail)):.3g}, "
             f"|s| max = {np.max(np.abs(s_fail)):.3g}; "
             f"{len(traj)} of {t_eval.size} output times were computed and are kept in .partial",
-            t_fail=t_fail, state=y_fail, partial=traj)
+            t_fail=t_fail, state=y_fail, partial=traj, interrupted=status == -2)
     return traj
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .analysis import find_plateaus, plateau_levels
+from .analysis import find_plateaus, plateau_levels, scenario_time
 
 
 def pyplot():
@@ -28,6 +28,16 @@ def finish_figure(fig, path=None):
     return fig
 
 
+def first_change_time(traj, fraction: float = 1e-3) -> float:
+    """The first output time at which the risk has moved by ``fraction`` of its total change: the
+    decades before it are a flat line, cropped from plots."""
+    pos = traj.t > 0
+    t, r = traj.t[pos], traj.risk[pos]
+    span = np.ptp(traj.risk)
+    moved = np.flatnonzero(np.abs(r - traj.risk[0]) > fraction * span) if span > 0 else []
+    return float(t[moved[0]]) if len(moved) else float(t[0])
+
+
 def plot_risk(ax, traj, label=None, levels=True):
     pos = traj.t > 0
     ax.semilogx(traj.t[pos], traj.risk[pos], lw=1.8, label=label)
@@ -35,15 +45,26 @@ def plot_risk(ax, traj, label=None, levels=True):
         # only levels the dynamics can reach (sigma_k = 0, the s = 0 trap, sign obstructions)
         lv = plateau_levels(traj.meta["phi_coefficients"], traj.meta.get("phi_norm2"),
                             traj.meta.get("sigma_coefficients"), not np.any(traj.s[0]))
+        found = [p.level for p in find_plateaus(traj.t, traj.risk)]
+        span = max(np.ptp(traj.risk), 1e-300)
+        x = first_change_time(traj) / 10
         last = None
         for l, v in lv.items():
             if last is None or v < last - 1e-12:
-                ax.axhline(v, color="0.6", ls=":", lw=0.8)
-                ax.text(traj.t[pos][0], v, f" degree {l} learned" if l >= 0 else " start",
-                        va="bottom", fontsize=7, color="0.4")
+                seen = any(abs(f - v) < 0.02 * span for f in found)
+                ax.axhline(v, color="0.6", ls=":" if seen else (0, (1, 4)), lw=0.8)
+                name = f"degree {l} learned" if l >= 0 else "start"
+                ax.text(x, v, f" {name}" + ("" if seen else " (no plateau in this run)"),
+                        va="bottom", fontsize=7, color="0.3" if seen else "0.6")
             last = v
     ax.set_xlabel("t")
     ax.set_ylabel("population risk R(t)")
+
+
+def crop_flat_start(ax, trajs):
+    """Start the time axis a decade before the first trajectory's risk starts to move."""
+    t0 = min(first_change_time(tr) for tr in trajs)
+    ax.set_xlim(left=t0 / 10)
 
 
 def plot_trajectory(traj, path=None, n_particles: int = 24, title=None):
@@ -55,6 +76,7 @@ def plot_trajectory(traj, path=None, n_particles: int = 24, title=None):
     for p in find_plateaus(traj.t, traj.risk):
         axes[0].axvspan(p.t_start, p.t_end, color="C2", alpha=0.08)
     axes[0].set_title("risk against log-time (plateaus shaded)")
+    crop_flat_start(axes[0], [traj])
 
     ax = axes[1]
     if traj.residuals is not None:
@@ -65,20 +87,25 @@ def plot_trajectory(traj, path=None, n_particles: int = 24, title=None):
         top = np.abs(traj.residuals).max()
         ax.set_ylim(1e-12, 3 * top if top > 0 else 1.0)
         ax.legend(fontsize=7, ncol=2)
+        crop_flat_start(ax, [traj])
     ax.set_xlabel("t")
-    ax.set_title("residuals r_k = phi_k - sigma_k M_k")
+    ax.set_ylabel("|r_k(t)|")
+    ax.set_title("residuals r_k = phi_k - sigma_k M_k per degree k", fontsize=10)
 
     ax = axes[2]
     N = traj.a.shape[1]
     pick = np.unique(np.linspace(0, N - 1, min(n_particles, N)).astype(int))
     cmap = plt.get_cmap("viridis")
-    for j, i in enumerate(pick):
-        ax.plot(traj.s[:, i], traj.a[:, i], color=cmap(j / max(len(pick) - 1, 1)), lw=0.9)
-        ax.plot(traj.s[-1, i], traj.a[-1, i], "o", ms=2.5, color=cmap(j / max(len(pick) - 1, 1)))
+    a0 = traj.a[0, pick]
+    norm = plt.Normalize(a0.min(), a0.max() if a0.max() > a0.min() else a0.min() + 1)
+    for i, start in zip(pick, a0):
+        ax.plot(traj.s[:, i], traj.a[:, i], color=cmap(norm(start)), lw=0.9)
+        ax.plot(traj.s[-1, i], traj.a[-1, i], "o", ms=2.5, color=cmap(norm(start)))
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="initial weight a0 of the particle")
     ax.set_yscale("symlog", linthresh=1.0)
-    ax.set_xlabel("alignment s")
-    ax.set_ylabel("second-layer weight a")
-    ax.set_title(f"{len(pick)} of {N} particles (dots: final)")
+    ax.set_xlabel("alignment s = <u, u*>")
+    ax.set_ylabel("second-layer weight a (symlog)")
+    ax.set_title(f"paths in (s, a) of {len(pick)} of {N} particles; dots: final state", fontsize=9)
     meta = traj.meta
     fig.suptitle(title or f"sigma = {meta.get('sigma', '?')},  phi = {meta.get('phi', '?')},  "
                  f"eps = {meta.get('eps', float('nan')):.3g}, K = {meta.get('kmax', '?')}", fontsize=10)
@@ -91,7 +118,9 @@ def plot_sweep(fit, trajs, path=None):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for tr, e in zip(trajs, fit.eps):
         plot_risk(axes[0], tr, label=f"eps = {e:.0e}", levels=tr is trajs[-1])
+    crop_flat_start(axes[0], trajs)
     axes[0].legend(fontsize=7)
+    axes[0].set_title("dotted: levels this model can reach (learnability report)", fontsize=8)
     ax = axes[1]
     err = fit.time_error if fit.time_error is not None else np.full_like(fit.times, np.nan)
     sep = fit.separated if fit.separated is not None else np.isfinite(fit.times)
@@ -108,6 +137,13 @@ def plot_sweep(fit, trajs, path=None):
             if fit.expected is not None and np.isfinite(fit.expected[k]):
                 label += f" (scenario {fit.expected[k]:.3f})"
         line, = ax.loglog(fit.eps[ok], fit.times[ok, k], "-", lw=1, label=label)
+        anchor = np.flatnonzero(ok & sep[:, k])
+        if anchor.size and k in fit.degrees:
+            # the scenario's shape through the separated point at the smallest eps
+            i = anchor[np.argmin(fit.eps[anchor])]
+            shape = scenario_time(k, fit.eps[ok]) / scenario_time(k, fit.eps[i])
+            ax.loglog(fit.eps[ok], fit.times[i, k] * shape, "--", lw=0.8, color=line.get_color(),
+                      label=f"scenario for degree {k}")
         yerr = np.where(np.isfinite(err[ok, k]), err[ok, k], 0.0)
         for filled in (True, False):
             pick = sep[ok, k] == filled
