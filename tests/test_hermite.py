@@ -3,6 +3,7 @@ kinks (a different library and algorithm from the mpmath fallback), published cl
 Parseval."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -133,3 +134,50 @@ def test_refuses_non_square_integrable_or_undefined(expr, msg):
 def test_bad_kmax(kmax):
     with pytest.raises(ExpressionError, match="kmax"):
         hermite("z", kmax)
+
+
+@pytest.mark.parametrize("expr, fn, kinks", [
+    # a kink far from the Gaussian bulk: the value there is decided by the bulk, not by the kink
+    ("tanh(z)*Heaviside(100-z)", np.tanh, ()),
+    ("tanh(z)+Heaviside(z-100)", np.tanh, ()),
+    ("Min(h(6,z), -(Max(100+0.1, z)))", lambda x: np.full_like(x, -100.1), ()),
+    ("Max(2, Abs(z))", lambda x: np.maximum(2.0, np.abs(x)), (-2.0, 2.0)),
+])
+def test_far_kinks_do_not_hide_the_gaussian_mass(expr, fn, kinks):
+    h = hermite(expr, 4)
+    ref = scipy_coefficients(lambda x: fn(np.asarray(x, float)), 4, kinks)
+    np.testing.assert_allclose(h.coefficients, ref, atol=1e-9)
+    assert h.norm2 >= np.sum(ref**2) - 1e-9
+
+
+@pytest.mark.parametrize("expr", ["exp(27*z)", "z**255", "cosh(30*z)", "-1e308*10", "(2**256)**256"])
+def test_values_beyond_double_precision_are_refused(expr):
+    with pytest.raises(ExpressionError, match="beyond what odehild computes with"):
+        hermite(expr, 3)
+
+
+@pytest.mark.parametrize("expr", ["1/relu(z)", "1/Heaviside(z)", "(-2)**(1/3)", "Heaviside(h(2,z))", "relu(h(8,z))",
+                                  "Max(z*z, 100/z, pi)", "Min(log(z), z)", "erfc(exp(z))", "Min(1e10, z, z)"])
+def test_expressions_sympy_cannot_handle_end_in_our_error(expr):
+    with pytest.raises(ExpressionError, match=re.escape(expr)):
+        hermite(expr, 3)
+
+
+def test_constants_and_erf_squared():
+    assert hermite("sigmoid(1e10)", 3).coefficients.tolist() == [1.0, 0.0, 0.0, 0.0]  # no exact simplification
+    h = hermite("erf(z)**2", 2)
+    ref = scipy_coefficients(lambda x: special.erf(x) ** 2, 2)
+    np.testing.assert_allclose(h.coefficients, ref, atol=1e-9)
+
+
+def test_symbolic_work_has_a_time_budget(monkeypatch):
+    import importlib
+    import time
+
+    module = importlib.import_module("odehild.symbolic.hermite")
+
+    monkeypatch.setattr(module, "SYMBOLIC_BUDGET", 0.5)
+    start = time.perf_counter()
+    with pytest.raises(ExpressionError, match="budget of 0.5 s"):
+        module.hermite("sqrt(Abs(z))", 3)  # about 35 s of quadrature
+    assert time.perf_counter() - start < 5

@@ -9,8 +9,13 @@ checked by two quadrature rules against each other.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
+import os
+import signal
+import threading
 import time
 from typing import Optional
 
@@ -330,6 +335,35 @@ def _check_square_integrable(fn, f):
                 f"(= {mp.nstr(vals[64], 3)} at |z| = 64)")
 
 
+# seconds of symbolic and quadrature work one expression may take (ODEHILD_SYMBOLIC_BUDGET overrides)
+SYMBOLIC_BUDGET = float(os.environ.get("ODEHILD_SYMBOLIC_BUDGET", "60"))
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float, what: str):
+    """Raise ExpressionError when the block runs past ``seconds`` (SIGALRM: main thread on POSIX
+    only; elsewhere the block runs unbounded)."""
+    usable = (seconds > 0 and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise ExpressionError(f"{what} ran past its budget of {seconds:g} s (ODEHILD_SYMBOLIC_BUDGET); "
+                              "simplify the expression")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# E[f^2] above this is refused: risks, moments and their squares must stay finite in doubles
+MAX_NORM2 = 1e100
 GAUSS_SPLITS = (-16.0, -8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0, 16.0)
 
 
@@ -425,6 +459,21 @@ def _check_kmax(kmax):
     return int(kmax)
 
 
+def _constant(f, text: str, kmax: int, start: float) -> HermiteExpansion:
+    """A constant c: c_0 = c, the rest 0. Evaluated numerically, never simplified (simplifying
+    sigmoid(1e10) = 1/(1 + exp(-10^10)) exactly does not finish)."""
+    value = sp.N(f, 30)
+    if not (value.is_real and value.is_finite):
+        raise ExpressionError(f"{text} is the constant {value}, not a finite real number")
+    c0 = float(value)
+    if not math.isfinite(c0) or c0 * c0 > MAX_NORM2:
+        raise ExpressionError(f"{text}: E[f^2] = {sp.N(value**2, 4)} is beyond what odehild computes with in "
+                              f"double precision (at most {MAX_NORM2:g}); rescale the function")
+    exact = [f] + [sp.Integer(0)] * kmax
+    return HermiteExpansion(text, f, kmax, np.array([c0] + [0.0] * kmax), exact, np.zeros(kmax + 1), c0 * c0,
+                            f**2, 0.0, None, time.perf_counter() - start)
+
+
 def hermite(expr, kmax: int = 8) -> HermiteExpansion:
     """Normalized Hermite coefficients c_0..c_kmax of ``expr`` (string or SymPy expression in z).
 
@@ -432,10 +481,22 @@ def hermite(expr, kmax: int = 8) -> HermiteExpansion:
     -sqrt(3)/(12*sqrt(pi))
     """
     kmax = _check_kmax(kmax)
-    f = parse_expression(expr)
     text = expr if isinstance(expr, str) else str(expr)
-    start = time.perf_counter()
+    try:
+        with time_budget(SYMBOLIC_BUDGET, f"the Hermite expansion of {text}"):
+            return _expand(parse_expression(expr), text, kmax)
+    except OdehildError:
+        raise
+    except (ArithmeticError, TypeError, ValueError, NotImplementedError, RecursionError, MemoryError) as exc:
+        # SymPy or mpmath could not handle this expression: say so in one line, never a traceback
+        raise ExpressionError(f"{text}: cannot compute its Hermite coefficients "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
 
+
+def _expand(f, text: str, kmax: int) -> HermiteExpansion:
+    start = time.perf_counter()
+    if z not in f.free_symbols:
+        return _constant(f, text, kmax, start)
     exact, exact_norm2 = None, None
     terms = decompose(f)
     if terms is not None:
@@ -444,9 +505,10 @@ def hermite(expr, kmax: int = 8) -> HermiteExpansion:
                 f"{text} is not square-integrable under N(0,1): exp(a*z**2) needs a < 1/4")
         check_domain(f)
         moments = exact_moments(terms, kmax)
-        table = _hermite_coeff_table(kmax)
-        exact = [_tidy(sum(table[k][j] * moments[j] for j in range(k + 1)) / sp.sqrt(sp.factorial(k)))
-                 for k in range(kmax + 1)]
+        if moments is not None:
+            table = _hermite_coeff_table(kmax)
+            exact = [_tidy(sum(table[k][j] * moments[j] for j in range(k + 1)) / sp.sqrt(sp.factorial(k)))
+                     for k in range(kmax + 1)]
         sq_terms = decompose(f**2)
         if sq_terms is not None:
             m0 = exact_moments(sq_terms, 0)
@@ -476,6 +538,11 @@ def hermite(expr, kmax: int = 8) -> HermiteExpansion:
         tail = norm2 - float(np.sum(coefficients**2))
     if -1e-9 < tail < 0:
         tail = 0.0
+    if not (np.all(np.isfinite(coefficients)) and math.isfinite(norm2) and math.isfinite(tail)) \
+            or norm2 > MAX_NORM2:
+        shown = sp.N(exact_norm2, 4) if exact_norm2 is not None else f"{norm2:.4g}"
+        raise ExpressionError(f"{text}: E[f^2] = {shown} is beyond what odehild computes with in double "
+                              f"precision (at most {MAX_NORM2:g}); rescale the function")
 
     info = None
     for k in range(1, kmax + 1):
