@@ -62,15 +62,46 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog='example:\n  command = "solve"\n  sigma = "relu(z)"\n  phi = "h(1,z)+h(2,z)"\n'
                               '  eps = 1e-6\n  out = "run.npz"',
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("config", help="FILE.toml")
+    r.add_argument("config", help="FILE.toml, or a result FILE.npz (the values in its meta)")
     p.subcommands = sub.choices
     return p
+
+
+EXPRESSION_OPTIONS = ("--sigma", "--phi")
+
+
+def protect_expressions(argv: list) -> list:
+    """Expressions may start with '-' ('-h(1,z)', '-z'); argparse would read them as options."""
+    out, i = [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok in EXPRESSION_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{tok}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    if out[:1] == ["hermite"] and "--" not in out:
+        known, rest, expr = {"--kmax", "--json", "-h", "--help"}, [], []
+        j = 1
+        while j < len(out):
+            tok = out[j]
+            if tok == "--kmax" and j + 1 < len(out):
+                rest += out[j:j + 2]
+                j += 2
+                continue
+            (rest if tok in known or tok.startswith("--kmax=") else expr).append(tok)
+            j += 1
+        if any(e.startswith("-") for e in expr):
+            out = ["hermite", *rest, "--", *expr]
+    return out
 
 
 def _parse(parser, argv):
     """Parsed arguments; ``odehild run FILE`` is replaced by the command its file describes."""
     from .config import config_to_argv, load_config
 
+    argv = protect_expressions(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if args.command != "run":
         return args
@@ -80,7 +111,7 @@ def _parse(parser, argv):
 
 def main(argv=None) -> int:
     from .commands import check_outputs
-    from .config import write_used_config
+    from .config import used_config, write_used_config
 
     import warnings
 
@@ -91,6 +122,7 @@ def main(argv=None) -> int:
     try:
         args = _parse(parser, argv)
         check_outputs(args)
+        args.values = used_config(args, parser.subcommands[args.command])  # stored in result files
         # machine output (--json) alone goes to stdout; messages go to stderr
         for result, overrides in args.func(args) or []:
             path = write_used_config(args, parser.subcommands[args.command], result, overrides)

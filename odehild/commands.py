@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sys
+from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .config import merge_values
+from .errors import InputError, IntegrationError
 from .io import json_safe
 
 
@@ -41,13 +43,29 @@ def check_outputs(args):
 
     for dest, kind in OUTPUT_KINDS.items():
         value = getattr(args, dest, None)
-        if not value or (dest == "out" and args.command == "demo"):  # the demo's --out is a folder
+        if value is None or (dest == "out" and args.command == "demo"):  # the demo's --out is a folder
             continue
         flag = "--" + dest if dest != "output" else "-o/--output"
         if kind == "figure":
             check_figure_path(value, flag)
         elif not str(value).endswith(kind):
             raise InputError(f"{flag} {value!r} must end in {kind}")
+
+
+@contextlib.contextmanager
+def keep_partial(out, meta: dict):
+    """On a failed or interrupted run, write what it computed to OUT.partial.npz (meta ``partial``
+    true, the failure message) and name that file in the error."""
+    try:
+        yield
+    except IntegrationError as exc:
+        if exc.partial is None or len(exc.partial.t) == 0:
+            raise
+        out = Path(out)
+        exc.partial.meta.update({**meta, "partial": True, "failure": str(exc)})
+        where = exc.partial.save(out.with_name(out.name[:-len(".npz")] + ".partial.npz"))
+        raise IntegrationError(f"{exc}; what was computed is in {where}", t_fail=exc.t_fail, state=exc.state,
+                               partial=exc.partial, interrupted=exc.interrupted) from None
 
 
 def init_from_args(args):
@@ -67,28 +85,17 @@ def _cmd_solve(args):
 
     if args.points < 2:
         raise InputError(f"--points must be at least 2, got {args.points}")
-    from pathlib import Path
-
-    from .errors import IntegrationError
-
     model = MeanFieldModel(args.sigma, args.phi, args.kmax, args.eps)
     init = init_from_args(args)
     learn = model.learnability(s0_zero=not init.s0.any())
     print(learn.summary(), flush=True)  # before integrating: a run that cannot learn says so first
     info = {"sigma_expr_input": args.sigma, "phi_expr_input": args.phi, "seed": args.seed, "points": args.points}
-    try:
+    with keep_partial(args.out, info):
         traj = solve(model, init, args.t_end, points=args.points, t_min=args.t_min,
                      method=args.method, rtol=args.rtol, atol=args.atol,
                      progress=False if args.quiet else None)
-    except IntegrationError as exc:
-        if exc.partial is None or len(exc.partial) == 0:
-            raise
-        out = Path(args.out)
-        exc.partial.meta.update({**info, "partial": True, "failure": str(exc)})
-        where = exc.partial.save(out.with_name(out.name[:-len(".npz")] + ".partial.npz"))
-        raise IntegrationError(f"{exc}; partial trajectory written to {where}", t_fail=exc.t_fail,
-                               state=exc.state, partial=exc.partial, interrupted=exc.interrupted) from None
-    traj.meta.update(info)
+    t_min = {"t_min": float(traj.t[1]) if len(traj) > 1 else None}
+    traj.meta.update(info, values=merge_values(args.values, t_min))
     path = traj.save(args.out)
     st = traj.stats
     print(f"{path}: T = {len(traj)}, N = {traj.a.shape[1]}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
@@ -98,7 +105,7 @@ def _cmd_solve(args):
     if learn.learns_nothing:
         print(f"note: nothing beyond degree 0 was learnable; the risk ends on the floor {learn.floor:.6g} "
               "(learnability report above: what to change)")
-    return [(path, {"t_min": float(traj.t[1]) if len(traj) > 1 else None})]
+    return [(path, t_min)]
 
 
 def _cmd_plot(args):
@@ -192,9 +199,6 @@ def _cmd_timescales(args):
 
 
 def _cmd_simulate(args):
-    import warnings
-    from pathlib import Path
-
     from .simulate import simulate
 
     if args.algo not in ("gf", "sgd", "gd"):
@@ -220,16 +224,14 @@ def _cmd_simulate(args):
     paths, written = [], []
     for k in range(args.seeds):
         seed = args.seed + k
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            sim = simulate(args.algo, seed=seed, t_end=t_end, **kw)
-        for w in caught:
-            print(f"warning: {w.message}", file=sys.stderr)
         path = out if args.seeds == 1 else out.with_name(f"{out.stem}_seed{seed}.npz")
-        paths.append(sim.save(path))
+        with keep_partial(path, {"seed": seed}):
+            sim = simulate(args.algo, seed=seed, t_end=t_end, **kw)
         # each file's values regenerate that file alone: its seed, the resolved step, no ODE
-        written.append((paths[-1], {"seed": seed, "seeds": 1, "out": str(paths[-1]), "ode": None,
-                                    "lr": sim.meta.get("lr")}))
+        own = {"seed": seed, "seeds": 1, "out": str(path), "ode": None, "lr": sim.meta.get("lr")}
+        sim.meta["values"] = merge_values(args.values, own)
+        paths.append(sim.save(path))
+        written.append((paths[-1], own))
         print(f"{paths[-1]}: {sim.meta['algo']} m = {args.width}, d = {args.dim}, seed {seed}: risk "
               f"{sim.risk[0]:.4g} -> {sim.risk[-1]:.4g} ({sim.meta['wall_seconds']:.1f} s)")
     if args.ode:
@@ -238,9 +240,11 @@ def _cmd_simulate(args):
 
         model = MeanFieldModel(args.sigma, args.phi, args.kmax, args.eps)
         traj = solve(model, initial_condition(args.particles), t_end, progress=False if args.quiet else None)
-        traj.meta.update({"sigma_expr_input": args.sigma, "phi_expr_input": args.phi})
+        resolved = {"lr": written[0][1]["lr"] if args.algo != "gf" else None}
+        traj.meta.update({"sigma_expr_input": args.sigma, "phi_expr_input": args.phi,
+                          "values": merge_values(args.values, resolved)})
         ode_path = traj.save(args.ode)
-        written.append((ode_path, {"lr": written[0][1]["lr"] if args.algo != "gf" else None}))
+        written.append((ode_path, resolved))
         print(f"{ode_path}: mean-field ODE, N = {args.particles}, risk {traj.risk[0]:.4g} -> {traj.risk[-1]:.4g}")
     return written
 

@@ -66,7 +66,7 @@ def config_to_argv(config: dict, subparsers: dict) -> list:
     if "command" not in config:
         raise InputError(f"config has no 'command' key (allowed: {allowed})")
     command = config["command"]
-    if command not in subparsers or command == "run":
+    if not isinstance(command, str) or command not in subparsers or command == "run":
         raise InputError(f"config command {command!r} is not one of: {allowed}")
     options = _options(subparsers[command])
     argv, positional = [command], []
@@ -85,6 +85,8 @@ def config_to_argv(config: dict, subparsers: dict) -> list:
         elif isinstance(action, argparse._StoreTrueAction):
             if value:
                 argv.append(action.option_strings[-1])
+        elif len(values) == 1 and values[0].startswith("-"):
+            argv.append(f"{action.option_strings[-1]}={values[0]}")  # '-h(1,z)' is a value, not an option
         else:
             argv.append(action.option_strings[-1])
             argv.extend(values)
@@ -103,14 +105,22 @@ def config_to_argv(config: dict, subparsers: dict) -> list:
 
 
 def load_config(path) -> dict:
+    """A TOML config file, or the values stored in a result file's meta (``odehild run FILE.npz``)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no such config file: {path}")
+    if path.suffix == ".npz":
+        from .io import load_npz
+
+        values = load_npz(path)[1].get("values")
+        if not isinstance(values, dict):
+            raise InputError(f"{path} holds no 'values' in its meta (written by an older odehild, or not a result)")
+        return values
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path} is not valid TOML: {exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid TOML (UTF-8 text): {exc}") from None
 
 
 def used_config(args: argparse.Namespace, sub: argparse.ArgumentParser) -> dict:
@@ -155,19 +165,27 @@ def values_path(result) -> Path:
     return result / "config.toml" if result.is_dir() else result.with_name(result.name + ".toml")
 
 
+def merge_values(values: dict, overrides=None) -> dict:
+    """``values`` with ``overrides`` on top (None removes a key): resolved defaults such as the SGD
+    step, or the one seed a file holds."""
+    out = dict(values)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
 def write_used_config(args: argparse.Namespace, sub: argparse.ArgumentParser, result, overrides=None) -> Path:
-    """Write the values ``args`` ran with (defaults included, ``overrides`` on top: resolved
-    defaults such as the SGD step, or the one seed a file holds) next to ``result``."""
+    """Write the values ``args`` ran with (defaults included, ``overrides`` on top) next to
+    ``result``. A result file's own meta ``values`` holds the same dict and is the authority: this
+    file is a readable copy, written after it."""
     from . import __version__
     from .io import write_text_atomic
 
     path = values_path(result)
-    values = used_config(args, sub)
-    for key, value in (overrides or {}).items():
-        if value is None:
-            values.pop(key, None)
-        else:
-            values[key] = value
+    values = merge_values(used_config(args, sub), overrides)
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     header = (f"Values used by 'odehild {args.command}' for {Path(result).name} (odehild {__version__}, {stamp}).\n"
               f"Regenerate with: odehild run {path}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -19,21 +20,43 @@ def _umask() -> int:
     return mask
 
 
+def _remove_stale_temporaries(path: Path):
+    """Temporaries ``.NAME.PID.*.tmp`` left by a killed writer of ``path`` (its process is gone)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (PermissionError, OSError):
+            pass  # alive (another user's process) or unknowable: leave it
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb"):
     """Open a temporary file next to ``path`` and rename it onto ``path`` when the block ends
     without error; on error (or Ctrl-C) the old file, if any, is left as it was. The result gets
     the permissions any new file gets (0666 less the umask), not mkstemp's 0600."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if not path.name or path.is_dir():
+        raise InputError(f"cannot write {str(path)!r}: not a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as fh:
             yield fh
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
 
 
@@ -57,7 +80,12 @@ def load_npz(path, required=()) -> tuple:
             arrays = {k: data[k] for k in data.files}
     except Exception as exc:  # zipfile/pickle errors: not one of our files
         raise InputError(f"{path} is not a readable .npz file ({exc.__class__.__name__})") from None
-    meta = json.loads(str(arrays.pop("meta"))) if "meta" in arrays else {}
+    try:
+        meta = json.loads(str(arrays.pop("meta"))) if "meta" in arrays else {}
+    except json.JSONDecodeError:
+        raise InputError(f"{path}: its 'meta' array is not JSON: not a file odehild wrote") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: its 'meta' is not a JSON object: not a file odehild wrote")
     missing = [k for k in required if k not in arrays]
     if missing:
         raise InputError(f"{path} lacks arrays {missing} (has {sorted(arrays)})")

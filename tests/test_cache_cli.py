@@ -133,3 +133,31 @@ def test_demo_quick_produces_every_file(tmp_path):
         assert (ROOT / ref).exists() or (tmp_path / "out" / ref).exists(), ref
     rep = json.loads((tmp_path / "out" / "comparison.json").read_text())
     assert np.isfinite(rep["sup_risk_distance"]) and np.isfinite(rep["law_distance"])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble"])
+def test_damaged_numba_cache_files_are_rebuilt(tmp_path, damage):
+    first = probe(tmp_path)
+    files = list(Path(first["path"]).glob("__pycache__/*.nb[ic]"))
+    assert files
+    for f in files:
+        data = f.read_bytes()
+        f.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:20] + b"\x00garbage" + data[28:])
+    again = probe(tmp_path)  # would raise UnpicklingError / EOFError on the first call if trusted
+    assert not again["from_cache"] and again["dy"] == first["dy"]
+    assert probe(tmp_path)["from_cache"]
+
+
+def test_unwritable_cache_entry_falls_back_with_a_warning(tmp_path):
+    first = probe(tmp_path)
+    entry = Path(first["path"])
+    for f in sorted(entry.rglob("*"), reverse=True):
+        f.unlink() if f.is_file() else f.rmdir()
+    entry.rmdir()
+    entry.write_text("an entry that is a file")
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                         env={"ODEHILD_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin",
+                              "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert "cannot write the code cache" in out.stderr
+    assert json.loads(out.stdout)["dy"] == first["dy"]

@@ -136,7 +136,7 @@ def test_a_failed_solve_writes_its_partial_trajectory(tmp_path, monkeypatch, cap
     assert main(["solve", "--sigma", "h(0,z)+h(1,z)", "--phi", "h(1,z)", "--kmax", "1", "--eps", "1e-3",
                  "--particles", "10", "--t-end", "1", "--quiet", "--out", "run.npz"]) == 1
     err = capsys.readouterr().err
-    assert "partial trajectory written to run.partial.npz" in err
+    assert "what was computed is in run.partial.npz" in err
     arrays, meta = load_npz("run.partial.npz")
     assert meta["partial"] is True and "failed at t = " in meta["failure"]
     assert 0 < arrays["t"][-1] <= 0.02 and not (tmp_path / "run.npz").exists()
@@ -173,10 +173,11 @@ def test_ctrl_c_in_solve_exits_130_and_names_the_partial_file(tmp_path):
     import signal
     import time
 
-    from odehild.codegen import compile_model
+    from odehild.solve import initial_condition, solve
 
     sigma, phi = "h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)"
-    compile_model(MeanFieldModel(sigma, phi, K=3, eps=1e-14))  # cached: the child starts solving at once
+    # compiled into the cache (Numba compiles on the first call): the child starts solving at once
+    solve(MeanFieldModel(sigma, phi, K=3, eps=1e-14), initial_condition(4), 1e-12, points=3, progress=False)
     proc = subprocess.Popen([sys.executable, "-m", "odehild", "solve", "--sigma", sigma, "--phi", phi, "--kmax", "3",
                              "--eps", "1e-14", "--t-end", "1e6", "--rtol", "1e-13", "--atol", "1e-15",
                              "--out", "run.npz"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -506,6 +506,47 @@ def _entry_valid(folder: Path, key: str) -> bool:
             and manifest.get("odehild") == __version__ and manifest.get("generator") == GENERATOR_SHA)
 
 
+def _numba_files_intact(folder: Path) -> bool:
+    """Numba's cache files of an entry parse as pickles (read, never executed: pickletools walks
+    the opcodes). A truncated or garbled file would otherwise fail every later run."""
+    import pickle
+    import pickletools
+
+    for path in folder.glob("__pycache__/*.nb[ic]"):
+        try:
+            data = path.read_bytes()
+            if path.suffix == ".nbi":  # a version pickle, then the index pickle
+                with open(path, "rb") as fh:
+                    pickle.load(fh)
+                    data = fh.read()
+            ops = list(pickletools.genops(data))
+            if not ops or ops[-1][0].name != "STOP":
+                return False
+        except Exception:  # any damage: rebuild
+            return False
+    return True
+
+
+def _writable_entry(folder: Path) -> Path:
+    """``folder``, or a private temporary one when the cache cannot be written there (an entry that
+    is a file, a read-only cache directory): the run goes on uncached, with a warning."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+        return folder
+    except OSError as exc:
+        import tempfile
+        import warnings
+
+        fallback = Path(tempfile.mkdtemp(prefix="odehild-cache-")) / folder.name
+        fallback.mkdir()
+        warnings.warn(f"cannot write the code cache at {folder} ({exc.strerror or exc}); compiling into "
+                      f"{fallback} for this run (set ODEHILD_CACHE_DIR to a writable folder)", stacklevel=3)
+        return fallback
+
+
 def _import(folder: Path, key: str):
     name = f"odehild_generated_{key}"
     spec = importlib.util.spec_from_file_location(name, folder / MODULE)
@@ -525,12 +566,12 @@ def compile_source(key: str, build_source, declaration: dict, kind: str) -> Comp
         return _loaded[key]
     folder = cache_dir() / key
     start = time.perf_counter()
-    from_cache = _entry_valid(folder, key)
+    from_cache = _entry_valid(folder, key) and _numba_files_intact(folder)
     derive_seconds = 0.0
     if not from_cache:
         source = build_source()
         derive_seconds = time.perf_counter() - start
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = _writable_entry(folder)
         for stale in folder.glob("__pycache__/*"):
             stale.unlink(missing_ok=True)
         _write_atomic(folder / MODULE, source)

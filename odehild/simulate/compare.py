@@ -15,6 +15,9 @@ from ..symbolic.learnability import learnability
 
 def _check_consistent(traj, sims):
     tm = traj.meta
+    missing = [k for k in ("eps", "sigma_coefficients", "phi_coefficients") if k not in tm]
+    if missing:
+        raise InputError(f"the trajectory's meta lacks {', '.join(missing)}: not a trajectory odehild solved")
     for sim in sims:
         sm = sim.meta
         for key in ("eps",):

@@ -319,8 +319,8 @@ def timescale_sweep(model, eps_list, init=None, t_end: float = 5.0, fraction: fl
     from .trajectory import initial_condition
 
     eps_list = [float(e) for e in eps_list]
-    if len(eps_list) < 2:
-        raise InputError("an eps sweep needs at least two values of eps")
+    if len(set(eps_list)) < 2 or len(set(eps_list)) != len(eps_list):
+        raise InputError(f"an eps sweep needs at least two distinct values of eps, got {eps_list}")
     # drops span ~0.07 decades of time: learning times need a dense log grid
     solve_kw.setdefault("points", LEARNING_TIME_POINTS)
     if init is None:

@@ -9,7 +9,7 @@ import numpy as np
 from scipy.integrate import BDF, LSODA, RK45, Radau
 
 from .. import __version__
-from ..checks import positive_float
+from ..checks import positive_float, positive_int
 from ..codegen import compile_model
 from ..errors import InputError, IntegrationError
 from ..symbolic.models import FiniteWidthModel, MeanFieldModel
@@ -20,10 +20,12 @@ METHODS = {"Radau": Radau, "BDF": BDF, "LSODA": LSODA, "RK45": RK45}
 STIFF_EPS = 1e-3  # below this an explicit method needs more than ~1e3 steps per unit time
 STRUCTURED = {"Radau": StructuredRadau, "BDF": StructuredBDF}
 IMPLICIT = ("Radau", "BDF", "LSODA")
+RTOL_MIN = 100 * np.finfo(float).eps
 
 
 def log_time_grid(t_end: float, points: int = 200, t_min=None, eps: float = 1.0) -> np.ndarray:
     """0 followed by ``points`` log-spaced times from t_min (default eps/100, at most t_end/1e3)."""
+    points = positive_int("points", points)
     if t_min is None:
         t_min = min(1e-2 * min(eps, 1.0), 1e-3 * t_end)
     if not (0 < t_min < t_end):
@@ -106,6 +108,8 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
         raise InputError(f"model must be a MeanFieldModel or FiniteWidthModel, got {type(model).__name__}")
     t_end = positive_float("t_end", t_end)
     rtol = positive_float("rtol", rtol)
+    if rtol < RTOL_MIN:
+        raise InputError(f"rtol must be at least {RTOL_MIN:.2g} (100 machine epsilons, SciPy's floor), got {rtol!r}")
     atol = positive_float("atol", atol)
     if method not in METHODS:
         raise InputError(f"unknown method {method!r} (allowed: {', '.join(METHODS)})")

@@ -41,7 +41,7 @@ def first_change_time(traj, fraction: float = 1e-3) -> float:
 def plot_risk(ax, traj, label=None, levels=True):
     pos = traj.t > 0
     ax.semilogx(traj.t[pos], traj.risk[pos], lw=1.8, label=label)
-    if levels and "phi_coefficients" in traj.meta:
+    if levels and "phi_coefficients" in traj.meta and "sigma_coefficients" in traj.meta:
         # only levels the dynamics can reach (sigma_k = 0, the s = 0 trap, sign obstructions)
         lv = plateau_levels(traj.meta["phi_coefficients"], traj.meta.get("phi_norm2"),
                             traj.meta.get("sigma_coefficients"), not np.any(traj.s[0]))

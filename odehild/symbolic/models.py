@@ -39,8 +39,18 @@ dsdu_sym = sp.Symbol("dsdu", positive=True)  # ds/du = 1 - s^2 for the state u =
 CODEGEN_FORMAT = 7  # bump when generated code changes shape
 
 
+# the range of eps the solvers are tested on. Below EPS_MIN the fast layer's rates (~ sigma_0^2 / eps)
+# stand 1e18 above the O(1) terms and double precision cannot resolve both: Radau needs 25346 steps
+# at 1e-20 against 2815 at 1e-18, and at 1e-30 it does not finish
+EPS_MIN, EPS_MAX = 1e-18, 1e6
+MAX_FUNCTION_NORM2 = 1e12
+
+
 def check_eps(eps) -> float:
-    return positive_float("eps", eps, " (eps = 0 is singular)")
+    eps = positive_float("eps", eps, " (eps = 0 is singular)")
+    if not EPS_MIN <= eps <= EPS_MAX:
+        raise InputError(f"eps must lie in [{EPS_MIN:g}, {EPS_MAX:g}], the range the solvers support, got {eps!r}")
+    return eps
 
 
 def check_kmax(kmax) -> int:
@@ -69,7 +79,16 @@ class Function1D:
 
 
 def as_function(f, kmax: int, what: str) -> Function1D:
-    """Hermite data of an expression, a HermiteExpansion, or a coefficient sequence (finite series)."""
+    """Hermite data of an expression, a HermiteExpansion, or a coefficient sequence (finite series),
+    with E[f^2] in the range the solvers support."""
+    out = _as_function(f, kmax, what)
+    if not out.norm2 <= MAX_FUNCTION_NORM2:
+        raise InputError(f"{what} = {out.name} has E[{what}^2] = {out.norm2:.3g}; odehild's solvers support at most "
+                         f"{MAX_FUNCTION_NORM2:g} (coefficients of size 1e6): rescale it")
+    return out
+
+
+def _as_function(f, kmax: int, what: str) -> Function1D:
     if isinstance(f, Function1D):
         if len(f.coefficients) < kmax + 1:
             raise InputError(f"{what} has {len(f.coefficients)} coefficients, K = {kmax} needs {kmax + 1}")
