@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import positive_float
 from .config import merge_values
 from .errors import InputError, IntegrationError
 from .io import json_safe
@@ -90,10 +91,15 @@ def _cmd_solve(args):
     learn = model.learnability(s0_zero=not init.s0.any())
     print(learn.summary(), flush=True)  # before integrating: a run that cannot learn says so first
     info = {"sigma_expr_input": args.sigma, "phi_expr_input": args.phi, "seed": args.seed, "points": args.points}
+    positive_float("--max-wall", args.max_wall)
     with keep_partial(args.out, info):
         traj = solve(model, init, args.t_end, points=args.points, t_min=args.t_min,
-                     method=args.method, rtol=args.rtol, atol=args.atol,
+                     method=args.method, rtol=args.rtol, atol=args.atol, max_wall=args.max_wall,
                      progress=False if args.quiet else None)
+        if traj.stats["status"] == 2:  # the wall-time budget ran out: a partial result, not a result
+            raise IntegrationError(f"stopped by --max-wall {args.max_wall:g} s at t = {traj.stats['t_reached']:.4g} "
+                                   f"of {args.t_end:g} ({traj.stats['nsteps']} steps)", partial=traj,
+                                   t_fail=traj.stats["t_reached"])
     t_min = {"t_min": float(traj.t[1]) if len(traj) > 1 else None}
     traj.meta.update(info, values=merge_values(args.values, t_min))
     path = traj.save(args.out)
@@ -296,6 +302,9 @@ def register(sub):
                    help="how a0's law becomes particles: quadrature (default: weighted nodes covering the tails) "
                         "or quantiles (equal weights, slow to converge in N)")
     add_solver_args(s)
+    s.add_argument("--max-wall", type=float, default=3600.0,
+                   help="stop after this many seconds of solving and keep what was computed in FILE.partial.npz "
+                        "(default %(default)g)")
     s.add_argument("--out", required=True, help="output trajectory FILE.npz")
     s.set_defaults(func=_cmd_solve)
 

@@ -201,7 +201,12 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
     nsteps = 0
     try:
         while solver.status == "running":
-            msg = solver.step()
+            try:
+                msg = solver.step()
+            except (np.linalg.LinAlgError, ArithmeticError, ValueError) as exc:
+                # inside the supported range a failed factorisation is a solver failure, reported as one
+                msg = f"{type(exc).__name__} in the step: {exc}"
+                solver.status = "failed"
             nsteps += 1
             if solver.status == "failed" or not np.all(np.isfinite(solver.y)):
                 status, t_fail, y_fail = -1, solver.t_old if solver.t_old is not None else 0.0, solver.y.copy()

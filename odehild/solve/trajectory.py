@@ -75,8 +75,13 @@ class InitialCondition:
 
 
 def _finite_vector(x, name) -> np.ndarray:
+    raw = np.asarray(x)
+    if np.iscomplexobj(raw):
+        raise InputError(f"{name} must be real, got complex values (dtype {raw.dtype})")
+    if raw.ndim != 1:
+        raise InputError(f"{name} must be a 1-D array (one value per particle), got shape {raw.shape}")
     try:
-        arr = np.array(x, dtype=float).ravel()
+        arr = np.array(raw, dtype=float)
     except (TypeError, ValueError):
         raise InputError(f"{name} must be an array of numbers") from None
     bad = np.flatnonzero(~np.isfinite(arr))

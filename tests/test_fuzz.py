@@ -1,0 +1,52 @@
+"""Hypothesis over the expression grammar plus hostile shapes: every input ends in finite Hermite
+data or in odehild's own error, within the symbolic time budget."""
+
+import importlib
+import math
+import time
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from odehild import OdehildError
+
+hermite_module = importlib.import_module("odehild.symbolic.hermite")
+BUDGET = 3.0
+
+numbers = st.sampled_from(["0", "1", "2", "3", "-1", "0.5", "1/3", "100", "1e10", "1e-300", "1e308", "pi", "E",
+                           "2**256", "(-2)"])
+atoms = st.one_of(numbers, st.just("z"), st.builds(lambda k: f"h({k},z)", st.integers(0, 9)),
+                  st.builds(lambda k: f"He({k},z)", st.integers(0, 9)))
+UNARY = ["exp", "log", "sqrt", "sin", "cos", "tan", "sinh", "cosh", "tanh", "erf", "erfc", "Abs", "abs", "sign",
+         "Heaviside", "relu", "sigmoid", "softplus"]
+
+
+def extend(inner):
+    return st.one_of(
+        st.builds(lambda f, a: f"{f}({a})", st.sampled_from(UNARY), inner),
+        st.builds(lambda a, op, b: f"({a}){op}({b})", inner, st.sampled_from(["+", "-", "*", "/", "**"]), inner),
+        st.builds(lambda f, xs: f"{f}({', '.join(xs)})", st.sampled_from(["Max", "Min"]),
+                  st.lists(inner, min_size=2, max_size=3)),
+        st.builds(lambda a: f"-{a}", inner),
+    )
+
+
+expressions = st.recursive(atoms, extend, max_leaves=6)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(expressions)
+def test_any_expression_ends_in_finite_data_or_our_error(expr):
+    old = hermite_module.SYMBOLIC_BUDGET
+    hermite_module.SYMBOLIC_BUDGET = BUDGET
+    start = time.perf_counter()
+    try:
+        h = hermite_module.hermite(expr, 4)
+    except OdehildError:
+        return
+    finally:
+        hermite_module.SYMBOLIC_BUDGET = old
+        assert time.perf_counter() - start < BUDGET + 5, f"{expr!r} ran past its budget"
+    assert np.all(np.isfinite(h.coefficients)) and math.isfinite(h.norm2) and math.isfinite(h.tail), expr
+    assert h.norm2 >= float(np.sum(h.coefficients**2)) - 1e-8 * max(1.0, h.norm2), expr
