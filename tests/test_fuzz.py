@@ -6,7 +6,7 @@ import math
 import time
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from odehild import OdehildError
@@ -35,7 +35,10 @@ def extend(inner):
 expressions = st.recursive(atoms, extend, max_leaves=6)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# no shrinking or explain phase: they replay SymPy under a tracer for minutes; the failing input is
+# printed as generated, and derandomize keeps CI reproducible
+@settings(max_examples=100, deadline=None, derandomize=True, phases=(Phase.explicit, Phase.generate),
+          suppress_health_check=[HealthCheck.too_slow])
 @given(expressions)
 def test_any_expression_ends_in_finite_data_or_our_error(expr):
     old = hermite_module.SYMBOLIC_BUDGET

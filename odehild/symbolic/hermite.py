@@ -350,16 +350,22 @@ def time_budget(seconds: float, what: str):
         return
 
     def expire(signum, frame):
-        raise ExpressionError(f"{what} ran past its budget of {seconds:g} s (ODEHILD_SYMBOLIC_BUDGET); "
-                              "simplify the expression")
+        raise _BudgetExpired  # not an Exception: SymPy's broad except clauses must not swallow it
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
+    except _BudgetExpired:
+        raise ExpressionError(f"{what} ran past its budget of {seconds:g} s (ODEHILD_SYMBOLIC_BUDGET); "
+                              "simplify the expression") from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+class _BudgetExpired(BaseException):
+    """Raised by the budget's alarm inside symbolic work."""
 
 
 # E[f^2] above this is refused: risks, moments and their squares must stay finite in doubles
