@@ -185,7 +185,8 @@ def write_used_config(args: argparse.Namespace, sub: argparse.ArgumentParser, re
     from .io import write_text_atomic
 
     path = values_path(result)
-    values = merge_values(used_config(args, sub), overrides)
+    base = getattr(args, "values", None)  # set by the CLI before the run; the same dict the result holds
+    values = merge_values(base if base is not None else used_config(args, sub), overrides)
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     header = (f"Values used by 'odehild {args.command}' for {Path(result).name} (odehild {__version__}, {stamp}).\n"
               f"Regenerate with: odehild run {path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 
@@ -23,9 +24,10 @@ def progress_bar(total, desc: str, enabled=None, **kw):
         enabled = interactive()
     if not enabled:
         return None
-    try:  # a widget bar in Jupyter where ipywidgets is installed, text on stderr otherwise
-        import ipywidgets  # noqa: F401
+    # a widget bar in Jupyter where the optional ipywidgets is installed (extra "notebook"),
+    # text on stderr otherwise; tqdm.auto picks the widget itself
+    if importlib.util.find_spec("ipywidgets") is not None:
         from tqdm.auto import tqdm
-    except ImportError:
+    else:
         from tqdm import tqdm
     return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, delay=1.0, **kw)

@@ -57,3 +57,24 @@ def weight_space_rhs(a, Umat, ustar, sigma, phi, eps):
     grad = -(a * dV(s))[:, None] * ustar[None, :] / m + ((np.outer(a, a) * dU(R)) @ Umat) / m**2
     du = -m * (grad - np.sum(grad * Umat, axis=1)[:, None] * Umat)
     return da, du
+
+
+def break_rhs_after(monkeypatch, model, t_break: float = 0.01):
+    """Make the generated RHS of ``model`` return NaN after ``t_break`` (a solver failure on demand)."""
+    from odehild.codegen import numba_gen
+
+    compiled = numba_gen.compile_model(model)
+    real = compiled.module.rhs
+
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(compiled.module, name)
+
+        @staticmethod
+        def rhs(t, y, w, inv_eps, dy):
+            real(t, y, w, inv_eps, dy)
+            if t > t_break:
+                dy[:] = np.nan
+
+    fake = numba_gen.CompiledModel(Broken(), compiled.key, compiled.path, True, 0.0, 0.0)
+    monkeypatch.setitem(numba_gen._loaded, compiled.key, fake)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from odehild.cli import build_parser, main
-from odehild.codegen import numba_gen
+from helpers import break_rhs_after
 from odehild.io import load_npz
 from odehild.symbolic.models import MeanFieldModel
 
@@ -118,21 +118,7 @@ def test_each_seed_file_has_values_that_regenerate_it(tmp_path, monkeypatch):
 def test_a_failed_solve_writes_its_partial_trajectory(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     model = MeanFieldModel("h(0,z)+h(1,z)", "h(1,z)", K=1, eps=1e-3)
-    compiled = numba_gen.compile_model(model)
-    real = compiled.module.rhs
-
-    class Broken:
-        def __getattr__(self, name):
-            return getattr(compiled.module, name)
-
-        @staticmethod
-        def rhs(t, y, w, inv_eps, dy):
-            real(t, y, w, inv_eps, dy)
-            if t > 0.01:
-                dy[:] = np.nan
-
-    fake = numba_gen.CompiledModel(Broken(), compiled.key, compiled.path, True, 0.0, 0.0)
-    monkeypatch.setitem(numba_gen._loaded, compiled.key, fake)
+    break_rhs_after(monkeypatch, model, 0.01)
     assert main(["solve", "--sigma", "h(0,z)+h(1,z)", "--phi", "h(1,z)", "--kmax", "1", "--eps", "1e-3",
                  "--particles", "10", "--t-end", "1", "--quiet", "--out", "run.npz"]) == 1
     err = capsys.readouterr().err

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from helpers import meanfield_rhs, meanfield_risk, weight_space_rhs
+from helpers import break_rhs_after, meanfield_rhs, meanfield_risk, weight_space_rhs
 from odehild import InputError, IntegrationError
-from odehild.codegen import numba_gen
 from odehild.solve import InitialCondition, Trajectory, initial_condition, solve
 from odehild.solve.analysis import find_plateaus, learning_times
 from odehild.symbolic.models import FiniteWidthModel, MeanFieldModel
@@ -161,21 +160,7 @@ def test_bad_solve_arguments(kw, needle):
 
 def test_failed_integration_keeps_partial_trajectory(monkeypatch):
     model = MeanFieldModel(*STAIR, K=3, eps=1e-3)
-    compiled = numba_gen.compile_model(model)
-    real = compiled.module.rhs
-
-    class Broken:
-        def __getattr__(self, name):
-            return getattr(compiled.module, name)
-
-        @staticmethod
-        def rhs(t, y, w, inv_eps, dy):
-            real(t, y, w, inv_eps, dy)
-            if t > 0.01:
-                dy[:] = np.nan
-
-    fake = numba_gen.CompiledModel(Broken(), compiled.key, compiled.path, True, 0.0, 0.0)
-    monkeypatch.setitem(numba_gen._loaded, compiled.key, fake)
+    break_rhs_after(monkeypatch, model, 0.01)
     with pytest.raises(IntegrationError) as err:
         solve(model, initial_condition(10), 1.0)
     e = err.value
