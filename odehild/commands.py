@@ -14,11 +14,13 @@ from .errors import InputError, IntegrationError
 from .io import json_safe
 
 
-def add_model_args(p, eps_required=True):
+def add_model_args(p, eps_required=True, eps_help="learning-rate ratio eps > 0"):
     p.add_argument("--sigma", required=True, help="activation, expression in z (e.g. 'relu(z)')")
     p.add_argument("--phi", required=True, help="link function, expression in z")
     if eps_required:
-        p.add_argument("--eps", type=float, required=True, help="learning-rate ratio eps > 0")
+        p.add_argument("--eps", type=float, required=True, help=eps_help)
+    elif eps_help:
+        p.add_argument("--eps", type=float, default=None, help=eps_help)
     p.add_argument("--kmax", type=int, default=6, help="Hermite truncation degree K (default 6)")
 
 
@@ -77,7 +79,8 @@ def init_from_args(args):
         arrays, _ = load_npz(args.init, required=("a0", "s0"))
         return InitialCondition(arrays["a0"], arrays["s0"], arrays.get("weights"),
                                 description=f"from {args.init}")
-    return initial_condition(args.particles, args.a0, args.seed, args.nodes)
+    return initial_condition(200 if args.particles is None else args.particles, args.a0 or "normal", args.seed,
+                             args.nodes or "quadrature")
 
 
 def _cmd_solve(args):
@@ -86,6 +89,16 @@ def _cmd_solve(args):
 
     if args.points < 2:
         raise InputError(f"--points must be at least 2, got {args.points}")
+    if args.model == "committee":
+        return _cmd_solve_committee(args)
+    unused = [f for f, v in (("--lr", args.lr), ("--lr2", args.lr2), ("--noise", args.noise),
+                             ("--output", args.output_scaling), ("--dynamics", args.dynamics),
+                             ("--backend", args.backend), ("--geometry", args.geometry)) if v is not None]
+    if unused:
+        raise InputError(f"{', '.join(unused)} belong to --model committee, not to the mean-field model")
+    if args.eps is None:
+        raise InputError("the mean-field model needs --eps (the learning-rate ratio eps > 0)")
+    args.t_end = 5.0 if args.t_end is None else args.t_end
     model = MeanFieldModel(args.sigma, args.phi, args.kmax, args.eps)
     init = init_from_args(args)
     learn = model.learnability(s0_zero=not init.s0.any())
@@ -100,7 +113,9 @@ def _cmd_solve(args):
             raise IntegrationError(f"stopped by --max-wall {args.max_wall:g} s at t = {traj.stats['t_reached']:.4g} "
                                    f"of {args.t_end:g} ({traj.stats['nsteps']} steps)", partial=traj,
                                    t_fail=traj.stats["t_reached"])
-    t_min = {"t_min": float(traj.t[1]) if len(traj) > 1 else None}
+    t_min = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end}
+    if not args.init:
+        t_min.update(particles=init.N, a0=args.a0 or "normal", nodes=args.nodes or "quadrature")
     traj.meta.update(info, values=merge_values(args.values, t_min))
     path = traj.save(args.out)
     st = traj.stats
@@ -114,10 +129,59 @@ def _cmd_solve(args):
     return [(path, t_min)]
 
 
+def _cmd_solve_committee(args):
+    from .solve.committee import CommitteeInit, solve_committee
+    from .symbolic.committee import CommitteeModel
+
+    unused = [f for f, v in (("--eps", args.eps), ("--particles", args.particles), ("--a0", args.a0),
+                             ("--seed", args.seed), ("--nodes", args.nodes)) if v is not None]
+    if unused:
+        raise InputError(f"{', '.join(unused)} belong to the mean-field model; a committee run takes its "
+                         "initial overlaps from --init IC.npz (Q, R, T, v, A)")
+    if not args.init:
+        raise InputError("--model committee needs --init IC.npz with arrays Q (K, K), R (K, M), T (M, M), v (K,), A (M,)")
+    if args.lr is None:
+        raise InputError("--model committee needs --lr (the first layer's learning rate eta)")
+    model = CommitteeModel(args.sigma, args.phi, output=args.output_scaling or "sum",
+                           dynamics=args.dynamics or "sgd", backend=args.backend or "auto",
+                           geometry=args.geometry or "free")
+    init = CommitteeInit.load(args.init)
+    args.t_end = 1000.0 if args.t_end is None else args.t_end
+    positive_float("--max-wall", args.max_wall)
+    info = {"sigma_expr_input": args.sigma, "phi_expr_input": args.phi, "points": args.points}
+    print(f"committee: K = {init.K}, M = {init.M}, sigma = {model.sigma}, phi = {model.phi}, {model.output} outputs, "
+          f"{model.dynamics}, expectations by the {model.backend} back end", flush=True)
+    with keep_partial(args.out, info):
+        traj = solve_committee(model, init, args.t_end, lr=args.lr, lr2=args.lr2 or 0.0, noise=args.noise or 0.0,
+                               points=args.points, t_min=args.t_min, method=args.method, rtol=args.rtol,
+                               atol=args.atol, max_wall=args.max_wall, progress=False if args.quiet else None)
+        if traj.stats["status"] == 2:
+            raise IntegrationError(f"stopped by --max-wall {args.max_wall:g} s at alpha = "
+                                   f"{traj.stats['t_reached']:.4g} of {args.t_end:g}", partial=traj,
+                                   t_fail=traj.stats["t_reached"])
+    resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end}
+    traj.meta.update(info, values=merge_values(args.values, resolved))
+    path = traj.save(args.out)
+    st = traj.stats
+    print(f"{path}: T = {len(traj)}, K = {init.K}, M = {init.M}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
+          f"{st['nsteps']} steps, nfev {st['nfev']}, njev {st['njev']}, solve {st['solve_seconds']:.2f} s "
+          f"(compile {st['compile_seconds']:.2f} s, {'cached' if st['from_cache'] else 'generated'})")
+    return [(path, resolved)]
+
+
 def _cmd_plot(args):
+    from .io import load_npz
     from .solve import Trajectory
     from .solve.plot import plot_trajectory
 
+    _, meta = load_npz(args.traj)
+    if meta.get("model") == "committee":
+        from .solve.committee import CommitteeTrajectory
+        from .solve.plot import plot_committee
+
+        plot_committee(CommitteeTrajectory.load(args.traj), args.output)
+        print(f"wrote {args.output}")
+        return [(args.output, {})]
     traj = Trajectory.load(args.traj)
     plot_trajectory(traj, args.output)
     print(f"wrote {args.output}")
@@ -291,17 +355,33 @@ def _cmd_demo(args):
 
 
 def register(sub):
-    s = sub.add_parser("solve", help="integrate the mean-field dynamics")
-    add_model_args(s)
+    s = sub.add_parser("solve", help="integrate the mean-field dynamics, or a committee machine's overlaps")
+    s.add_argument("--model", default="meanfield", choices=("meanfield", "committee"),
+                   help="meanfield (default): the founding model's particles; committee: K-unit student, "
+                        "M-unit teacher, online SGD at a finite learning rate (see --lr)")
+    add_model_args(s, eps_required=False, eps_help="learning-rate ratio eps > 0 (mean-field model, required there)")
     g = s.add_argument_group("initial condition (s0 = 0 and a0 from a law, or a file)")
-    g.add_argument("--init", default=None, help="FILE.npz with arrays a0, s0 (optional weights)")
-    g.add_argument("--particles", type=int, default=200, help="number of particles N (default 200)")
-    g.add_argument("--a0", default="normal", help="law of a0: normal (default), uniform, rademacher")
+    g.add_argument("--init", default=None, help="FILE.npz with arrays a0, s0 (optional weights); for --model "
+                                                "committee: Q (K, K), R (K, M), T (M, M), v (K,), A (M,)")
+    g.add_argument("--particles", type=int, default=None, help="number of particles N (default 200)")
+    g.add_argument("--a0", default=None, help="law of a0: normal (default), uniform, rademacher")
     g.add_argument("--seed", type=int, default=None, help="sample a0 with this seed (default: quadrature nodes)")
-    g.add_argument("--nodes", default="quadrature",
+    g.add_argument("--nodes", default=None,
                    help="how a0's law becomes particles: quadrature (default: weighted nodes covering the tails) "
                         "or quantiles (equal weights, slow to converge in N)")
+    c = s.add_argument_group("committee model (--model committee; time alpha = steps/d)")
+    c.add_argument("--lr", type=float, default=None, help="first-layer learning rate eta (required)")
+    c.add_argument("--lr2", type=float, default=None, help="second-layer learning rate (default 0: fixed)")
+    c.add_argument("--noise", type=float, default=None, help="label noise standard deviation (default 0)")
+    c.add_argument("--output", dest="output_scaling", default=None, choices=("sum", "mean"),
+                   help="output scaling of student and teacher: sum (default, Saad-Solla) or mean")
+    c.add_argument("--dynamics", default=None, choices=("sgd", "gf"),
+                   help="sgd (default: online SGD at the finite rate, eta^2 terms included) or gf (gradient flow)")
+    c.add_argument("--backend", default=None, choices=("auto", "erf", "polynomial"),
+                   help="Gaussian expectations: erf closed forms, exact polynomial moments, or auto (default)")
+    c.add_argument("--geometry", default=None, choices=("free",), help="first-layer geometry (free)")
     add_solver_args(s)
+    s.set_defaults(t_end=None)
     s.add_argument("--max-wall", type=float, default=3600.0,
                    help="stop after this many seconds of solving and keep what was computed in FILE.partial.npz "
                         "(default %(default)g)")

@@ -41,7 +41,7 @@ class _Printer(PythonCodePrinter):
         base, ex = expr.as_base_exp()
         if ex.is_Integer and 1 < int(ex) <= 8:
             b = self.parenthesize(base, 100)
-            return "*".join([b] * int(ex))
+            return "(" + "*".join([b] * int(ex)) + ")"  # parenthesised: it may be a denominator
         if ex == -1:
             return f"(1.0/{self.parenthesize(base, 100)})"
         return super()._print_Pow(expr, rational)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from typing import Optional
 
 import numpy as np
 from scipy.integrate import BDF, LSODA, RK45, Radau
@@ -88,6 +90,86 @@ class _Progress:
             self.bar.close()
 
 
+@dataclasses.dataclass
+class SolverRun:
+    """What :func:`step_through` reached: outputs at the t_eval passed, the status (0 reached
+    t_end, 2 stopped by max_wall, -1 failed, -2 interrupted) and, on failure, where."""
+
+    t: list
+    y: list
+    status: int
+    message: str
+    t_fail: Optional[float]
+    y_fail: Optional[np.ndarray]
+    nsteps: int
+    solve_seconds: float
+
+
+def step_through(solver, y0, t_eval, t_end, max_wall=None, progress=None) -> SolverRun:
+    """Step a SciPy OdeSolver to t_end, sampling its dense output at ``t_eval``; a failed step, a
+    non-finite state, ``max_wall`` or Ctrl-C end the run with what was computed so far."""
+    ts, ys = [], []
+    idx = 0
+    while idx < t_eval.size and t_eval[idx] <= 0.0:
+        ts.append(t_eval[idx])
+        ys.append(np.array(y0, dtype=float))
+        idx += 1
+    status, message = 0, "reached t_end"
+    t_fail = y_fail = None
+    bar = _Progress(t_eval[min(idx, t_eval.size - 1)], t_end, progress)
+    solve_start = time.perf_counter()
+    nsteps = 0
+    try:
+        while solver.status == "running":
+            try:
+                msg = solver.step()
+            except (np.linalg.LinAlgError, ArithmeticError, ValueError) as exc:
+                # inside the supported range a failed factorisation is a solver failure, reported as one
+                msg = f"{type(exc).__name__} in the step: {exc}"
+                solver.status = "failed"
+            nsteps += 1
+            if solver.status == "failed" or not np.all(np.isfinite(solver.y)):
+                status, t_fail, y_fail = -1, solver.t_old if solver.t_old is not None else 0.0, solver.y.copy()
+                message = msg or "state became non-finite"
+                break
+            if idx < t_eval.size and t_eval[idx] <= solver.t:
+                dense = solver.dense_output()
+                while idx < t_eval.size and t_eval[idx] <= solver.t:
+                    ts.append(t_eval[idx])
+                    ys.append(dense(t_eval[idx]))
+                    idx += 1
+            if nsteps % 20 == 0:
+                bar.update(solver.t)
+            if max_wall is not None and time.perf_counter() - solve_start > max_wall:
+                status, message = 2, f"stopped by max_wall = {max_wall:g} s at t = {solver.t:.6g}"
+                break
+    except KeyboardInterrupt:
+        status, message, t_fail, y_fail = -2, "interrupted", solver.t, solver.y.copy()
+    finally:
+        bar.close()
+    return SolverRun(ts, ys, status, message, t_fail, y_fail, nsteps, time.perf_counter() - solve_start)
+
+
+def check_output_times(t_eval, t_end) -> np.ndarray:
+    """``t_eval`` as an increasing float array within [0, t_end] (a last time rounding above t_end is
+    t_end, so the solver stops exactly there)."""
+    t_eval = np.asarray(t_eval, dtype=float)
+    if t_eval.ndim != 1 or t_eval.size < 1 or np.any(np.diff(t_eval) <= 0) or t_eval[0] < 0 \
+            or t_eval[-1] > t_end * (1 + 1e-12):
+        raise InputError("t_eval must be increasing, within [0, t_end]")
+    t_eval = np.minimum(t_eval, t_end)
+    if t_eval.size > 1 and t_eval[-1] <= t_eval[-2]:
+        raise InputError("t_eval must be increasing, within [0, t_end]")
+    return t_eval
+
+
+def check_tolerances(rtol, atol) -> tuple:
+    rtol = positive_float("rtol", rtol)
+    if rtol < RTOL_MIN:
+        raise InputError(f"rtol must be at least {RTOL_MIN:.2g} (100 machine epsilons, SciPy's floor), got {rtol!r}")
+    return rtol, positive_float("atol", atol)
+
+
 def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 200, t_min=None,
           method: str = "Radau", rtol: float = 1e-8, atol: float = 1e-10, first_step=None,
           max_wall: float = None, progress=None, structured: bool = True) -> Trajectory:
@@ -107,10 +189,7 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
     if not isinstance(model, (MeanFieldModel, FiniteWidthModel)):
         raise InputError(f"model must be a MeanFieldModel or FiniteWidthModel, got {type(model).__name__}")
     t_end = positive_float("t_end", t_end)
-    rtol = positive_float("rtol", rtol)
-    if rtol < RTOL_MIN:
-        raise InputError(f"rtol must be at least {RTOL_MIN:.2g} (100 machine epsilons, SciPy's floor), got {rtol!r}")
-    atol = positive_float("atol", atol)
+    rtol, atol = check_tolerances(rtol, atol)
     if method not in METHODS:
         raise InputError(f"unknown method {method!r} (allowed: {', '.join(METHODS)})")
     if method not in IMPLICIT and model.eps < STIFF_EPS:
@@ -129,14 +208,7 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
         raise InputError(f"init must be an InitialCondition, got {type(init).__name__}")
     if t_eval is None:
         t_eval = log_time_grid(t_end, points, t_min, model.eps)
-    t_eval = np.asarray(t_eval, dtype=float)
-    if t_eval.ndim != 1 or t_eval.size < 1 or np.any(np.diff(t_eval) <= 0) or t_eval[0] < 0 \
-            or t_eval[-1] > t_end * (1 + 1e-12):
-        raise InputError("t_eval must be increasing, within [0, t_end]")
-    # a last time that rounds above t_end (logspace) is t_end: the solver stops exactly there
-    t_eval = np.minimum(t_eval, t_end)
-    if t_eval.size > 1 and t_eval[-1] <= t_eval[-2]:
-        raise InputError("t_eval must be increasing, within [0, t_end]")
+    t_eval = check_output_times(t_eval, t_end)
 
     wall0 = time.perf_counter()
     compiled = compile_model(model)
@@ -188,46 +260,9 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
         solver_class = STRUCTURED[method]
     solver = solver_class(fun, 0.0, y0, t_end, **kw)
 
-    ts, ys = [], []
-    idx = 0
-    while idx < t_eval.size and t_eval[idx] <= 0.0:
-        ts.append(t_eval[idx])
-        ys.append(y0.copy())
-        idx += 1
-    status, message = 0, "reached t_end"
-    t_fail = y_fail = None
-    bar = _Progress(t_eval[min(idx, t_eval.size - 1)], t_end, progress)
-    solve_start = time.perf_counter()
-    nsteps = 0
-    try:
-        while solver.status == "running":
-            try:
-                msg = solver.step()
-            except (np.linalg.LinAlgError, ArithmeticError, ValueError) as exc:
-                # inside the supported range a failed factorisation is a solver failure, reported as one
-                msg = f"{type(exc).__name__} in the step: {exc}"
-                solver.status = "failed"
-            nsteps += 1
-            if solver.status == "failed" or not np.all(np.isfinite(solver.y)):
-                status, t_fail, y_fail = -1, solver.t_old if solver.t_old is not None else 0.0, solver.y.copy()
-                message = msg or "state became non-finite"
-                break
-            if idx < t_eval.size and t_eval[idx] <= solver.t:
-                dense = solver.dense_output()
-                while idx < t_eval.size and t_eval[idx] <= solver.t:
-                    ts.append(t_eval[idx])
-                    ys.append(dense(t_eval[idx]))
-                    idx += 1
-            if nsteps % 20 == 0:
-                bar.update(solver.t)
-            if max_wall is not None and time.perf_counter() - solve_start > max_wall:
-                status, message = 2, f"stopped by max_wall = {max_wall:g} s at t = {solver.t:.6g}"
-                break
-    except KeyboardInterrupt:
-        status, message, t_fail, y_fail = -2, "interrupted", solver.t, solver.y.copy()
-    finally:
-        bar.close()
-    solve_seconds = time.perf_counter() - solve_start
+    run = step_through(solver, y0, t_eval, t_end, max_wall, progress)
+    ts, ys, status, message, t_fail, y_fail = run.t, run.y, run.status, run.message, run.t_fail, run.y_fail
+    nsteps, solve_seconds = run.nsteps, run.solve_seconds
 
     Y = np.array(ys) if ys else np.empty((0, n))
     stats = {"nfev": counters["nfev"], "njev": counters["njev"], "nlu": int(getattr(solver, "nlu", 0)),

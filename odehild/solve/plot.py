@@ -159,3 +159,34 @@ def plot_sweep(fit, trajs, path=None):
     else:
         ax.text(0.5, 0.5, "no degree was learned", ha="center", transform=ax.transAxes)
     return finish_figure(fig, path)
+
+
+def plot_committee(traj, path=None):
+    """Risk against alpha (log-log), the teacher overlaps R_in and the student overlaps Q_ik against
+    log alpha: the symmetric plateau is where the R_in of one teacher unit are equal, specialisation
+    where they split."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    pos = traj.t > 0
+    t = traj.t[pos]
+    risk = np.maximum(traj.risk[pos], 1e-300)
+    axes[0].loglog(t, risk, lw=1.8)
+    axes[0].set_xlabel("alpha = steps / d")
+    axes[0].set_ylabel("risk (noise-free)")
+    K, M = traj.v.shape[1], traj.A.size
+    for i in range(K):
+        for n in range(M):
+            axes[1].semilogx(t, traj.R[pos, i, n], lw=1.2, label=f"R[{i},{n}]" if K * M <= 9 else None)
+        for k in range(i, K):
+            axes[2].semilogx(t, traj.Q[pos, i, k], lw=1.2, ls="-" if i == k else "--",
+                             label=f"Q[{i},{k}]" if K <= 4 else None)
+    axes[1].set_title("student-teacher overlaps R")
+    axes[2].set_title("student overlaps Q (dashed: i != k)")
+    for ax in axes[1:]:
+        ax.set_xlabel("alpha = steps / d")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, ncol=2)
+    meta = traj.meta
+    fig.suptitle(f"committee K = {K}, M = {M}: sigma = {meta.get('sigma')}, phi = {meta.get('phi')}, "
+                 f"{meta.get('output')} outputs, {meta.get('dynamics')}, lr = {meta.get('lr')}", fontsize=10)
+    return finish_figure(fig, path)

@@ -111,9 +111,29 @@ def kink_points(f) -> list:
             x - y for i, x in enumerate(e.args) for y in e.args[i + 1:]]
         for arg in args:
             if arg.is_polynomial(z) and arg.has(z):
-                for root in sp.Poly(arg, z).real_roots():
-                    pts.add(float(root))
+                pts.update(_real_roots(arg))
     return sorted(pts)
+
+
+def _real_roots(poly_expr) -> list:
+    """Real roots of a polynomial in z as floats: exact isolation over the rationals, numeric roots
+    (30 digits) when the coefficients are irrational, as in h(2, z) = (z^2 - 1)/sqrt(2)."""
+    poly = sp.Poly(poly_expr, z)
+    try:
+        return [float(r) for r in poly.real_roots()]
+    except (NotImplementedError, sp.PolynomialError, sp.DomainError):
+        pass
+    scale = max(abs(complex(c)) for c in poly.all_coeffs())
+    try:
+        return sorted(float(sp.re(r)) for r in poly.nroots(n=30, maxsteps=200)
+                      if abs(complex(r).imag) <= 1e-20 * max(1.0, abs(complex(r)), scale))
+    except mp.libmp.libhyper.NoConvergence:  # huge coefficient ranges (1e308 - h(8, z)): double-precision roots
+        coeffs = np.array([complex(c) for c in poly.all_coeffs()])
+        with np.errstate(all="ignore"):
+            roots = np.roots(coeffs / np.max(np.abs(coeffs))) if np.all(np.isfinite(coeffs)) else None
+        if roots is None or not np.all(np.isfinite(roots)):
+            raise ExpressionError(f"cannot locate the real roots of {str(poly_expr)[:80]} (kinks or poles of the expression)")
+        return sorted(float(r.real) for r in roots if abs(r.imag) <= 1e-9 * max(1.0, abs(r)))
 
 
 # ------------------------------------------------------------------- exact Gaussian moments
@@ -216,6 +236,8 @@ def _gauss_moment(n: int, alpha, beta, gamma, step):
     mu = beta * v
     pre = sp.exp(gamma + mu**2 / (2 * v)) * sp.sqrt(v)
     sv = sp.sqrt(v)
+    if step is None and mu == 0:  # centred: only the k = n term of the binomial sum survives
+        return pre * (sp.Integer(0) if n % 2 else sv**n * sp.factorial2(n - 1))
     if step is None:
         std = [sp.Integer(0) if k % 2 else sp.factorial2(k - 1) for k in range(n + 1)]
     else:
@@ -314,6 +336,20 @@ def check_domain(f):
     """Refuse f that is undefined or singular somewhere on the real line."""
     smooth = f.replace(lambda e: isinstance(e, (sp.Heaviside, sp.sign)), lambda e: sp.Integer(1))
     smooth = smooth.replace(lambda e: isinstance(e, (sp.Max, sp.Min)), lambda e: e.args[0])
+    # a polynomial denominator with a real root is a pole: cheap to find, while SymPy's general
+    # singularity search can take minutes on a high-degree denominator
+    denominator = sp.fraction(sp.together(smooth))[1]
+    if denominator.has(z) and denominator.is_polynomial(z):
+        try:
+            numerator = sp.lambdify(z, sp.fraction(sp.together(smooth))[0], "mpmath")
+            poles = [p for p in _real_roots(denominator) if abs(numerator(p)) > 1e-12]  # not removable
+        except ExpressionError:
+            raise
+        except Exception:  # a shortcut only: the general search below decides
+            poles = []
+        if poles:
+            raise ExpressionError(f"{f} has a pole at z = {poles[0]:.6g} on the real line: it is not "
+                                  "square-integrable under N(0,1)")
     try:
         from sympy.calculus.util import continuous_domain
         dom = continuous_domain(smooth, z, sp.S.Reals)
@@ -349,19 +385,34 @@ def time_budget(seconds: float, what: str):
         yield
         return
 
+    armed = [True]
+
     def expire(signum, frame):
-        raise _BudgetExpired  # not an Exception: SymPy's broad except clauses must not swallow it
+        if armed[0]:
+            raise _BudgetExpired  # not an Exception: SymPy's broad except clauses must not swallow it
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # the alarm repeats: one raised where Python ignores exceptions (a __del__ or a weakref callback
+    # during garbage collection) would otherwise be lost and the work run on unbounded
+    signal.setitimer(signal.ITIMER_REAL, seconds, ALARM_REPEAT)
     try:
-        yield
+        try:
+            yield
+        finally:
+            while True:  # an alarm may fire during the cleanup itself: finish it regardless
+                try:
+                    armed[0] = False
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    signal.signal(signal.SIGALRM, previous)
+                    break
+                except _BudgetExpired:
+                    pass
     except _BudgetExpired:
         raise ExpressionError(f"{what} ran past its budget of {seconds:g} s (ODEHILD_SYMBOLIC_BUDGET); "
                               "simplify the expression") from None
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+
+
+ALARM_REPEAT = 0.25  # seconds between repeated alarms once the budget is spent
 
 
 class _BudgetExpired(BaseException):
@@ -374,9 +425,15 @@ GAUSS_SPLITS = (-16.0, -8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def _quad(integrand, points):
+    """Integral and error bound: tanh-sinh's own estimate, and its difference to tanh-sinh on the
+    split points with every finite interval halved (other nodes everywhere). Gauss-Legendre as the
+    second rule cost 30 s of node computation at a cusp (sqrt(Abs(z))) and was the less accurate."""
     with mp.workdps(_DPS):
         v1, e1 = mp.quad(integrand, points, method="tanh-sinh", error=True, maxdegree=10)
-        v2 = mp.quad(integrand, points, method="gauss-legendre", maxdegree=10)
+        finite = [p for p in points if mp.isfinite(p)]
+        halves = [(a + b) / 2 for a, b in zip(finite, finite[1:])]
+        refined = [points[0], *sorted(finite + halves), points[-1]]
+        v2 = mp.quad(integrand, refined, method="tanh-sinh", maxdegree=10)
         return v1, max(abs(e1), abs(v1 - v2))
 
 
@@ -524,7 +581,7 @@ def _expand(f, text: str, kmax: int) -> HermiteExpansion:
         nc, ne, n2, n2err = numeric_coefficients(f, kmax)
         bad = [k for k, e in enumerate(ne) if e > NUMERIC_TOL]
         if bad or n2err > NUMERIC_TOL:
-            raise OdehildError(
+            raise ExpressionError(
                 f"quadrature for {text} could not certify |error| < {NUMERIC_TOL:g} "
                 f"(coefficients {bad}, norm2 error {mp.nstr(n2err, 3)})")
     if exact is not None:

@@ -171,7 +171,17 @@ def _build(node: ast.AST, text: str) -> sp.Expr:
         if (nargs is None and len(node.args) < 2) or (nargs is not None and len(node.args) not in nargs):
             want = "2 or more" if nargs is None else str(nargs[0])
             raise _fail(f"function {name!r} takes {want} argument(s), got {len(node.args)}", text)
-        return builder(*[_build(a, text) for a in node.args])
+        out = builder(*[_build(a, text) for a in node.args])
+        if out.is_number and not out.has(z):
+            # a constant beyond double range (exp(1e10), sinh(1e10)) would make any function around it
+            # evaluate with gigabytes of precision (tanh(sinh(1e10)): 3.8 GB, not interruptible)
+            try:
+                size = abs(complex(out.evalf(5)))
+            except (TypeError, ValueError, OverflowError):
+                size = math.inf
+            if not size <= 1e308:
+                raise _fail(f"constant {name}(...) = {sp.N(out, 5)} is beyond double precision (|x| > 1e308)", text)
+        return out
     if isinstance(node, ast.Attribute):
         raise _fail(f"attribute access '.{node.attr}' is not allowed", text)
     token = _NODE_TOKENS.get(type(node), type(node).__name__)
