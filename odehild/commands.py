@@ -95,7 +95,8 @@ def _cmd_solve(args):
                              ("--output", args.output_scaling), ("--dynamics", args.dynamics),
                              ("--backend", args.backend), ("--geometry", args.geometry)) if v is not None]
     if unused:
-        raise InputError(f"{', '.join(unused)} belong to --model committee, not to the mean-field model")
+        raise InputError(f"{', '.join(unused)} {'belongs' if len(unused) == 1 else 'belong'} to --model committee, "
+                         "not to the mean-field model")
     if args.eps is None:
         raise InputError("the mean-field model needs --eps (the learning-rate ratio eps > 0)")
     args.t_end = 5.0 if args.t_end is None else args.t_end
@@ -136,7 +137,8 @@ def _cmd_solve_committee(args):
     unused = [f for f, v in (("--eps", args.eps), ("--particles", args.particles), ("--a0", args.a0),
                              ("--seed", args.seed), ("--nodes", args.nodes)) if v is not None]
     if unused:
-        raise InputError(f"{', '.join(unused)} belong to the mean-field model; a committee run takes its "
+        raise InputError(f"{', '.join(unused)} {'belongs' if len(unused) == 1 else 'belong'} to the mean-field model; "
+                         "a committee run takes its "
                          "initial overlaps from --init IC.npz (Q, R, T, v, A)")
     if not args.init:
         raise InputError("--model committee needs --init IC.npz with arrays Q (K, K), R (K, M), T (M, M), v (K,), A (M,)")

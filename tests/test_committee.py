@@ -281,3 +281,27 @@ def test_online_sgd_converges_to_the_ode_as_d_grows():
     gf = solve_committee(CommitteeModel(ERF, ERF, dynamics="gf"), sim.init, 20, lr=0.5, t_eval=sim.t)
     sgd = solve_committee(model, sim.init, 20, lr=0.5, t_eval=sim.t)
     assert committee_distance(gf, sim)["overlap_sup"] > 2 * committee_distance(sgd, sim)["overlap_sup"]
+
+
+def test_command_line_solve_and_plot(tmp_path, monkeypatch, capsys):
+    from odehild.cli import main
+    from odehild.solve.committee import CommitteeTrajectory
+
+    monkeypatch.chdir(tmp_path)
+    CommitteeInit(0.2 * np.eye(2), 1e-3 * np.array([[1.0, -0.5], [0.3, 0.8]]), np.eye(2), np.ones(2),
+                  np.ones(2)).save("IC.npz")
+    assert main(["solve", "--model", "committee", "--sigma", ERF, "--phi", ERF, "--init", "IC.npz", "--lr", "0.5",
+                 "--t-end", "1000", "--quiet", "--out", "c.npz"]) == 0
+    traj = CommitteeTrajectory.load("c.npz")
+    assert traj.Q.shape == (201, 2, 2) and traj.R.shape == (201, 2, 2) and traj.v.shape == (201, 2)
+    # plateau (risk near the symmetric level for a decade), then specialisation (one R_in -> 1 per unit)
+    on_plateau = (traj.t > 20) & (traj.t < 150)
+    assert np.all(np.abs(traj.risk[on_plateau] - 0.0129) < 0.003)
+    assert traj.risk[-1] < 1e-10 and np.allclose(np.sort(traj.R[-1].ravel()), [0, 0, 1, 1], atol=1e-5)
+    assert main(["plot", "c.npz", "-o", "c.png"]) == 0 and (tmp_path / "c.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["solve", "--model", "committee", "--sigma", "relu(z)", "--phi", ERF, "--init", "IC.npz",
+                 "--lr", "0.5", "--out", "r.npz"]) == 2
+    assert "no expectation back end" in capsys.readouterr().err
+    assert main(["solve", "--sigma", ERF, "--phi", ERF, "--lr", "0.5", "--eps", "1e-3", "--out", "m.npz"]) == 2
+    assert "--lr belongs to --model committee" in capsys.readouterr().err

@@ -169,7 +169,8 @@ def plot_committee(traj, path=None):
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     pos = traj.t > 0
     t = traj.t[pos]
-    risk = np.maximum(traj.risk[pos], 1e-300)
+    # below 1e-15 of its scale the risk is rounding noise (it can come out negative): drawn as the floor
+    risk = np.maximum(traj.risk[pos], 1e-15 * max(np.max(np.abs(traj.risk)), 1e-300))
     axes[0].loglog(t, risk, lw=1.8)
     axes[0].set_xlabel("alpha = steps / d")
     axes[0].set_ylabel("risk (noise-free)")
