@@ -4,7 +4,6 @@ distance to the overlap ODE started from the same weights' overlaps."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
 import numpy as np
