@@ -31,7 +31,7 @@ def euler(rhs_jac, y0, K, M, T, A, lr, dt, nsteps, record_every):
     out[0] = y
     r = 1
     for step in range(1, nsteps + 1):
-        rhs_jac(y, K, M, T, A, lr, 0.0, 0.0, 1.0, 1.0, True, False, dy, spare)
+        rhs_jac(y, K, M, T, A, lr, 0.0, lr * lr, 0.0, 1.0, 1.0, False, False, dy, spare)
         for j in range(y.size):
             y[j] += dt * dy[j]
         if step % record_every == 0:
@@ -44,6 +44,13 @@ def start(K, seed=0):
     rng = np.random.default_rng(seed)
     return CommitteeInit(0.25 * np.eye(K) + 1e-3 * np.diag(rng.normal(size=K)), 1e-3 * rng.normal(size=(K, K)),
                          np.eye(K), np.ones(K), np.ones(K), "benchmark start")
+
+
+def sphere_start(K, seed=0):
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(K, 50))
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    return CommitteeInit(W @ W.T, W[:, :K] * 0.1, np.eye(K), np.ones(K), np.ones(K), "benchmark sphere start")
 
 
 def main(quick=False):
@@ -75,22 +82,25 @@ def main(quick=False):
             print(f"| {K} | Euler dt = {dt:g} | {wall:.3f} | {err:.1e} | {wall / wall_ours:.1f} |")
 
     print("\ncost of one right-hand side (with the eta^2 term), microseconds")
-    print("| K = M | erf closed forms | polynomial (Wick) |")
-    print("|---|---|---|")
+    print("| K = M | erf closed forms | polynomial (Wick) | Hermite series, sphere, relu, kmax = 6 |")
+    print("|---|---|---|---|")
     poly = compile_committee(CommitteeModel("z + 0.3*z**3", "z + 0.3*z**3"))
+    herm = compile_committee(CommitteeModel("relu(z)", "relu(z)", geometry="sphere", kmax=6))
     for K in (2, 4, 8, 12, 20):
         init = start(K)
-        y = pack(init)
-        dy, spare = np.empty(y.size), np.empty((1, 1))
+        on_sphere = sphere_start(K)
         row = []
-        for cm in (compiled, poly):
-            cm.rhs_jac(y, K, K, init.T, init.A, 0.5, 0.0, 0.0, 1.0, 1.0, True, False, dy, spare)
+        for cm, st, sphere in ((compiled, init, False), (poly, init, False), (herm, on_sphere, True)):
+            y = pack(st)
+            dy, spare = np.empty(y.size), np.empty((1, 1))
+            args = (K, K, st.T, st.A, 0.5, 0.0, 0.25, 0.0, 1.0, 1.0, sphere, False, dy, spare)
+            cm.rhs_jac(y, *args)
             reps = max(3, int(2000 / K**3))
             t0 = time.perf_counter()
             for _ in range(reps):
-                cm.rhs_jac(y, K, K, init.T, init.A, 0.5, 0.0, 0.0, 1.0, 1.0, True, False, dy, spare)
+                cm.rhs_jac(y, *args)
             row.append((time.perf_counter() - t0) / reps * 1e6)
-        print(f"| {K} | {row[0]:.0f} | {row[1]:.0f} |")
+        print(f"| {K} | {row[0]:.0f} | {row[1]:.0f} | {row[2]:.0f} |")
 
 
 if __name__ == "__main__":

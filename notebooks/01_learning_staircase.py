@@ -111,7 +111,7 @@ smallest = trajs[-1]
 # fit.plateaus: measured in each run, ± the same plateau with N/2 particles
 for p in fit.plateaus[-1]:
     print("plateau:", p.describe())
-print(f"t_3 / t_2 at each eps: " + ", ".join(f"{r:.3f}" for r in fit.times[:, 3] / fit.times[:, 2]))
+print("t_3 / t_2 at each eps: " + ", ".join(f"{r:.3f}" for r in fit.times[:, 3] / fit.times[:, 2]))
 for note in fit.notes:
     print(note)
 

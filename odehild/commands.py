@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 
@@ -91,7 +92,9 @@ def _cmd_solve(args):
         raise InputError(f"--points must be at least 2, got {args.points}")
     if args.model == "committee":
         return _cmd_solve_committee(args)
-    unused = [f for f, v in (("--lr", args.lr), ("--lr2", args.lr2), ("--noise", args.noise),
+    if args.model == "finite-width":
+        return _cmd_solve_finite_width(args)
+    unused = [f for f, v in (("--gamma", args.gamma), ("--lr", args.lr), ("--lr2", args.lr2), ("--noise", args.noise),
                              ("--output", args.output_scaling), ("--dynamics", args.dynamics),
                              ("--backend", args.backend), ("--geometry", args.geometry)) if v is not None]
     if unused:
@@ -134,8 +137,8 @@ def _cmd_solve_committee(args):
     from .solve.committee import CommitteeInit, solve_committee
     from .symbolic.committee import CommitteeModel
 
-    unused = [f for f, v in (("--eps", args.eps), ("--particles", args.particles), ("--a0", args.a0),
-                             ("--seed", args.seed), ("--nodes", args.nodes)) if v is not None]
+    unused = [f for f, v in (("--eps", args.eps), ("--gamma", args.gamma), ("--particles", args.particles),
+                             ("--a0", args.a0), ("--seed", args.seed), ("--nodes", args.nodes)) if v is not None]
     if unused:
         raise InputError(f"{', '.join(unused)} {'belongs' if len(unused) == 1 else 'belong'} to the mean-field model; "
                          "a committee run takes its "
@@ -146,13 +149,14 @@ def _cmd_solve_committee(args):
         raise InputError("--model committee needs --lr (the first layer's learning rate eta)")
     model = CommitteeModel(args.sigma, args.phi, output=args.output_scaling or "sum",
                            dynamics=args.dynamics or "sgd", backend=args.backend or "auto",
-                           geometry=args.geometry or "free")
+                           geometry=args.geometry or "free", kmax=args.kmax)
     init = CommitteeInit.load(args.init)
     args.t_end = 1000.0 if args.t_end is None else args.t_end
     positive_float("--max-wall", args.max_wall)
     info = {"sigma_expr_input": args.sigma, "phi_expr_input": args.phi, "points": args.points}
     print(f"committee: K = {init.K}, M = {init.M}, sigma = {model.sigma}, phi = {model.phi}, {model.output} outputs, "
-          f"{model.dynamics}, expectations by the {model.backend} back end", flush=True)
+          f"{model.geometry} geometry, {model.dynamics}, expectations by the {model.backend} back end"
+          + _tail_note(model), flush=True)
     with keep_partial(args.out, info):
         traj = solve_committee(model, init, args.t_end, lr=args.lr, lr2=args.lr2 or 0.0, noise=args.noise or 0.0,
                                points=args.points, t_min=args.t_min, method=args.method, rtol=args.rtol,
@@ -162,10 +166,79 @@ def _cmd_solve_committee(args):
                                    f"{traj.stats['t_reached']:.4g} of {args.t_end:g}", partial=traj,
                                    t_fail=traj.stats["t_reached"])
     resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end}
-    traj.meta.update(info, values=merge_values(args.values, resolved))
+    traj.meta.update(info, values=merge_values(args.values, resolved), analysis=_committee_analysis(traj))
     path = traj.save(args.out)
     st = traj.stats
     print(f"{path}: T = {len(traj)}, K = {init.K}, M = {init.M}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
+          f"{st['nsteps']} steps, nfev {st['nfev']}, njev {st['njev']}, solve {st['solve_seconds']:.2f} s "
+          f"(compile {st['compile_seconds']:.2f} s, {'cached' if st['from_cache'] else 'generated'})")
+    for line in _committee_analysis(traj)["summary"]:
+        print("  " + line)
+    return [(path, resolved)]
+
+
+def _committee_analysis(traj) -> dict:
+    from .solve.committee import committee_plateaus, specialisation_time
+
+    plateaus = committee_plateaus(traj)
+    t_spec = specialisation_time(traj)
+    lines = [f"{p.kind} plateau at risk {p.level:.5g} for alpha in [{p.t_start:.3g}, {p.t_end:.3g}]"
+             for p in plateaus if p.kind != "start"]
+    if np.isfinite(t_spec):
+        lines.append(f"specialisation (student units split among teacher units) at alpha = {t_spec:.4g}")
+    elif t_spec == np.inf:
+        lines.append("no specialisation by the end of the run")
+    return {"plateaus": [dataclasses.asdict(p) for p in plateaus], "specialisation_time": t_spec,
+            "summary": lines}
+
+
+def _tail_note(model) -> str:
+    if model.backend != "hermite":
+        return ""
+    t = model.tails()
+    return (f" (Hermite series to degree {model.kmax}; squared L2 tails: sigma {t['sigma']:.2g}, "
+            f"sigma' {t['dsigma']:.2g}, phi {t['phi']:.2g})")
+
+
+def _cmd_solve_finite_width(args):
+    from .io import load_npz
+    from .solve import InitialCondition
+    from .solve.committee import founding_member, solve_finite_width
+
+    unused = [f for f, v in (("--lr", args.lr), ("--lr2", args.lr2), ("--output", args.output_scaling),
+                             ("--dynamics", args.dynamics), ("--geometry", args.geometry),
+                             ("--particles", args.particles), ("--a0", args.a0), ("--seed", args.seed),
+                             ("--nodes", args.nodes)) if v is not None]
+    if unused:
+        raise InputError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --model finite-width "
+                         "(the founding model's m neurons on the sphere, mean output; rates eps and gamma)")
+    if args.eps is None:
+        raise InputError("--model finite-width needs --eps (the learning-rate ratio eps > 0)")
+    if not args.init:
+        raise InputError("--model finite-width needs --init IC.npz with arrays a0 (m,), s0 (m,) and r0 (m, m)")
+    arrays, _ = load_npz(args.init, required=("a0", "s0", "r0"))
+    init = InitialCondition(arrays["a0"], arrays["s0"], None, arrays["r0"], description=f"from {args.init}")
+    gamma = args.gamma or 0.0
+    model = founding_member(args.sigma, args.phi, backend=args.backend or "auto", kmax=args.kmax, gamma=gamma)
+    args.t_end = 5.0 if args.t_end is None else args.t_end
+    positive_float("--max-wall", args.max_wall)
+    info = {"sigma_expr_input": args.sigma, "phi_expr_input": args.phi, "points": args.points}
+    print(f"finite width: m = {init.N}, sigma = {model.sigma}, phi = {model.phi}, eps = {args.eps:g}, gamma = {gamma:g}"
+          f" ({'online SGD, d -> infinity at fixed gamma = lr d' if gamma else 'population gradient flow'}), "
+          f"expectations by the {model.backend} back end" + _tail_note(model), flush=True)
+    with keep_partial(args.out, info):
+        traj = solve_finite_width(args.sigma, args.phi, init, args.eps, args.t_end, gamma=gamma,
+                                  noise=args.noise or 0.0, backend=args.backend or "auto", kmax=args.kmax,
+                                  points=args.points, t_min=args.t_min, method=args.method, rtol=args.rtol,
+                                  atol=args.atol, max_wall=args.max_wall, progress=False if args.quiet else None)
+        if traj.stats["status"] == 2:
+            raise IntegrationError(f"stopped by --max-wall {args.max_wall:g} s at t = {traj.stats['t_reached']:.4g} "
+                                   f"of {args.t_end:g}", partial=traj, t_fail=traj.stats["t_reached"])
+    resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end}
+    traj.meta.update(info, values=merge_values(args.values, resolved))
+    path = traj.save(args.out)
+    st = traj.stats
+    print(f"{path}: T = {len(traj)}, m = {init.N}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
           f"{st['nsteps']} steps, nfev {st['nfev']}, njev {st['njev']}, solve {st['solve_seconds']:.2f} s "
           f"(compile {st['compile_seconds']:.2f} s, {'cached' if st['from_cache'] else 'generated'})")
     return [(path, resolved)]
@@ -270,9 +343,100 @@ def _cmd_timescales(args):
     return written
 
 
+def _committee_from_args(args, dynamics):
+    from .symbolic.committee import CommitteeModel
+
+    return CommitteeModel(args.sigma, args.phi, output=args.output_scaling or "sum", dynamics=dynamics,
+                          backend=args.backend or "auto", geometry=args.geometry or "free", kmax=args.kmax)
+
+
+def _cmd_simulate_committee(args):
+    from .simulate.committee import committee_distance, simulate_committee
+    from .solve.committee import solve_committee
+
+    unused = [f for f, v in (("--eps", args.eps), ("--batch", args.batch), ("--samples", args.samples),
+                             ("--steps", args.steps)) if v is not None]
+    if args.algo != "sgd":
+        unused.append("--algo " + args.algo)
+    if unused:
+        raise InputError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --model committee "
+                         "(online SGD, one sample per step, time alpha = steps/d)")
+    if args.lr is None:
+        raise InputError("--model committee needs --lr (the first layer's learning rate eta)")
+    model = _committee_from_args(args, "sgd")
+    alpha_end = 100.0 if args.t_end is None else args.t_end
+    out = Path(args.out)
+    written, dists = [], []
+    for k in range(args.seeds):
+        seed = args.seed + k
+        path = out if args.seeds == 1 else out.with_name(f"{out.stem}_seed{seed}.npz")
+        sim = simulate_committee(model, args.width, args.teacher_width, args.dim, lr=args.lr, lr2=args.lr2 or 0.0,
+                                 noise=args.noise, alpha_end=alpha_end, points=args.points, seed=seed,
+                                 scale=args.scale)
+        own = {"seed": seed, "seeds": 1, "out": str(path), "ode": None}
+        sim.meta["values"] = merge_values(args.values, own)
+        written.append((sim.save(path), own))
+        print(f"{written[-1][0]}: committee SGD K = {args.width}, M = {args.teacher_width}, d = {args.dim}, seed {seed}: "
+              f"risk {sim.risk[0]:.4g} -> {sim.risk[-1]:.4g} ({sim.meta['wall_seconds']:.1f} s)")
+        if args.ode:
+            ode = Path(args.ode)
+            ode_path = ode if args.seeds == 1 else ode.with_name(f"{ode.stem}_seed{seed}.npz")
+            traj = solve_committee(model, sim.init, alpha_end, lr=args.lr, lr2=args.lr2 or 0.0, noise=args.noise,
+                                   t_eval=sim.t, progress=False if args.quiet else None)
+            traj.meta.update({"sigma_expr_input": args.sigma, "phi_expr_input": args.phi,
+                              "init": f"overlaps of {path} at its start", "values": merge_values(args.values, own)})
+            written.append((traj.save(ode_path), own))
+            dist = committee_distance(traj, sim)
+            dists.append(dist["risk_sup"])
+            print(f"{ode_path}: the ODE from the same start; sup |risk_sim - risk_ode| = {dist['risk_sup']:.3g}, "
+                  f"largest overlap difference {dist['overlap_sup']:.3g}")
+    if len(dists) > 1:
+        print(f"sup risk distance over {len(dists)} seeds: mean {np.mean(dists):.3g}, "
+              f"standard error {np.std(dists, ddof=1) / np.sqrt(len(dists)):.2g}")
+    return written
+
+
+def _finite_width_odes(args, written, t_end):
+    """--model finite-width --ode: the finite-width overlap ODE from each run's own start, at the
+    run's gamma = lr d / batch (0 for population gradient flow)."""
+    from .simulate import Simulation
+    from .solve import InitialCondition
+    from .solve.committee import solve_finite_width
+
+    if args.algo == "gd":
+        raise InputError("--model finite-width --ode describes online SGD and gradient flow, not batch GD on "
+                         "fixed samples; use --algo sgd or gf")
+    out = []
+    for path, own in list(written):
+        sim = Simulation.load(path)
+        gamma = 0.0 if args.algo == "gf" else sim.meta["lr"] * args.dim / args.batch
+        init = InitialCondition(sim.a[0], sim.s[0], None, sim.r0, description=f"the start of {path}")
+        traj = solve_finite_width(args.sigma, args.phi, init, args.eps, t_end, gamma=gamma, noise=args.noise,
+                                  kmax=args.kmax, t_eval=sim.t, progress=False if args.quiet else None)
+        ode = Path(args.ode)
+        ode_path = ode if args.seeds == 1 else ode.with_name(f"{ode.stem}_seed{own['seed']}.npz")
+        traj.meta.update({"sigma_expr_input": args.sigma, "phi_expr_input": args.phi,
+                          "values": merge_values(args.values, own)})
+        out.append((traj.save(ode_path), own))
+        print(f"{ode_path}: finite-width ODE at gamma = {gamma:.3g} from the run's start; sup |risk_sim - risk_ode| "
+              f"= {np.max(np.abs(traj.risk - sim.risk)):.3g}")
+    return out
+
+
 def _cmd_simulate(args):
     from .simulate import simulate
 
+    if args.model == "committee":
+        return _cmd_simulate_committee(args)
+    unused = [f for f, v in (("--teacher-width", args.teacher_width != 1 or None), ("--lr2", args.lr2),
+                             ("--output", args.output_scaling), ("--geometry", args.geometry),
+                             ("--backend", args.backend), ("--scale", args.scale)) if v is not None]
+    if unused:
+        raise InputError(f"{', '.join(unused)} {'belongs' if len(unused) == 1 else 'belong'} to --model committee")
+    if args.eps is None:
+        raise InputError("the founding network needs --eps (the learning-rate ratio eps > 0)")
+    args.batch = 1 if args.batch is None else args.batch
+    args.t_end = 5.0 if args.t_end is None else args.t_end
     if args.algo not in ("gf", "sgd", "gd"):
         raise InputError(f"unknown --algo {args.algo!r} (allowed: gf, sgd, gd)")
     if args.seeds < 1:
@@ -306,6 +470,8 @@ def _cmd_simulate(args):
         written.append((paths[-1], own))
         print(f"{paths[-1]}: {sim.meta['algo']} m = {args.width}, d = {args.dim}, seed {seed}: risk "
               f"{sim.risk[0]:.4g} -> {sim.risk[-1]:.4g} ({sim.meta['wall_seconds']:.1f} s)")
+    if args.ode and args.model == "finite-width":
+        return written + _finite_width_odes(args, written, t_end)
     if args.ode:
         from .solve import initial_condition, solve
         from .symbolic.models import MeanFieldModel
@@ -327,6 +493,10 @@ def _cmd_compare(args):
     from .simulate.compare import compare, plot_comparison
     from .solve import Trajectory
 
+    from .io import load_npz
+
+    if load_npz(args.traj)[1].get("model") == "committee":
+        return _compare_committee(args)
     traj = Trajectory.load(args.traj)
     sims = [Simulation.load(p) for p in args.sims]
     cmp = compare(traj, sims)
@@ -349,6 +519,45 @@ def _cmd_compare(args):
     return written
 
 
+def _compare_committee(args):
+    from .io import write_text_atomic
+    from .simulate.committee import CommitteeSimulation, committee_distance, plot_committee_comparison
+    from .solve.committee import CommitteeTrajectory
+
+    traj = CommitteeTrajectory.load(args.traj)
+    sims = []
+    for p in args.sims:
+        sim = CommitteeSimulation.load(p)
+        if sim.v.shape[1] != traj.v.shape[1] or sim.A.size != traj.A.size:
+            raise InputError(f"{p} has K = {sim.v.shape[1]}, M = {sim.A.size}; the trajectory K = {traj.v.shape[1]}, "
+                             f"M = {traj.A.size}")
+        for key in ("sigma", "phi", "output", "geometry", "lr", "lr2", "noise"):
+            if key in sim.meta and key in traj.meta and sim.meta[key] != traj.meta[key]:
+                raise InputError(f"{p} was run with {key} = {sim.meta[key]!r}, the trajectory with "
+                                 f"{traj.meta[key]!r}: compare like with like")
+        sims.append(sim)
+    rows = [{"sim": str(p), "seed": s.meta.get("seed"), **committee_distance(traj, s)} for p, s in zip(args.sims, sims)]
+    risk = np.array([r["risk_sup"] for r in rows])
+    over = np.array([r["overlap_sup"] for r in rows])
+    sem = (lambda x: float(np.std(x, ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan"))
+    report = {"model": "committee", "per_seed": rows, "risk_sup_mean": float(risk.mean()),
+              "risk_sup_standard_error": sem(risk), "overlap_sup_mean": float(over.mean()),
+              "overlap_sup_standard_error": sem(over)}
+    written = []
+    if args.report:
+        written.append((write_text_atomic(args.report, json.dumps(json_safe(report), indent=1)), {}))
+    if args.plot:
+        plot_committee_comparison(traj, sims, args.plot)
+        written.append((args.plot, {}))
+    print(f"{len(sims)} committee simulation(s) against the ODE (sup over the simulation's times; the ODE's "
+          "start should be each run's own overlaps, see simulate --ode):")
+    for r in rows:
+        print(f"  {r['sim']}: sup |risk| {r['risk_sup']:.4g}, largest overlap difference {r['overlap_sup']:.4g}")
+    if len(rows) > 1:
+        print(f"  mean: sup |risk| {risk.mean():.4g} ± {sem(risk):.2g}, overlaps {over.mean():.4g} ± {sem(over):.2g}")
+    return written
+
+
 def _cmd_demo(args):
     from .demo import run_demo
 
@@ -358,13 +567,15 @@ def _cmd_demo(args):
 
 def register(sub):
     s = sub.add_parser("solve", help="integrate the mean-field dynamics, or a committee machine's overlaps")
-    s.add_argument("--model", default="meanfield", choices=("meanfield", "committee"),
+    s.add_argument("--model", default="meanfield", choices=("meanfield", "committee", "finite-width"),
                    help="meanfield (default): the founding model's particles; committee: K-unit student, "
-                        "M-unit teacher, online SGD at a finite learning rate (see --lr)")
+                        "M-unit teacher, online SGD at a finite learning rate (see --lr); finite-width: the "
+                        "founding model's m neurons (--init with a0, s0, r0), at SGD rate --gamma")
     add_model_args(s, eps_required=False, eps_help="learning-rate ratio eps > 0 (mean-field model, required there)")
     g = s.add_argument_group("initial condition (s0 = 0 and a0 from a law, or a file)")
     g.add_argument("--init", default=None, help="FILE.npz with arrays a0, s0 (optional weights); for --model "
-                                                "committee: Q (K, K), R (K, M), T (M, M), v (K,), A (M,)")
+                                                "committee: Q (K, K), R (K, M), T (M, M), v (K,), A (M,); for "
+                                                "--model finite-width: a0 (m,), s0 (m,), r0 (m, m)")
     g.add_argument("--particles", type=int, default=None, help="number of particles N (default 200)")
     g.add_argument("--a0", default=None, help="law of a0: normal (default), uniform, rademacher")
     g.add_argument("--seed", type=int, default=None, help="sample a0 with this seed (default: quadrature nodes)")
@@ -379,9 +590,13 @@ def register(sub):
                    help="output scaling of student and teacher: sum (default, Saad-Solla) or mean")
     c.add_argument("--dynamics", default=None, choices=("sgd", "gf"),
                    help="sgd (default: online SGD at the finite rate, eta^2 terms included) or gf (gradient flow)")
-    c.add_argument("--backend", default=None, choices=("auto", "erf", "polynomial"),
-                   help="Gaussian expectations: erf closed forms, exact polynomial moments, or auto (default)")
-    c.add_argument("--geometry", default=None, choices=("free",), help="first-layer geometry (free)")
+    c.add_argument("--backend", default=None, choices=("auto", "erf", "polynomial", "hermite"),
+                   help="Gaussian expectations: erf closed forms, exact polynomial moments, Hermite series to "
+                        "degree --kmax (sphere only, any activation), or auto (default: exact where possible)")
+    c.add_argument("--geometry", default=None, choices=("free", "sphere"),
+                   help="first-layer weights free (default) or on the unit sphere (renormalised each step)")
+    c.add_argument("--gamma", type=float, default=None,
+                   help="--model finite-width: SGD rate gamma = lr d (default 0: gradient flow)")
     add_solver_args(s)
     s.set_defaults(t_end=None)
     s.add_argument("--max-wall", type=float, default=3600.0,
@@ -412,22 +627,40 @@ def register(sub):
     t.set_defaults(func=_cmd_timescales)
 
     m = sub.add_parser("simulate", help="train finite networks (gradient flow, online SGD, batch GD)")
-    add_model_args(m)
-    m.add_argument("--width", type=int, required=True, help="number of hidden units m")
+    m.add_argument("--model", default="meanfield", choices=("meanfield", "finite-width", "committee"),
+                   help="meanfield (default) and finite-width train the founding network and differ in the ODE "
+                        "that --ode solves; committee trains a K-unit student on an M-unit teacher by online SGD")
+    add_model_args(m, eps_required=False, eps_help="learning-rate ratio eps > 0 (founding network, required there)")
+    m.add_argument("--width", type=int, required=True, help="number of hidden units m (committee: K)")
+    m.add_argument("--teacher-width", type=int, default=1, help="committee: teacher units M (default 1)")
     m.add_argument("--dim", type=int, required=True, help="input dimension d")
     m.add_argument("--algo", default="sgd", help="gf (population gradient flow), sgd (online), gd (full batch)")
     m.add_argument("--lr", type=float, default=None, help="step size (sgd default 0.01/d, gd 0.05 eps)")
-    m.add_argument("--batch", type=int, default=1, help="mini-batch size for sgd (default 1)")
+    m.add_argument("--batch", type=int, default=None, help="mini-batch size for sgd (default 1)")
     m.add_argument("--samples", type=int, default=None, help="number of fixed samples for gd")
     m.add_argument("--noise", type=float, default=0.0, help="label noise standard deviation (default 0)")
-    m.add_argument("--t-end", type=float, default=5.0, help="final time in the ODE's unit, t = step * lr (default 5)")
+    m.add_argument("--t-end", type=float, default=None,
+                   help="final time in the ODE's unit, t = step * lr (default 5); committee: alpha = steps/d "
+                        "(default 100)")
     m.add_argument("--steps", type=int, default=None, help="number of steps instead of --t-end")
     m.add_argument("--seed", type=int, default=0, help="random seed of the initial weights and the samples (default 0)")
     m.add_argument("--seeds", type=int, default=1,
                    help="run seeds seed..seed+S-1; with S > 1 --out SIM.npz becomes SIM_seedK.npz (default 1)")
     m.add_argument("--points", type=int, default=60,
                    help="log-spaced times at which the state is recorded; never changes the training (default 60)")
-    m.add_argument("--ode", default=None, help="also solve the matching mean-field ODE into this FILE.npz")
+    m.add_argument("--ode", default=None,
+                   help="also solve the matching ODE into this FILE.npz: the mean-field ODE, or with --model "
+                        "finite-width / committee the overlap ODE from each run's own start and learning rate "
+                        "(one file per seed)")
+    cm = m.add_argument_group("committee network (--model committee)")
+    cm.add_argument("--lr2", type=float, default=None, help="second-layer learning rate (default 0: fixed)")
+    cm.add_argument("--output", dest="output_scaling", default=None, choices=("sum", "mean"),
+                    help="output scaling: sum (default) or mean")
+    cm.add_argument("--geometry", default=None, choices=("free", "sphere"), help="first-layer weights (default free)")
+    cm.add_argument("--backend", default=None, choices=("auto", "erf", "polynomial", "hermite"),
+                    help="expectation back end of the risk and of --ode (default auto)")
+    cm.add_argument("--scale", type=float, default=None,
+                    help="standard deviation of the initial student weights, free geometry (default 0.5)")
     m.add_argument("--particles", type=int, default=400, help="ODE particles for --ode (default 400)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.add_argument("--out", required=True, help="output SIM.npz")

@@ -111,19 +111,54 @@ def test_polynomial_kernel_on_the_sphere_equals_the_hermite_series():
         assert cm.P_sp(1.0, 1.0, c)[0] == pytest.approx(series, abs=1e-12)
 
 
+def field_samples(sigma, phi, init, c, ct, noise, rng, n=2_000_000):
+    """sigma and sigma' as NumPy functions, n samples of the fields (lambda, rho) with covariance
+    [[Q, R], [R^T, T]] and the error e = ct A.phi(rho) - c v.sigma(lambda) + noise xi."""
+    import sympy as sp
+
+    from odehild.symbolic.parse import parse_expression, z
+
+    s, p = parse_expression(sigma), parse_expression(phi)
+    fs, fp, fds = (sp.lambdify(z, e, "scipy") for e in (s, p, sp.diff(s, z)))
+    K = init.K
+    C = np.block([[init.Q, init.R], [init.R.T, init.T]])
+    w, V = np.linalg.eigh(C)
+    x = (rng.normal(size=(n, C.shape[0])) * np.sqrt(np.maximum(w, 0))) @ V.T
+    lam, rho = x[:, :K], x[:, K:]
+    e = ct * (fp(rho) @ init.A) - c * (fs(lam) @ init.v) + noise * rng.normal(size=n)
+    return fs, fds, lam, rho, e
+
+
+def check_jacobian(cm, y, args, fixed=()):
+    """The generated Jacobian against central differences of the generated right-hand side, column by
+    column except the ``fixed`` state slots; returns the Jacobian and the right-hand side. (The relu
+    back end's four-point gradients are themselves central differences: agreement to about 1e-7.)"""
+    n = y.size
+    dy, J = np.empty(n), np.empty((n, n))
+    cm.rhs_jac(y, *args, True, dy, J)
+    h = 1e-6
+    for j in set(range(n)) - set(fixed):
+        plus, minus = np.empty(n), np.empty(n)
+        yp, ym = y.copy(), y.copy()
+        yp[j] += h
+        ym[j] -= h
+        cm.rhs_jac(yp, *args, False, plus, J[:1, :1].copy())
+        cm.rhs_jac(ym, *args, False, minus, J[:1, :1].copy())
+        fd = (plus - minus) / (2 * h)
+        assert np.allclose(J[:, j], fd, atol=1e-6 * max(1.0, np.max(np.abs(fd)))), j
+    return J, dy
+
+
 def random_state(rng, K, M, d=40):
     W, Ws = rng.normal(size=(K, d)), rng.normal(size=(M, d))
     return overlaps(W, Ws, rng.normal(size=K), rng.normal(size=M))
 
 
-@pytest.mark.parametrize("sigma, phi, output", [(ERF, ERF, "sum"), (POLY_SIGMA, POLY_PHI, "mean")])
+@pytest.mark.parametrize("sigma, phi, output", [(ERF, ERF, "sum"), (POLY_SIGMA, POLY_PHI, "mean"),
+                                               ("relu(z)", "0.5*relu(2*z)", "sum")])
 def test_drift_equals_monte_carlo_of_the_sgd_increments(rng, sigma, phi, output):
     """Spec section 2, term by term: dR = eta c v_i E[sigma'_i rho_n e], dQ with the eta^2 term and
     the noise, dv = eta_v c E[sigma_i e], estimated from 2e6 samples of the fields."""
-    import sympy as sp
-
-    from odehild.symbolic.parse import parse_expression, z
-
     K, M, lr, lr2, noise = 3, 2, 0.7, 0.3, 0.2
     model = CommitteeModel(sigma, phi, output=output)
     cm = compile_committee(model)
@@ -131,16 +166,9 @@ def test_drift_equals_monte_carlo_of_the_sgd_increments(rng, sigma, phi, output)
     c, ct = (1.0, 1.0) if output == "sum" else (1 / K, 1 / M)
     y = pack(init)
     dy = np.empty(y.size)
-    cm.rhs_jac(y, K, M, init.T, init.A, lr, lr2, noise**2, c, ct, True, False, dy, np.empty((1, 1)))
+    cm.rhs_jac(y, K, M, init.T, init.A, lr, lr2, lr**2, noise**2, c, ct, False, False, dy, np.empty((1, 1)))
 
-    s, p = parse_expression(sigma), parse_expression(phi)
-    fs, fp, fds = (sp.lambdify(z, e, "scipy") for e in (s, p, sp.diff(s, z)))
-    C = np.block([[init.Q, init.R], [init.R.T, init.T]])
-    n = 2_000_000
-    w, V = np.linalg.eigh(C)
-    x = (rng.normal(size=(n, K + M)) * np.sqrt(np.maximum(w, 0))) @ V.T
-    lam, rho = x[:, :K], x[:, K:]
-    e = ct * (fp(rho) @ init.A) - c * (fs(lam) @ init.v) + noise * rng.normal(size=n)
+    fs, fds, lam, rho, e = field_samples(sigma, phi, init, c, ct, noise, rng)
     v = init.v
     samples = []
     for i in range(K):
@@ -153,30 +181,18 @@ def test_drift_equals_monte_carlo_of_the_sgd_increments(rng, sigma, phi, output)
     for i in range(K):
         samples.append(lr2 * c * fs(lam[:, i]) * e)
     mean = np.array([q.mean() for q in samples])
-    err = np.array([q.std() / math.sqrt(n) for q in samples])
+    err = np.array([q.std() / math.sqrt(q.size) for q in samples])
     assert np.all(np.abs(dy - mean) < 5 * err + 1e-12), np.c_[dy, mean, err]
 
 
-@pytest.mark.parametrize("backend_case", [(ERF, ERF), (POLY_SIGMA, POLY_PHI)])
+@pytest.mark.parametrize("backend_case", [(ERF, ERF), (POLY_SIGMA, POLY_PHI), ("relu(z)", "relu(z)")])
 def test_jacobian_against_finite_differences(rng, backend_case):
     cm = compile_committee(CommitteeModel(*backend_case))
     K, M = 3, 2
     init = random_state(rng, K, M)
     y = pack(init)
-    n = y.size
-    args = (K, M, init.T, init.A, 0.7, 0.3, 0.04, 1.0, 1.0, True)
-    dy, J = np.empty(n), np.empty((n, n))
-    cm.rhs_jac(y, *args, True, dy, J)
-    h = 1e-6
-    for j in range(n):
-        plus, minus = np.empty(n), np.empty(n)
-        yp, ym = y.copy(), y.copy()
-        yp[j] += h
-        ym[j] -= h
-        cm.rhs_jac(yp, *args, False, plus, J[:1, :1].copy())
-        cm.rhs_jac(ym, *args, False, minus, J[:1, :1].copy())
-        fd = (plus - minus) / (2 * h)
-        assert np.allclose(J[:, j], fd, atol=1e-6 * max(1.0, np.max(np.abs(fd)))), j
+    args = (K, M, init.T, init.A, 0.7, 0.3, 0.49, 0.04, 1.0, 1.0, False)
+    check_jacobian(cm, y, args)
 
 
 def test_gradient_flow_is_the_small_rate_limit_of_sgd(rng):
@@ -186,11 +202,11 @@ def test_gradient_flow_is_the_small_rate_limit_of_sgd(rng):
     n = y.size
     gf, sgd = compile_committee(CommitteeModel(ERF, ERF, dynamics="gf")), compile_committee(CommitteeModel(ERF, ERF))
     ref = np.empty(n)
-    gf.rhs_jac(y, K, M, init.T, init.A, 1.0, 1.0, 0.0, 1.0, 1.0, False, False, ref, np.empty((1, 1)))
+    gf.rhs_jac(y, K, M, init.T, init.A, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, False, False, ref, np.empty((1, 1)))
     gaps = []
     for lr in (1e-2, 1e-3):
         out = np.empty(n)
-        sgd.rhs_jac(y, K, M, init.T, init.A, lr, lr, 0.0, 1.0, 1.0, True, False, out, np.empty((1, 1)))
+        sgd.rhs_jac(y, K, M, init.T, init.A, lr, lr, lr**2, 0.0, 1.0, 1.0, False, False, out, np.empty((1, 1)))
         gaps.append(np.max(np.abs(out / lr - ref)))
     assert gaps[1] < 0.15 * gaps[0] and gaps[1] < 1e-2  # the eta^2 term vanishes linearly in eta
 

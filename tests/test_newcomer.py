@@ -2,7 +2,6 @@
 rule, permissions, the partial file of a failed solve, and documentation that resolves."""
 
 import json
-import math
 import os
 import re
 import stat

@@ -12,22 +12,44 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import sympy as sp
 
 from .. import __version__
-from ..symbolic.committee import C4_SYMS, CommitteeModel, a_sym, b_sym, c_sym
+from ..symbolic.committee import C4_SYMS, EDGE_SLOTS, CommitteeModel, MonomialTable, a_sym, b_sym, c_sym
 from .numba_gen import HEADER, compile_source, emit_block, scalar_functions_source
 
 PAIR_ARGS = (a_sym, b_sym, c_sym)
 
 
-def _pair_function(name: str, expr) -> str:
-    outputs = [("val", expr)]
-    outputs += [(f"g{i}", sp.diff(expr, x)) for i, x in enumerate(PAIR_ARGS)]
-    outputs += [(f"h{i}{j}", sp.diff(expr, PAIR_ARGS[i], PAIR_ARGS[j])) for i in range(3) for j in range(i, 3)]
-    body = emit_block(outputs, 4, "x" + name)
-    return (f"@njit(cache=True)\ndef {name}(a, b, c):\n{body}\n"
-            f"    return (val, g0, g1, g2, h00, h01, h02, h11, h12, h22)\n")
+# the relu kernels' second derivatives grow like 1/sqrt(1 - rho^2) as a student unit aligns with a
+# teacher unit (the overlap chart is singular there, the risk in weight space is not): the Jacobian
+# takes them at |rho| <= 1 - JAC_MARGIN, which keeps Newton's iterations converging (unclamped, Radau
+# needed 21401 steps to alpha = 300 on a K = M = 2 committee and did not get further in 60 s)
+JAC_MARGIN = 1e-6
+CLAMP = ("    ch = c\n    lim = math.sqrt(a * b) * (1.0 - {m!r})\n    if abs(c) > lim:\n"
+         "        ch = math.copysign(lim, c)\n").format(m=JAC_MARGIN)
+ch_sym = sp.Symbol("ch", real=True)
+
+
+def _pair_function(model: CommitteeModel, name: str, expr, diagonal=None) -> str:
+    d = model.derivative
+    first = [("val", expr)] + [(f"g{i}", d(expr, x)) for i, x in enumerate(PAIR_ARGS)]
+    second = [(f"h{i}{j}", d(expr, PAIR_ARGS[i], PAIR_ARGS[j])) for i in range(3) for j in range(i, 3)]
+    head = f"@njit(cache=True)\ndef {name}(a, b, c):\n"
+    tail = "    return (val, g0, g1, g2, h00, h01, h02, h11, h12, h22)\n"
+    if diagonal is None:
+        return head + emit_block(first + second, 4, "x" + name) + "\n" + tail
+    # the same field twice (Q_ii in all three places): the kernel is smooth along a = b = c but its
+    # partials are not; the total derivative goes in the c slot
+    diag = emit_block([("val", diagonal), ("g2", sp.diff(diagonal, a_sym)), ("h22", sp.diff(diagonal, a_sym, 2))],
+                      8, "y" + name)
+    second = [(t, e.xreplace({c_sym: ch_sym})) for t, e in second]
+    return (head + "    if a == b and b == c:\n" + diag + "\n"
+            "        return (val, 0.0, 0.0, g2, 0.0, 0.0, 0.0, 0.0, 0.0, h22)\n"
+            "    if c * c >= a * b:  # rounding beyond perfect alignment\n"
+            "        c = math.copysign(math.sqrt(a * b) * (1.0 - 1e-15), c)\n"
+            + emit_block(first, 4, "x" + name) + "\n" + CLAMP + emit_block(second, 4, "z" + name) + "\n" + tail)
 
 
 def _four_point_function(name: str, expr) -> str:
@@ -35,13 +57,259 @@ def _four_point_function(name: str, expr) -> str:
     body = emit_block(outputs, 4, "x" + name)
     args = ", ".join(str(s) for s in C4_SYMS)
     rets = ", ".join(["val"] + [f"g{i}" for i in range(10)])
-    return f"@njit(cache=True)\ndef {name}({args}):\n{body}\n    return ({rets})\n"
+    return f"@njit(cache=True)\ndef {name}({args}, want_grad=True):\n{body}\n    return ({rets})\n"
 
 
-def _J2_function(expr) -> str:
-    outputs = [("val", expr)] + [(f"g{i}", sp.diff(expr, x)) for i, x in enumerate(PAIR_ARGS)]
-    body = emit_block(outputs, 4, "xJ2")
-    return f"@njit(cache=True)\ndef J2(a, b, c):\n{body}\n    return (val, g0, g1, g2)\n"
+def _table_eval_source() -> str:
+    """Numba source of the monomial-table sum and its gradient, unrolled over the six correlations
+    (scalars stay in registers; about 3x faster than loops over small arrays)."""
+    lines = ["@njit(cache=True)", "def _table_eval(EXP, COEF, x):",
+             '    """sum_t COEF[t] prod_e x_e^EXP[t, e] and its gradient in the six correlations x."""',
+             "    top = 0", "    for t in range(EXP.shape[0]):", "        for e in range(6):",
+             "            top = max(top, EXP[t, e])", "    pw = np.ones((6, top + 1))", "    for e in range(6):",
+             "        for k in range(1, top + 1):", "            pw[e, k] = pw[e, k - 1] * x[e]",
+             "    val = 0.0", "    " + " = ".join(f"g{e}" for e in range(6)) + " = 0.0",
+             "    for t in range(EXP.shape[0]):", "        c = COEF[t]"]
+    for e in range(6):
+        lines += [f"        k{e} = EXP[t, {e}]", f"        f{e} = pw[{e}, k{e}]"]
+    lines.append("        val += c * f0 * f1 * f2 * f3 * f4 * f5")
+    for e in range(6):
+        others = " * ".join(f"f{o}" for o in range(6) if o != e)
+        lines += [f"        if k{e} > 0:", f"            g{e} += c * k{e} * pw[{e}, k{e} - 1] * {others}"]
+    lines.append("    return val, np.array([" + ", ".join(f"g{e}" for e in range(6)) + "])")
+    return "\n".join(lines) + "\n"
+
+
+TABLE_EVAL = _table_eval_source()
+
+
+def _gauss_legendre_panels(edges, n):
+    x, w = np.polynomial.legendre.leggauss(n)
+    us = [lo + (hi - lo) * 0.5 * (x + 1.0) for lo, hi in zip(edges[:-1], edges[1:])]
+    ws = [(hi - lo) * 0.5 * w for lo, hi in zip(edges[:-1], edges[1:])]
+    return np.concatenate(us), np.concatenate(ws)
+
+
+def _relu_four_point_source() -> str:
+    # geometric panels in u resolve the feature at u ~ sqrt(1 - |r|) of a nearly perfect correlation
+    # (a student unit aligned with a teacher unit): 1e-9 against SciPy's Genz integration
+    u, w = _gauss_legendre_panels([0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.4, 1.0], 8)
+    nodes = (f"GL_U = np.array([{', '.join(repr(float(x)) for x in u)}])\n"
+             f"GL_W = np.array([{', '.join(repr(float(x)) for x in w)}])\n\n\n")
+    return nodes + RELU_ORTHANT + RELU_FOUR_POINT
+
+
+RELU_ORTHANT = '''@njit(cache=True)
+def _orthant4(R):
+    """P(x > 0) for four standard Gaussians with correlation R: Plackett's reduction along
+    R(t) = I + t (R - I), dP/dr_ij = phi2(0, 0; r_ij) P(x_k, x_l > 0 | x_i = x_j = 0), with t = 1 - u^2
+    (smooth at t = 1 where a correlation can be 1)."""
+    total = 0.0
+    for q in range(GL_U.size):
+        u = GL_U[q]
+        t = 1.0 - u * u
+        acc = 0.0
+        for i in range(4):
+            for j in range(i + 1, 4):
+                r = R[i, j]
+                if r == 0.0:
+                    continue
+                k, l = -1, -1
+                for m in range(4):
+                    if m != i and m != j:
+                        if k < 0:
+                            k = m
+                        else:
+                            l = m
+                rt = t * r
+                det = 1.0 - rt * rt
+                # conditional covariance of (x_k, x_l) given x_i = x_j = 0 at R(t)
+                a_k = t * R[k, i]; b_k = t * R[k, j]
+                a_l = t * R[l, i]; b_l = t * R[l, j]
+                # S^-1 = [[1, -rt], [-rt, 1]] / det
+                vkk = 1.0 - (a_k * a_k - 2 * rt * a_k * b_k + b_k * b_k) / det
+                vll = 1.0 - (a_l * a_l - 2 * rt * a_l * b_l + b_l * b_l) / det
+                vkl = t * R[k, l] - (a_k * a_l - rt * (a_k * b_l + b_k * a_l) + b_k * b_l) / det
+                rho = vkl / math.sqrt(max(vkk * vll, 1e-300))
+                rho = min(1.0, max(-1.0, rho))
+                # 2u dt-Jacobian over sqrt(det) stays finite as t -> 1 with |r| = 1
+                acc += r * (0.25 + math.asin(rho) / (2 * math.pi)) / (2 * math.pi) * 2 * u / math.sqrt(max(det, 1e-300))
+        total += GL_W[q] * acc
+    return 1.0 / 16.0 + total
+
+
+@njit(cache=True)
+def orthant_probability(C, mask):
+    idx = np.flatnonzero(mask)
+    m = idx.size
+    if m == 0:
+        return 1.0
+    if m == 1:
+        return 0.5
+    R = np.empty((m, m))
+    for p in range(m):
+        for q in range(m):
+            R[p, q] = C[idx[p], idx[q]] / math.sqrt(max(C[idx[p], idx[p]] * C[idx[q], idx[q]], 1e-300))
+            R[p, q] = min(1.0, max(-1.0, R[p, q]))
+    if m == 2:
+        return 0.25 + math.asin(R[0, 1]) / (2 * math.pi)
+    if m == 3:
+        return 0.125 + (math.asin(R[0, 1]) + math.asin(R[0, 2]) + math.asin(R[1, 2])) / (4 * math.pi)
+    return _orthant4(R)
+
+
+@njit(cache=True)
+def _condition(C, pw, mask, j):
+    n = C.shape[0]
+    keep = np.empty(n - 1, np.int64)
+    e = 0
+    for m in range(n):
+        if m != j:
+            keep[e] = m
+            e += 1
+    Cc = np.empty((n - 1, n - 1))
+    for p in range(n - 1):
+        for q in range(n - 1):
+            Cc[p, q] = C[keep[p], keep[q]] - C[keep[p], j] * C[j, keep[q]] / C[j, j]
+    return Cc, pw[keep], mask[keep]
+
+
+@njit(cache=True)
+def orthant_moment(C, pw, mask):
+    """E[prod_j x_j^pw[j] prod_{mask} 1(x_j > 0)] for zero-mean Gaussian x with covariance C, by
+    Gaussian integration by parts: E[x_a h] = sum_j C_aj E[d_j h], where d_j of 1(x_j > 0) is the
+    density at 0 times conditioning on x_j = 0 (still zero mean)."""
+    n = C.shape[0]
+    a = -1
+    for j in range(n):
+        if pw[j] > 0:
+            a = j
+            break
+    if a < 0:
+        return orthant_probability(C, mask)
+    pw2 = pw.copy()
+    pw2[a] -= 1
+    total = 0.0
+    for j in range(n):
+        c = C[a, j]
+        if c == 0.0:
+            continue
+        if pw2[j] > 0:
+            pw3 = pw2.copy()
+            pw3[j] -= 1
+            total += c * pw2[j] * orthant_moment(C, pw3, mask)
+        elif mask[j] and C[j, j] > 0.0:
+            Cc, pc, mc = _condition(C, pw2, mask, j)
+            total += c / math.sqrt(2 * math.pi * C[j, j]) * orthant_moment(Cc, pc, mc)
+    return total
+'''
+
+RELU_FOUR_POINT = '''
+
+@njit(cache=True)
+def relu_four_point(cv, pw0, pref, want_grad):
+    """pref E[prod_p x_p^pw0[p] 1(x_p > 0)] over the 4x4 covariance with upper triangle cv (row-major),
+    and its gradient over the ten entries by central differences. The same field given twice
+    (c_pq = c_pp = c_qq exactly, as the assembly passes it) is merged first: the product of its
+    factors is one factor, and its entries' derivative goes to the first of them (they share a
+    state slot)."""
+    C = np.empty((4, 4))
+    e = 0
+    for p in range(4):
+        for q in range(p, 4):
+            C[p, q] = cv[e]
+            C[q, p] = cv[e]
+            e += 1
+    rep = np.arange(4)
+    for q in range(1, 4):
+        for p in range(q):
+            if rep[p] == p and C[p, q] == C[p, p] and C[p, p] == C[q, q]:
+                rep[q] = p
+                break
+    reps = np.flatnonzero(rep == np.arange(4))
+    n = reps.size
+    where = np.empty(4, np.int64)
+    for q in range(4):
+        for r in range(n):
+            if reps[r] == rep[q]:
+                where[q] = r
+    Cm = np.empty((n, n))
+    for r in range(n):
+        for s in range(n):
+            Cm[r, s] = C[reps[r], reps[s]]
+    pw = np.zeros(n, np.int64)
+    for q in range(4):
+        pw[where[q]] += pw0[q]
+    mask = np.ones(n, np.int64)
+    val = pref * orthant_moment(Cm, pw, mask)
+    grad = np.zeros(10)
+    if not want_grad:
+        return val, grad
+    gm = np.zeros((n, n))
+    for r in range(n):
+        for s in range(r, n):
+            h = 1e-6 * math.sqrt(Cm[r, r] * Cm[s, s])
+            Cp = Cm.copy()
+            Cp[r, s] += h
+            Cp[s, r] = Cp[r, s]
+            up = orthant_moment(Cp, pw, mask)
+            Cp[r, s] -= 2 * h
+            Cp[s, r] = Cp[r, s]
+            gm[r, s] = pref * (up - orthant_moment(Cp, pw, mask)) / (2 * h)
+    taken = np.zeros((n, n), np.bool_)
+    e = 0
+    for p in range(4):
+        for q in range(p, 4):
+            r, s = min(where[p], where[q]), max(where[p], where[q])
+            if not taken[r, s]:
+                grad[e] = gm[r, s]
+                taken[r, s] = True
+            e += 1
+    return val, grad
+'''
+
+
+def _relu_four_point_function(name: str, pref) -> str:
+    """E4 = E[sigma'(x1) sigma'(x2) f(x3) g(x4)] for sigma, f, g multiples of relu: x3 x4 times the
+    indicator of the positive orthant, times ``pref``."""
+    args = ", ".join(str(s) for s in C4_SYMS)
+    return (f"@njit(cache=True)\ndef {name}({args}, want_grad=True):\n"
+            f"    val, g = relu_four_point(np.array([{args}]), np.array([0, 0, 1, 1]), {float(pref)!r}, want_grad)\n"
+            "    return (val, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9])\n")
+
+
+def _table_constants(name: str, table: MonomialTable) -> str:
+    exps = ", ".join("(" + ", ".join(str(int(k)) for k in row) + ")" for row in table.exponents)
+    coefs = ", ".join(repr(float(c)) for c in table.coefficients)
+    return (f"EXP_{name} = np.array([{exps}], dtype=np.int64).reshape(-1, 6)\n"
+            f"COEF_{name} = np.array([{coefs}], dtype=np.float64)\n")
+
+
+def _table_function(name: str, table: MonomialTable) -> str:
+    """A four-point kernel on unit variances from its monomial table; variance derivatives are 0
+    (on the sphere they cancel in the projected flow)."""
+    args = ", ".join(str(s) for s in C4_SYMS)
+    off = [str(C4_SYMS[i]) for i in EDGE_SLOTS]
+    grads = ["0.0"] * 10
+    for e, slot in enumerate(EDGE_SLOTS):
+        grads[slot] = f"grad[{e}]"
+    return (_table_constants(name, table) + "\n\n"
+            f"@njit(cache=True)\ndef {name}({args}, want_grad=True):\n"
+            f"    val, grad = _table_eval(EXP_{name}, COEF_{name}, np.array([{', '.join(off)}]))\n"
+            f"    return (val, {', '.join(grads)})\n")
+
+
+def _J2_function(model: CommitteeModel, expr, diagonal=None) -> str:
+    grads = [(f"g{i}", model.derivative(expr, x)) for i, x in enumerate(PAIR_ARGS)]
+    head = "@njit(cache=True)\ndef J2(a, b, c):\n"
+    if diagonal is None:
+        return head + emit_block([("val", expr)] + grads, 4, "xJ2") + "\n    return (val, g0, g1, g2)\n"
+    diag = emit_block([("val", diagonal), ("g2", sp.diff(diagonal, a_sym))], 8, "yJ2")
+    grads = [(t, e.xreplace({c_sym: ch_sym})) for t, e in grads]  # used by the Jacobian only
+    return (head + "    if a == b and b == c:\n" + diag + "\n        return (val, 0.0, 0.0, g2)\n"
+            "    if c * c >= a * b:\n        c = math.copysign(math.sqrt(a * b) * (1.0 - 1e-15), c)\n"
+            + emit_block([("val", expr)], 4, "xJ2") + "\n" + CLAMP + emit_block(grads, 4, "zJ2")
+            + "\n    return (val, g0, g1, g2)\n")
 
 
 ASSEMBLY = '''
@@ -146,7 +414,7 @@ def risk_grad_hess(y, K, M, T, A, c, ct, want_hess, g, H):
 
 
 @njit(cache=True)
-def _four_point(C, S, f1, f2, f3, f4, K):
+def _four_point(C, S, f1, f2, f3, f4, K, want_grad):
     """E[sigma'(x_f1) sigma'(x_f2) f(x_f3) g(x_f4)] with f, g = sigma for student fields (< K) and phi
     for teacher fields, its gradient, and the slots of the ten covariance entries."""
     if f3 >= K and f4 < K:
@@ -161,11 +429,11 @@ def _four_point(C, S, f1, f2, f3, f4, K):
             slots[e] = S[idx[p], idx[q]]
             e += 1
     if f3 < K and f4 < K:
-        out = E4_ss(args[0], args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8], args[9])
+        out = E4_ss(args[0], args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8], args[9], want_grad)
     elif f3 < K:
-        out = E4_sp(args[0], args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8], args[9])
+        out = E4_sp(args[0], args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8], args[9], want_grad)
     else:
-        out = E4_pp(args[0], args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8], args[9])
+        out = E4_pp(args[0], args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8], args[9], want_grad)
     return out, slots
 
 
@@ -186,7 +454,7 @@ def sgd_term(y, K, M, T, A, c, ct, noise2, i, k, C, S, want_jac, dW):
         dW[:] = 0.0
     for l in range(F):
         for j in range(F):
-            out, slots = _four_point(C, S, i, k, l, j, K)
+            out, slots = _four_point(C, S, i, k, l, j, K, want_jac)
             cc = coef[l] * coef[j]
             W += cc * out[0]
             if want_jac:
@@ -208,8 +476,10 @@ def sgd_term(y, K, M, T, A, c, ct, noise2, i, k, C, S, want_jac, dW):
 
 
 @njit(cache=True)
-def rhs_jac(y, K, M, T, A, lr, lr2, noise2, c, ct, sgd, want_jac, dy, J):
-    """d(state)/d(alpha) into dy and, if want_jac, its Jacobian into J."""
+def rhs_jac(y, K, M, T, A, lr, lr2, lr_sq, noise2, c, ct, sphere, want_jac, dy, J):
+    """d(state)/d(alpha) into dy and, if want_jac, its Jacobian into J. lr_sq multiplies the SGD
+    term c^2 v_i v_k E[sigma' sigma' e^2] (lr^2 for online SGD, 0 for gradient flow); sphere projects
+    the flow on Q_ii = 1."""
     n = y.size
     nq = K * (K + 1) // 2
     roff = nq
@@ -265,10 +535,10 @@ def rhs_jac(y, K, M, T, A, lr, lr2, noise2, c, ct, sgd, want_jac, dy, J):
                         J[row, :] -= lr * Rbm * H[roff + a * M + m, :]
                         J[row, roff + b * M + m] -= lr * Ham
             dy[row] = -lr * acc
-            if sgd:
+            if lr_sq != 0.0:
                 vi, vk = y[voff + i], y[voff + k]
                 W = sgd_term(y, K, M, T, A, c, ct, noise2, i, k, C, S, want_jac, dW)
-                scale = lr * lr * c * c
+                scale = lr_sq * c * c
                 dy[row] += scale * vi * vk * W
                 if want_jac:
                     J[row, :] += scale * vi * vk * dW
@@ -279,12 +549,48 @@ def rhs_jac(y, K, M, T, A, lr, lr2, noise2, c, ct, sgd, want_jac, dy, J):
         dy[voff + i] = -lr2 * g[voff + i]
         if want_jac:
             J[voff + i, :] = -lr2 * H[voff + i, :]
+    if sphere:
+        project_sphere(y, K, M, want_jac, dy, J)
 
 
 @njit(cache=True)
-def sgd_steps(W, Ws, v, A, nsteps, lr, lr2, noise, c, ct):
+def project_sphere(y, K, M, want_jac, dy, J):
+    """The flow on |u_i| = 1 from the free flow: renormalising removes each unit's radial velocity,
+    dR_in -= R_in dQ_ii/2 and dQ_ik -= Q_ik (dQ_ii + dQ_kk)/2; the Q_ii stay 1."""
+    nq = K * (K + 1) // 2
+    qs = layout(K)
+    D = np.empty(K)
+    JD = np.empty((K, y.size)) if want_jac else np.empty((1, 1))
+    for i in range(K):
+        D[i] = dy[qs[i, i]]
+        if want_jac:
+            JD[i, :] = J[qs[i, i], :]
+    for i in range(K):
+        for nn in range(M):
+            row = nq + i * M + nn
+            dy[row] -= 0.5 * y[row] * D[i]
+            if want_jac:
+                J[row, :] -= 0.5 * y[row] * JD[i, :]
+                J[row, row] -= 0.5 * D[i]
+        for k in range(i + 1, K):
+            row = qs[i, k]
+            dy[row] -= 0.5 * y[row] * (D[i] + D[k])
+            if want_jac:
+                J[row, :] -= 0.5 * y[row] * (JD[i, :] + JD[k, :])
+                J[row, row] -= 0.5 * (D[i] + D[k])
+    for i in range(K):
+        dy[qs[i, i]] = 0.0
+        if want_jac:
+            J[qs[i, i], :] = 0.0
+            J[:, qs[i, i]] = 0.0
+
+
+@njit(cache=True)
+def sgd_steps(W, Ws, v, A, nsteps, lr, lr2, noise, c, ct, sphere):
     """Online SGD of the real network, one fresh Gaussian sample per step (spec section 2):
-    w_i += (lr/sqrt(d)) c v_i sigma'(lambda_i) e x, v_i += (lr2/d) c sigma(lambda_i) e."""
+    w_i += (lr/sqrt(d)) c v_i sigma'(lambda_i) e x, v_i += (lr2/d) c sigma(lambda_i) e. On the
+    sphere (rows of W of norm sqrt(d)) the step is projected on the tangent space, x -> x - lambda_i
+    w_i/sqrt(d), and each row renormalised (spec section 3)."""
     K, d = W.shape
     M = Ws.shape[0]
     sq = math.sqrt(d)
@@ -311,8 +617,18 @@ def sgd_steps(W, Ws, v, A, nsteps, lr, lr2, noise, c, ct):
         e = y - yhat
         for i in range(K):
             coef = lr / sq * c * v[i] * dsigma(lam[i]) * e
-            for j in range(d):
-                W[i, j] += coef * x[j]
+            if sphere:
+                radial = lam[i] / sq
+                norm2 = 0.0
+                for j in range(d):
+                    W[i, j] += coef * (x[j] - radial * W[i, j])
+                    norm2 += W[i, j] * W[i, j]
+                scale = sq / math.sqrt(norm2)
+                for j in range(d):
+                    W[i, j] *= scale
+            else:
+                for j in range(d):
+                    W[i, j] += coef * x[j]
         if lr2 > 0.0:
             for i in range(K):
                 v[i] += lr2 / d * c * sigma(lam[i]) * e
@@ -340,11 +656,21 @@ def risk_series(Y, K, M, T, A, c, ct):
 
 def committee_source(model: CommitteeModel) -> str:
     parts = [HEADER.format(version=__version__, kind=model.kind, key=model.cache_key())]
+    diagonals = model.pair_diagonals or {}
     for name, expr in model.pair_kernels.items():
-        parts.append(_pair_function(f"P_{name}", expr))
+        parts.append(_pair_function(model, f"P_{name}", expr, diagonals.get(name)))
+    if model.backend == "hermite":
+        parts.append(TABLE_EVAL)
+    if model.backend == "relu":
+        parts.append(_relu_four_point_source())
     for name, expr in model.four_point_kernels.items():
-        parts.append(_four_point_function(f"E4_{name}", expr))
-    parts.append(_J2_function(model.J2_kernel))
+        if model.backend == "relu":
+            parts.append(_relu_four_point_function(f"E4_{name}", expr))
+        elif model.backend == "hermite":
+            parts.append(_table_function(f"E4_{name}", expr))
+        else:
+            parts.append(_four_point_function(f"E4_{name}", expr))
+    parts.append(_J2_function(model, model.J2_kernel, diagonals.get("J2")))
     from ..symbolic.parse import z
 
     parts.append(scalar_functions_source({"sigma": model.sigma_expr, "dsigma": sp.diff(model.sigma_expr, z),

@@ -56,7 +56,8 @@ def simulate_committee(model: CommitteeModel, K: int, M: int, d: int, *, lr: flo
                        scale: float = None, v0=None, A=None, weights=None) -> CommitteeSimulation:
     """Online SGD at input dimension d for alpha_end * d steps, overlaps recorded at ``points``
     log-spaced steps. The student starts with i.i.d. N(0, scale^2) weights (Q close to scale^2 I,
-    default scale 0.5), the teacher with T = I; v0 and A default to ones. ``weights`` = (W, W*)
+    default scale 0.5; on the sphere rows of norm sqrt(d), Q_ii = 1), the teacher with T = I; v0 and
+    A default to ones. ``weights`` = (W, W*)
     overrides the draw. The ODE's initial condition is ``result.init``: the same weights' overlaps."""
     if model.dynamics != "sgd":
         raise InputError("a simulation is online SGD: declare the model with dynamics='sgd'")
@@ -66,12 +67,16 @@ def simulate_committee(model: CommitteeModel, K: int, M: int, d: int, *, lr: flo
     if lr2 < 0 or noise < 0:
         raise InputError(f"lr2 and noise must be >= 0, got {lr2!r}, {noise!r}")
     seed = seed_value("seed", seed)
+    sphere = model.geometry == "sphere"
     if weights is None:
-        W, Ws = random_weights(K, M, d, scale=0.5 if scale is None else scale, seed=seed)
+        W, Ws = random_weights(K, M, d, scale=0.5 if scale is None else scale, seed=seed, sphere=sphere)
     else:
         W, Ws = (np.array(w, dtype=float) for w in weights)
         if W.shape != (K, d) or Ws.shape != (M, d):
             raise InputError(f"weights must have shapes {(K, d)} and {(M, d)}, got {W.shape}, {Ws.shape}")
+        if sphere:
+            W *= np.sqrt(d) / np.linalg.norm(W, axis=1, keepdims=True)
+            Ws *= np.sqrt(d) / np.linalg.norm(Ws, axis=1, keepdims=True)
     v = np.ones(K) if v0 is None else np.array(v0, dtype=float)
     A = np.ones(M) if A is None else np.array(A, dtype=float)
     compiled = compile_committee(model)
@@ -83,7 +88,7 @@ def simulate_committee(model: CommitteeModel, K: int, M: int, d: int, *, lr: flo
     wall = time.perf_counter()
     for target in steps:
         if target > done:
-            ran = compiled.sgd_steps(W, Ws, v, A, int(target - done), lr, lr2, noise, c, ct)
+            ran = compiled.sgd_steps(W, Ws, v, A, int(target - done), lr, lr2, noise, c, ct, sphere)
             done += ran
         init = overlaps(W, Ws, v, A) if np.all(np.isfinite(W)) else None
         if init is None or np.max(np.abs(init.Q)) > DIVERGED:
@@ -118,3 +123,34 @@ def committee_distance(traj, sim) -> dict:
     dv = np.abs(interp(traj.v) - sim.v).max(axis=1)
     return {"risk_sup": float(np.max(np.abs(risk - sim.risk))),
             "overlap_sup": float(max(dQ.max(), dR.max(), dv.max())), "d": sim.meta.get("d")}
+
+
+def plot_committee_comparison(traj, sims, path=None):
+    """Risk and the student-teacher overlaps R of the ODE (lines) and of each simulation (dots)
+    against log alpha."""
+    from ..solve.plot import finish_figure, pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    pos = traj.t > 0
+    floor = 1e-15 * max(np.max(np.abs(traj.risk)), 1e-300)
+    axes[0].loglog(traj.t[pos], np.maximum(traj.risk[pos], floor), color="k", lw=1.6, label="ODE")
+    K, M = traj.v.shape[1], traj.A.size
+    for j, sim in enumerate(sims):
+        sp_ = sim.t > 0
+        axes[0].loglog(sim.t[sp_], np.maximum(sim.risk[sp_], floor), ".", ms=3, alpha=0.7,
+                       label=f"SGD seed {sim.meta.get('seed')}" if j < 6 else None)
+        for i in range(K):
+            for n in range(M):
+                axes[1].semilogx(sim.t[sp_], sim.R[sp_, i, n], ".", ms=2, color=f"C{(i * M + n) % 10}", alpha=0.5)
+    for i in range(K):
+        for n in range(M):
+            axes[1].semilogx(traj.t[pos], traj.R[pos, i, n], color=f"C{(i * M + n) % 10}", lw=1.2)
+    axes[0].set_ylabel("risk (noise-free)")
+    axes[1].set_ylabel("R_in (lines: ODE, dots: SGD)")
+    for ax in axes:
+        ax.set_xlabel("alpha = steps / d")
+    axes[0].legend(fontsize=7)
+    d = sims[0].meta.get("d") if sims else None
+    fig.suptitle(f"committee K = {K}, M = {M}, d = {d}: online SGD against the overlap ODE", fontsize=10)
+    return finish_figure(fig, path)

@@ -281,8 +281,9 @@ class Simulation:
     risk: np.ndarray
     train_risk: Optional[np.ndarray] = None
     meta: dict = dataclasses.field(default_factory=dict)
+    r0: Optional[np.ndarray] = None  # initial overlaps r_ij = <u_i, u_j> (m, m): the finite-width ODE's start
 
-    ARRAYS = ("t", "step", "a", "s", "risk", "train_risk")
+    ARRAYS = ("t", "step", "a", "s", "risk", "train_risk", "r0")
 
     def save(self, path):
         return save_npz(path, {k: getattr(self, k) for k in self.ARRAYS if getattr(self, k) is not None},
@@ -446,6 +447,7 @@ CHUNK_SECONDS = 0.2
 
 def _run_chunks(net, W, a, steps, eta, advance, extra, seed, a0, quiet, on_record=None):
     m, d = W.shape
+    r0 = W @ W.T
     rec_a, rec_s, rec_r, rec_b = [], [], [], []
     start = time.perf_counter()
     bar = _Bar(int(steps[-1]), f"{extra['algo']} seed {seed}", quiet)
@@ -457,7 +459,8 @@ def _run_chunks(net, W, a, steps, eta, advance, extra, seed, a0, quiet, on_recor
                 "wall_seconds": time.perf_counter() - start,
                 "steps_per_second": float(steps[n - 1] if n else 0) / max(time.perf_counter() - start, 1e-12),
                 "odehild": __version__, **(extra_meta or {})}
-        return Simulation(steps[:n] * eta, steps[:n], np.array(rec_a), np.array(rec_s), np.array(rec_r), None, meta)
+        return Simulation(steps[:n] * eta, steps[:n], np.array(rec_a), np.array(rec_s), np.array(rec_r), None, meta,
+                          r0)
 
     try:
         _train(net, W, a, steps, eta, advance, extra, bar, rec_a, rec_s, rec_r, rec_b, on_record, result)
@@ -543,7 +546,7 @@ def population_gf(sigma, phi, eps, width, dim, t_end=5.0, seed=0, a0="normal", s
     meta = {"model": "simulation", "algo": "gf", "space": space, "sigma": net.sigma, "phi": net.phi,
             "eps": net.eps, "kmax": net.kmax, "width": m, "dim": d, "seed": seed, "a0": a0,
             "risk_kernels": net.risk_kernels, "wall_seconds": time.perf_counter() - start, "odehild": __version__}
-    return Simulation(t_eval.copy(), np.full(t_eval.size, -1), A, S, R, None, meta)
+    return Simulation(t_eval.copy(), np.full(t_eval.size, -1), A, S, R, None, meta, W @ W.T)
 
 
 def simulate(algo: str, **kw) -> Simulation:

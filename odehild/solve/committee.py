@@ -81,9 +81,11 @@ class CommitteeInit:
         return cls(**{k: arrays[k] for k in cls.ARRAYS}, description=f"file {path}")
 
 
-def random_weights(K: int, M: int, d: int, *, scale: float = 1e-3, seed=None, orthonormal_teacher=True):
+def random_weights(K: int, M: int, d: int, *, scale: float = 1e-3, seed=None, orthonormal_teacher=True,
+                   sphere=False):
     """Student weights W (K, d) with i.i.d. N(0, scale^2) entries (Q close to scale^2 I) and teacher
-    weights W* (M, d) with T = I exactly (orthonormal rows times sqrt(d)) or Gaussian rows."""
+    weights W* (M, d) with T = I exactly (orthonormal rows times sqrt(d)) or Gaussian rows. With
+    ``sphere`` every row has norm sqrt(d) (Q_ii = T_nn = 1, random directions)."""
     K, M, d = positive_int("K", K), positive_int("M", M), positive_int("d", d)
     rng = np.random.default_rng(seed_value("seed", seed))
     teacher = rng.normal(size=(M, d))
@@ -92,6 +94,9 @@ def random_weights(K: int, M: int, d: int, *, scale: float = 1e-3, seed=None, or
             raise InputError(f"an orthonormal teacher needs M <= d, got M = {M}, d = {d}")
         teacher = np.linalg.qr(teacher.T)[0].T * np.sqrt(d)
     student = scale * rng.normal(size=(K, d))
+    if sphere:
+        student *= np.sqrt(d) / np.linalg.norm(student, axis=1, keepdims=True)
+        teacher *= np.sqrt(d) / np.linalg.norm(teacher, axis=1, keepdims=True)
     return student, teacher
 
 
@@ -175,15 +180,40 @@ def solve_committee(model: CommitteeModel, init: CommitteeInit, t_end: float = 1
     noise's standard deviation. With ``dynamics="gf"`` the eta^2 terms are dropped (gradient flow in
     the same time alpha). Output at ``t_eval``, by default 0 and ``points`` log-spaced times from
     t_min (default 1e-3 t_end) to t_end. A failed solve raises :class:`IntegrationError` with the time,
-    the state and the partial trajectory.
+    the state and the partial trajectory. On the sphere the diagonal of Q must be 1.
     """
     if not isinstance(model, CommitteeModel):
         raise InputError(f"model must be a CommitteeModel, got {type(model).__name__}")
-    if not isinstance(init, CommitteeInit):
-        raise InputError(f"init must be a CommitteeInit, got {type(init).__name__}")
-    t_end = positive_float("t_end", t_end)
     lr, lr2 = _rate("lr", lr, allow_zero=False), _rate("lr2", lr2, allow_zero=True)
     noise = _rate("noise", noise, allow_zero=True)
+    K, M = _check_init(model, init)
+    rates = {"lr": lr, "lr2": lr2, "lr_sq": lr**2 if model.dynamics == "sgd" else 0.0, "noise2": noise**2,
+             "c": output_scale(model.output, K), "ct": output_scale(model.output, M)}
+    meta = {"lr": lr, "lr2": lr2, "noise": noise}
+    return integrate_overlaps(model, init, rates, meta, t_end, t_eval=t_eval, points=points, t_min=t_min,
+                              method=method, rtol=rtol, atol=atol, max_wall=max_wall, progress=progress)
+
+
+def _check_init(model, init):
+    if not isinstance(init, CommitteeInit):
+        raise InputError(f"init must be a CommitteeInit, got {type(init).__name__}")
+    if model.geometry == "sphere":
+        for name, X in (("Q", init.Q), ("T", init.T)):
+            dev = np.max(np.abs(np.diag(X) - 1.0))
+            if dev > 1e-8:
+                raise InputError(f"on the sphere every unit has norm 1: the diagonal of initial {name} must be 1, "
+                                 f"it deviates by {dev:.3g}")
+            np.fill_diagonal(X, 1.0)
+    return init.K, init.M
+
+
+def integrate_overlaps(model: CommitteeModel, init: CommitteeInit, rates: dict, meta: dict, t_end, *,
+                       t_eval=None, points=200, t_min=None, method="Radau", rtol=1e-8, atol=1e-10,
+                       max_wall=None, progress=None, time_name="alpha") -> CommitteeTrajectory:
+    """Integrate the generated overlap flow with the coefficients ``rates`` (lr, lr2, lr_sq, noise2,
+    c, ct; see ``rhs_jac``), already checked by the caller."""
+    K, M = _check_init(model, init)
+    t_end = positive_float("t_end", t_end)
     rtol, atol = check_tolerances(rtol, atol)
     if method not in METHODS:
         raise InputError(f"unknown method {method!r} (allowed: {', '.join(METHODS)})")
@@ -192,12 +222,11 @@ def solve_committee(model: CommitteeModel, init: CommitteeInit, t_end: float = 1
 
     wall0 = time.perf_counter()
     compiled = compile_committee(model)
-    K, M = init.K, init.M
     n = state_size(K, M)
-    c, ct = output_scale(model.output, K), output_scale(model.output, M)
-    sgd = model.dynamics == "sgd"
+    c, ct = rates["c"], rates["ct"]
     T, A = np.ascontiguousarray(init.T), np.ascontiguousarray(init.A)
-    args = (K, M, T, A, lr, lr2, noise**2, c, ct, sgd)
+    args = (K, M, T, A, rates["lr"], rates["lr2"], rates["lr_sq"], rates["noise2"], c, ct,
+            model.geometry == "sphere")
     counters = {"nfev": 0, "njev": 0}
     spare = np.empty((1, 1))
 
@@ -232,15 +261,122 @@ def solve_committee(model: CommitteeModel, init: CommitteeInit, t_end: float = 1
              "message": run.message, "t_reached": float(solver.t), "solve_seconds": run.solve_seconds,
              "wall_seconds": time.perf_counter() - wall0, "derive_seconds": compiled.derive_seconds,
              "compile_seconds": compile_seconds, "from_cache": compiled.from_cache}
-    meta = {**model.meta(), "K": K, "M": M, "lr": lr, "lr2": lr2, "noise": noise, "method": method,
+    meta = {**model.meta(), "K": K, "M": M, **meta, "method": method,
             "rtol": rtol, "atol": atol, "t_end": t_end, "init": init.description, "odehild": __version__}
     traj = CommitteeTrajectory(np.array(run.t), Q, R, v, risk, T, A, stats, meta)
     if run.status < 0:
         Qf, Rf, vf = unpack(run.y_fail[None], K, M)
         raise IntegrationError(
-            f"{method} failed at alpha = {run.t_fail:.6g} ({run.message}); |Q| max = {np.max(np.abs(Qf)):.3g}, "
+            f"{method} failed at {time_name} = {run.t_fail:.6g} ({run.message}); |Q| max = {np.max(np.abs(Qf)):.3g}, "
             f"|R| max = {np.max(np.abs(Rf)):.3g}, |v| max = {np.max(np.abs(vf)):.3g}; {len(traj)} of "
             f"{t_eval.size} output times were computed and are kept in .partial",
             t_fail=run.t_fail, state={"Q": Qf[0], "R": Rf[0], "v": vf[0]}, partial=traj,
             interrupted=run.status == -2)
     return traj
+
+
+def founding_member(sigma, phi, *, backend: str = "auto", kmax: int = 6, gamma: float = 0.0) -> CommitteeModel:
+    """The founding model's finite-width network as a committee member: units on the sphere, mean
+    output, one teacher direction with link phi (docs/committee.md)."""
+    return CommitteeModel(sigma, phi, output="mean", dynamics="sgd" if gamma > 0 else "gf", backend=backend,
+                          geometry="sphere", kmax=kmax)
+
+
+def solve_finite_width(sigma, phi, init, eps: float, t_end: float = 5.0, *, gamma: float = 0.0,
+                       noise: float = 0.0, backend: str = "auto", kmax: int = 6, **solver):
+    """The founding model's finite-width overlaps (a, s, r) at SGD rate gamma = eta d
+    (docs/committee.md), in the founding model's time t = steps * eta.
+
+    gamma = 0 is the exact population gradient flow (docs/model.md 2a); gamma > 0 adds the terms of
+    online SGD's renormalisation, exact as d -> infinity at fixed width m. ``init`` is an
+    :class:`InitialCondition` with ``r0``. ``solver`` takes the keywords of :func:`solve_committee`
+    (t_eval, points, t_min, method, rtol, atol, max_wall, progress). Returns a :class:`Trajectory`
+    with ``a``, ``s`` (T, m), ``r`` (T, m, m) and the noise-free ``risk``.
+    """
+    from ..symbolic.models import check_eps
+    from .trajectory import InitialCondition, Trajectory
+
+    eps = check_eps(eps)
+    gamma = _rate("gamma", gamma, allow_zero=True)
+    noise = _rate("noise", noise, allow_zero=True)
+    if not isinstance(init, InitialCondition) or init.r0 is None:
+        raise InputError("the finite-width model needs an InitialCondition with a0, s0 and r0 (m, m)")
+    model = founding_member(sigma, phi, backend=backend, kmax=kmax, gamma=gamma)
+    m = init.N
+    cinit = CommitteeInit(init.r0, init.s0[:, None], np.ones((1, 1)), init.a0, np.ones(1), init.description)
+    # time t = alpha * lr * c with c = 1/m: lr = m makes t = alpha; gamma = lr_sq c^2 / (lr c)
+    rates = {"lr": float(m), "lr2": m / eps, "lr_sq": gamma * m**2, "noise2": noise**2, "c": 1.0 / m, "ct": 1.0}
+    meta = {"model": "finite_width", "eps": eps, "gamma": gamma, "noise": noise, "m": m,
+            "time": "t = steps * eta (founding model); gamma = eta d"}
+    kw = {"t_min": eps / 100, **solver}
+
+    def as_trajectory(traj):
+        return Trajectory(traj.t, traj.v, traj.R[:, :, 0], traj.risk, init.weights, None, None, traj.Q,
+                          traj.stats, traj.meta)
+
+    try:
+        return as_trajectory(integrate_overlaps(model, cinit, rates, meta, t_end, time_name="t", **kw))
+    except IntegrationError as exc:
+        exc.partial = as_trajectory(exc.partial)
+        exc.state = {"a": exc.state["v"], "s": exc.state["R"][:, 0], "r": exc.state["Q"]}
+        raise
+
+
+# ------------------------------------------------------------------------------ analysis
+
+
+def specialisation(traj) -> np.ndarray:
+    """How far the student units have split among the teacher units, at each time (T,): the largest
+    over teacher units n of max_i cos_in - min_i cos_in, cos_in = R_in / sqrt(Q_ii T_nn). 0 on the
+    symmetric (unspecialised) plateau of Saad and Solla, where every student unit has the same overlap
+    with a teacher unit; close to 1 once each student unit has taken one teacher unit (K = M)."""
+    Q, R, T = np.asarray(traj.Q), np.asarray(traj.R), np.asarray(traj.T)
+    qd = np.sqrt(np.maximum(np.diagonal(Q, axis1=1, axis2=2), 1e-300))
+    cos = R / qd[:, :, None] / np.sqrt(np.maximum(np.diag(T), 1e-300))[None, None, :]
+    if R.shape[1] < 2:
+        return np.zeros(R.shape[0])
+    return np.max(cos.max(axis=1) - cos.min(axis=1), axis=1)
+
+
+def specialisation_time(traj, level: float = 0.5) -> float:
+    """First output time at which :func:`specialisation` reaches ``level`` (inf if it never does;
+    with one student unit there is nothing to split and the answer is nan)."""
+    if np.asarray(traj.R).shape[1] < 2:
+        return float("nan")
+    hit = np.flatnonzero(specialisation(traj) >= level)
+    return float(traj.t[hit[0]]) if hit.size else float("inf")
+
+
+@dataclasses.dataclass
+class CommitteePlateau:
+    """An interval of log-time where log(risk) stays flat. ``kind``: "start" (nothing learned yet),
+    "symmetric" (the unspecialised plateau: median specialisation below 0.1) or "other"."""
+
+    t_start: float
+    t_end: float
+    level: float
+    kind: str
+
+
+def committee_plateaus(traj, tol: float = 0.02, min_decades: float = 0.5) -> list:
+    """Plateaus of a committee trajectory: flat stretches of log10(risk) against log10(alpha) (the
+    criterion of :func:`odehild.solve.analysis.find_plateaus`, on the log of the risk, so that the
+    final exponential approach to zero is not called flat), each labelled."""
+    from .analysis import find_plateaus
+
+    risk = np.asarray(traj.risk, float)
+    floor = 1e-14 * max(np.max(np.abs(risk)), 1e-300)
+    spec = specialisation(traj)
+    t = np.asarray(traj.t, float)
+    out = []
+    for p in find_plateaus(t, np.log10(np.maximum(risk, floor)), tol=tol, min_decades=min_decades):
+        inside = (t >= p.t_start) & (t <= p.t_end)
+        first = t[t > 0][0]
+        if p.t_start <= first:
+            kind = "start"
+        elif np.asarray(traj.R).shape[1] >= 2 and np.median(spec[inside]) < 0.1:
+            kind = "symmetric"
+        else:
+            kind = "other"
+        out.append(CommitteePlateau(p.t_start, p.t_end, float(np.median(risk[inside])), kind))
+    return out

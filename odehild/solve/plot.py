@@ -88,9 +88,19 @@ def plot_trajectory(traj, path=None, n_particles: int = 24, title=None):
         ax.set_ylim(1e-12, 3 * top if top > 0 else 1.0)
         ax.legend(fontsize=7, ncol=2)
         crop_flat_start(ax, [traj])
+        ax.set_ylabel("|r_k(t)|")
+        ax.set_title("residuals r_k = phi_k - sigma_k M_k per degree k", fontsize=10)
+    elif traj.r is not None:  # finite width: the neurons' overlaps with each other
+        iu = np.triu_indices(traj.r.shape[1], 1)
+        for n, (i, j) in enumerate(zip(*iu)):
+            ax.semilogx(traj.t[pos], traj.r[pos, i, j], color="C0", lw=0.7, alpha=0.6,
+                        label="r_ij = <u_i, u_j>" if n == 0 else None)
+        ax.set_ylim(-1.05, 1.05)
+        ax.legend(fontsize=7)
+        ax.set_ylabel("overlap r_ij")
+        gamma = traj.meta.get("gamma")
+        ax.set_title("overlaps between neurons" + (f" (gamma = {gamma:g})" if gamma is not None else ""), fontsize=10)
     ax.set_xlabel("t")
-    ax.set_ylabel("|r_k(t)|")
-    ax.set_title("residuals r_k = phi_k - sigma_k M_k per degree k", fontsize=10)
 
     ax = axes[2]
     N = traj.a.shape[1]
@@ -108,7 +118,9 @@ def plot_trajectory(traj, path=None, n_particles: int = 24, title=None):
     ax.set_title(f"paths in (s, a) of {len(pick)} of {N} particles; dots: final state", fontsize=9)
     meta = traj.meta
     fig.suptitle(title or f"sigma = {meta.get('sigma', '?')},  phi = {meta.get('phi', '?')},  "
-                 f"eps = {meta.get('eps', float('nan')):.3g}, K = {meta.get('kmax', '?')}", fontsize=10)
+                 f"eps = {meta.get('eps', float('nan')):.3g}, "
+                 + (f"finite width m = {N}, {meta.get('backend')} expectations" if traj.r is not None
+                    else f"K = {meta.get('kmax', '?')}"), fontsize=10)
     return finish_figure(fig, path)
 
 
@@ -172,6 +184,19 @@ def plot_committee(traj, path=None):
     # below 1e-15 of its scale the risk is rounding noise (it can come out negative): drawn as the floor
     risk = np.maximum(traj.risk[pos], 1e-15 * max(np.max(np.abs(traj.risk)), 1e-300))
     axes[0].loglog(t, risk, lw=1.8)
+    from .committee import committee_plateaus, specialisation_time
+
+    for p in committee_plateaus(traj):
+        axes[0].axvspan(p.t_start, p.t_end, color="C2" if p.kind == "symmetric" else "0.5", alpha=0.12)
+        if p.kind == "symmetric":
+            axes[0].annotate(f"symmetric plateau\n{p.level:.4g}", (np.sqrt(p.t_start * p.t_end), p.level),
+                             fontsize=7, ha="center", va="bottom")
+    t_spec = specialisation_time(traj)
+    if np.isfinite(t_spec):
+        for ax in axes:
+            ax.axvline(t_spec, color="C3", lw=0.8, ls=":")
+        axes[1].annotate("specialisation", (t_spec, 0.02), xycoords=("data", "axes fraction"), fontsize=7,
+                         color="C3", rotation=90, ha="right", va="bottom")
     axes[0].set_xlabel("alpha = steps / d")
     axes[0].set_ylabel("risk (noise-free)")
     K, M = traj.v.shape[1], traj.A.size
@@ -189,5 +214,6 @@ def plot_committee(traj, path=None):
             ax.legend(fontsize=7, ncol=2)
     meta = traj.meta
     fig.suptitle(f"committee K = {K}, M = {M}: sigma = {meta.get('sigma')}, phi = {meta.get('phi')}, "
-                 f"{meta.get('output')} outputs, {meta.get('dynamics')}, lr = {meta.get('lr')}", fontsize=10)
+                 f"{meta.get('output')} outputs, {meta.get('geometry', 'free')} geometry, {meta.get('dynamics')}, "
+                 f"lr = {meta.get('lr')}, {meta.get('backend')} expectations", fontsize=10)
     return finish_figure(fig, path)

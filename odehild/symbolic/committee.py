@@ -14,9 +14,18 @@ covariance entries:
 * ``E4_fg(C) = E[sigma'(x1) sigma'(x2) f(x3) g(x4)]`` over a 4x4 covariance (10 entries) and
   ``J2(a, b, c) = E[sigma'(u) sigma'(w)]``: the eta^2 term of online SGD and its noise part.
 
-Back ends: ``erf`` (closed forms for A erf(b z): I2, I4, J2) and ``polynomial``
-(exact Isserlis moments). Kernels are SymPy expressions in the covariance symbols; codegen emits them
-with their derivatives into the compiled right-hand side.
+Back ends: ``erf`` (closed forms for A erf(b z): I2, I4, J2), ``polynomial`` (exact Isserlis
+moments) and, on the sphere, ``hermite``: sigma and phi replaced by their Hermite series truncated at
+``kmax``, which makes every expectation with unit variances a finite sum over pairings of the
+Hermite degrees (the truncation tail is reported). Kernels are SymPy expressions in the covariance
+symbols, or for the Hermite four-point kernels a table of monomials; codegen emits them with their
+derivatives into the compiled right-hand side.
+
+Geometry: ``free`` first-layer weights, or ``sphere`` (|u_i| = 1, renormalised after every SGD
+step). The sphere's flow is the free flow projected on the constraint Q_ii = 1 (docs/committee.md):
+dR_in -> dR_in - R_in dQ_ii/2, dQ_ik -> dQ_ik - Q_ik (dQ_ii + dQ_kk)/2, which produces the gamma
+terms of spec section 3 from the free eta^2 term. The founding model's finite-width overlap ODE is the
+sphere / mean-output member (:func:`founding_member`).
 """
 
 from __future__ import annotations
@@ -27,17 +36,19 @@ import hashlib
 import json
 from typing import Optional
 
+import numpy as np
 import sympy as sp
 
-from ..errors import InputError
+from ..errors import ExpressionError, InputError
+from .hermite import hermite
 from .kernels import _erf_scale
 from .parse import parse_expression, z
 
 OUTPUTS = ("sum", "mean")
 DYNAMICS = ("sgd", "gf")
-BACKENDS = ("auto", "erf", "polynomial")
-GEOMETRIES = ("free",)
-COMMITTEE_FORMAT = 1  # bump when the generated committee code changes shape
+BACKENDS = ("auto", "erf", "polynomial", "relu", "hermite")
+GEOMETRIES = ("free", "sphere")
+COMMITTEE_FORMAT = 2  # bump when the generated committee code changes shape
 
 # covariance symbols: two-point kernels take (var u, var w, cov); four-point kernels the upper
 # triangle of a 4x4 covariance, row-major
@@ -99,6 +110,23 @@ def _erf_form(f):
     return amp, sp.sqrt(2) * b
 
 
+def _relu_form(f):
+    """alpha with f = alpha relu(z) (A relu(b z) with b > 0 is A b relu(z)), or None."""
+    amp, rest = f.as_independent(z, as_Add=False)
+    if not amp.is_number or amp == 0 or not isinstance(rest, sp.Max) or len(rest.args) != 2 or 0 not in rest.args:
+        return None
+    inner = [a for a in rest.args if a != 0][0]
+    scale = sp.simplify(inner / z)
+    if not scale.is_number or not scale.is_positive:
+        return None
+    return amp * scale
+
+
+def _arc_cosine(A, B, C):
+    """E[relu(u) relu(w)] with var u = A, var w = B, cov = C (the arc-cosine kernel of Cho and Saul)."""
+    return (sp.sqrt(A * B - C**2) + C * (sp.pi - sp.acos(C / sp.sqrt(A * B)))) / (2 * sp.pi)
+
+
 def _I2(C11, C22, C12):
     return 2 / sp.pi * sp.asin(C12 / sp.sqrt((1 + C11) * (1 + C22)))
 
@@ -121,12 +149,68 @@ def _scaled(C, scales):
     return sp.Matrix(C.shape[0], C.shape[1], lambda i, j: scales[i] * scales[j] * C[i, j])
 
 
+# -------------------------------------------------------------------------- Hermite back end
+
+# off-diagonal entries of a 4x4 correlation matrix, in the order of C4_SYMS without the diagonal
+EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
+EDGE_SLOTS = tuple(i * 4 - i * (i - 1) // 2 + (j - i) for i, j in EDGES)  # index of c_ij in C4_SYMS
+
+
+@dataclasses.dataclass(frozen=True)
+class MonomialTable:
+    """E[f1(x1) f2(x2) f3(x3) f4(x4)] for unit-variance Gaussians with correlations c12..c34, as
+    sum_t coefficients[t] prod_e c_e^exponents[t, e] (edges in the order of EDGES)."""
+
+    exponents: np.ndarray
+    coefficients: np.ndarray
+
+
+def four_point_table(coefficients: list) -> MonomialTable:
+    """The pairing (diagram) expansion of E[prod_p f_p(x_p)] for f_p = sum_n c_n(f_p) He_n/sqrt(n!):
+    E[prod_p He_{n_p}(x_p)] = sum over edge multiplicities k_e with degree n_p at vertex p of
+    prod_p n_p! prod_e c_e^k_e / k_e!, hence the weight prod_p c_{n_p}(f_p) sqrt(n_p!) / prod_e k_e!."""
+    from math import factorial, sqrt
+
+    cs = [np.asarray(c, float) for c in coefficients]
+    top = [c.size - 1 for c in cs]
+    rows, weights = [], []
+    k = [0] * 6
+
+    def visit(e, deg):
+        if e == 6:
+            w = 1.0
+            for p in range(4):
+                w *= cs[p][deg[p]] * sqrt(factorial(deg[p]))
+            if w != 0.0:
+                for ke in k:
+                    w /= factorial(ke)
+                rows.append(list(k))
+                weights.append(w)
+            return
+        i, j = EDGES[e]
+        kk = 0
+        while deg[i] + kk <= top[i] and deg[j] + kk <= top[j]:
+            k[e] = kk
+            d2 = list(deg)
+            d2[i] += kk
+            d2[j] += kk
+            visit(e + 1, d2)
+            kk += 1
+        k[e] = 0
+
+    visit(0, [0, 0, 0, 0])
+    return MonomialTable(np.array(rows, dtype=np.int64).reshape(-1, 6), np.array(weights, float))
+
+
 # ------------------------------------------------------------------------------ declaration
 
 
 @dataclasses.dataclass(frozen=True)
 class CommitteeModel:
-    """One member of the committee family; K and M come from the initial condition."""
+    """One member of the committee family; K and M come from the initial condition.
+
+    ``kmax`` is the Hermite truncation of the ``hermite`` back end (sphere only); the other back
+    ends are exact and ignore it."""
 
     sigma: str
     phi: str
@@ -134,17 +218,22 @@ class CommitteeModel:
     dynamics: str = "sgd"
     backend: str = "auto"
     geometry: str = "free"
+    kmax: int = 6
     kind = "committee"
 
     def __post_init__(self):
         for name, value, allowed in (("output", self.output, OUTPUTS), ("dynamics", self.dynamics, DYNAMICS),
                                      ("backend", self.backend, BACKENDS), ("geometry", self.geometry, GEOMETRIES)):
             if value not in allowed:
-                hint = " (the sphere geometry is not built yet)" if name == "geometry" else ""
-                raise InputError(f"{name} must be one of {', '.join(allowed)}{hint}, got {value!r}")
+                raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if isinstance(self.kmax, bool) or not isinstance(self.kmax, (int, np.integer)) or not 1 <= self.kmax <= 12:
+            raise InputError(f"kmax (the Hermite truncation) must be an integer in [1, 12], got {self.kmax!r}")
+        object.__setattr__(self, "kmax", int(self.kmax))
         object.__setattr__(self, "sigma", str(self.sigma))
         object.__setattr__(self, "phi", str(self.phi))
         object.__setattr__(self, "backend", self._resolve_backend())
+        if self.backend == "hermite":
+            self.expansions  # noqa: B018 -- refuse a sigma without a derivative at declaration
 
     @functools.cached_property
     def sigma_expr(self) -> sp.Expr:
@@ -156,25 +245,50 @@ class CommitteeModel:
 
     def _resolve_backend(self) -> str:
         s, p = self.sigma_expr, self.phi_expr
+        sphere = self.geometry == "sphere"
         usable = {"erf": _erf_form(s) is not None and _erf_form(p) is not None,
-                  "polynomial": s.is_polynomial(z) and p.is_polynomial(z)}
+                  "polynomial": s.is_polynomial(z) and p.is_polynomial(z),
+                  "relu": _relu_form(s) is not None and _relu_form(p) is not None, "hermite": sphere}
+        needs = {"erf": "sigma and phi of the form A*erf(b*z)", "polynomial": "polynomial sigma and phi",
+                 "relu": "sigma and phi of the form A*relu(b*z), b > 0",
+                 "hermite": "the sphere geometry (unit variances), --geometry sphere"}
         if self.backend != "auto":
             if not usable[self.backend]:
-                raise InputError(f"the {self.backend} expectation back end needs "
-                                 + ("sigma and phi of the form A*erf(b*z)" if self.backend == "erf" else
-                                    "polynomial sigma and phi") + f"; got sigma = {self.sigma}, phi = {self.phi}")
+                raise InputError(f"the {self.backend} expectation back end needs {needs[self.backend]}; "
+                                 f"got sigma = {self.sigma}, phi = {self.phi}, geometry = {self.geometry}")
             return self.backend
-        for name in ("polynomial", "erf"):
+        for name in ("polynomial", "erf", "relu", "hermite"):
             if usable[name]:
                 return name
-        raise InputError(f"no expectation back end for sigma = {self.sigma}, phi = {self.phi}: the committee "
-                         "model supports sigma and phi both polynomial or both of the form A*erf(b*z); "
-                         "ReLU and a numerical back end for any activation are not built yet")
+        raise InputError(f"no expectation back end for sigma = {self.sigma}, phi = {self.phi} with free first-layer "
+                         "weights: the free geometry supports sigma and phi both polynomial, both of the form "
+                         "A*erf(b*z) or both of the form A*relu(b*z); any other activation works on the sphere "
+                         "(--geometry sphere, Hermite series)")
+
+    # ---- Hermite back end
+
+    @functools.cached_property
+    def expansions(self) -> dict:
+        """Hermite expansions of sigma (to kmax), sigma' (to kmax - 1) and phi (to kmax)."""
+        ds = sp.diff(self.sigma_expr, z)
+        if ds.has(sp.DiracDelta):
+            raise ExpressionError(f"sigma = {self.sigma} has a jump: sigma' is not a function, and online SGD "
+                                  "and the flow need it")
+        out = {"sigma": hermite(self.sigma_expr, self.kmax), "phi": hermite(self.phi_expr, self.kmax)}
+        out["dsigma"] = hermite(ds, self.kmax - 1) if self.kmax > 1 else None
+        return out
+
+    def tails(self) -> dict:
+        """Squared L2 errors of the truncated series of sigma, sigma' and phi (0 for exact back ends):
+        a pair kernel's truncation error is at most sqrt(tail_f tail_g)."""
+        if self.backend != "hermite":
+            return {"sigma": 0.0, "dsigma": 0.0, "phi": 0.0}
+        return {k: (float(v.tail) if v is not None else float("nan")) for k, v in self.expansions.items()}
 
     # ---- kernels
 
     def _expect2(self, f, g):
-        if self.backend == "polynomial":
+        if self.backend in ("polynomial", "hermite"):
             return polynomial_expectation([f, g], sp.Matrix([[a_sym, c_sym], [c_sym, b_sym]]))
         (Af, sf), (Ag, sg) = _erf_form(f), _erf_form(g)
         return Af * Ag * _I2(sf**2 * a_sym, sg**2 * b_sym, sf * sg * c_sym)
@@ -182,25 +296,75 @@ class CommitteeModel:
     @functools.cached_property
     def pair_kernels(self) -> dict:
         """P_ss, P_sp, P_pp as functions of (a, b, c)."""
+        if self.backend == "hermite":
+            # on the sphere only the correlation varies: sum_k c_k(f) c_k(g) c^k
+            cs, cp = self.expansions["sigma"].coefficients, self.expansions["phi"].coefficients
+            series = lambda x, y: sp.Add(*[sp.Float(float(u * w), 17) * c_sym**k for k, (u, w) in enumerate(zip(x, y))])
+            return {"ss": series(cs, cs), "sp": series(cs, cp), "pp": series(cp, cp)}
         s, p = self.sigma_expr, self.phi_expr
+        if self.backend == "relu":
+            al, be = _relu_form(s), _relu_form(p)
+            k = _arc_cosine(a_sym, b_sym, c_sym)
+            return {"ss": al * al * k, "sp": al * be * k, "pp": be * be * k}
         return {"ss": self._expect2(s, s), "sp": self._expect2(s, p), "pp": self._expect2(p, p)}
+
+    def derivative(self, expr, *variables) -> sp.Expr:
+        """d expr / d variables, simplified where the back end's kernels need it: the relu kernels'
+        derivatives cancel terms like sqrt(1 - c^2/(a b)) against sqrt(a b - c^2), which SymPy
+        leaves apart (their difference is 0 - 0 = nan on the diagonal, inf - inf near it)."""
+        d = sp.diff(expr, *variables)
+        if self.backend != "relu":
+            return d
+        A, B = sp.symbols("A B", positive=True)
+        d = d.subs({a_sym: A, b_sym: B})
+        d = d.subs(sp.sqrt(1 - c_sym**2 / (A * B)), sp.sqrt(A * B - c_sym**2) / sp.sqrt(A * B))
+        return sp.simplify(d).subs({A: a_sym, B: b_sym})
+
+    @functools.cached_property
+    def pair_diagonals(self) -> Optional[dict]:
+        """For kernels not smooth where c^2 = a b (relu: the square root and arccos), the value on
+        the diagonal P(a, a, a) as a function of a; None where the general form is smooth there."""
+        if self.backend != "relu":
+            return None
+        A = sp.Symbol("A", positive=True)
+        kernels = {**self.pair_kernels, "J2": self.J2_kernel}
+        return {name: sp.simplify(e.subs({a_sym: A, b_sym: A, c_sym: A})).subs(A, a_sym)
+                for name, e in kernels.items()}
 
     @functools.cached_property
     def J2_kernel(self) -> sp.Expr:
         """E[sigma'(u) sigma'(w)] as a function of (a, b, c)."""
         s = self.sigma_expr
+        if self.backend == "hermite":
+            cd = self.expansions["dsigma"].coefficients if self.kmax > 1 else [0.0]
+            return sp.Add(*[sp.Float(float(u * u), 17) * c_sym**k for k, u in enumerate(cd)])
         if self.backend == "polynomial":
             ds = sp.diff(s, z)
             return polynomial_expectation([ds, ds], sp.Matrix([[a_sym, c_sym], [c_sym, b_sym]]))
+        if self.backend == "relu":
+            return _relu_form(s) ** 2 * (sp.pi - sp.acos(c_sym / sp.sqrt(a_sym * b_sym))) / (2 * sp.pi)
         A, sc = _erf_form(s)
         return A**2 * sc**2 * _J2(sc**2 * a_sym, sc**2 * b_sym, sc**2 * c_sym)
 
     @functools.cached_property
     def four_point_kernels(self) -> dict:
-        """E4_ss, E4_sp, E4_pp = E[sigma'(x1) sigma'(x2) f(x3) g(x4)] in the symbols C4_SYMS."""
+        """E4_ss, E4_sp, E4_pp = E[sigma'(x1) sigma'(x2) f(x3) g(x4)]: SymPy expressions in the symbols
+        C4_SYMS, or (Hermite back end) :class:`MonomialTable` of the correlations, or (relu back end)
+        the prefactor of E[x3 x4 1(x > 0)], an orthant moment computed in the generated code."""
         s, p = self.sigma_expr, self.phi_expr
         C = _cov4()
         out = {}
+        if self.backend == "relu":
+            # prefactors of x3 x4 over the positive orthant (codegen evaluates that expectation)
+            al, be = _relu_form(s), _relu_form(p)
+            return {"ss": al**4, "sp": al**3 * be, "pp": al**2 * be**2}
+        if self.backend == "hermite":
+            e = self.expansions
+            cd = e["dsigma"].coefficients if self.kmax > 1 else np.zeros(1)
+            cs, cp = e["sigma"].coefficients, e["phi"].coefficients
+            for name, (f, g) in {"ss": (cs, cs), "sp": (cs, cp), "pp": (cp, cp)}.items():
+                out[name] = four_point_table([cd, cd, f, g])
+            return out
         for name, (f, g) in {"ss": (s, s), "sp": (s, p), "pp": (p, p)}.items():
             if self.backend == "polynomial":
                 ds = sp.diff(s, z)
@@ -213,15 +377,17 @@ class CommitteeModel:
     # ---- bookkeeping
 
     def meta(self) -> dict:
+        extra = {"kmax": self.kmax, "tails": self.tails()} if self.backend == "hermite" else {}
         return {"model": self.kind, "sigma": self.sigma, "phi": self.phi, "output": self.output,
-                "dynamics": self.dynamics, "backend": self.backend, "geometry": self.geometry,
+                "dynamics": self.dynamics, "backend": self.backend, "geometry": self.geometry, **extra,
                 "time": "alpha = steps/d (Goldt et al.); SGD learning rate lr/sqrt(d) on the first layer"
                         " per sample in units where lambda = w.x/sqrt(d), lr2/d on the second"}
 
     def cache_key(self) -> str:
         """Content hash of what the generated code depends on (K, M, rates and noise are runtime)."""
         payload = {"kind": self.kind, "format": COMMITTEE_FORMAT, "sigma": sp.srepr(self.sigma_expr),
-                   "phi": sp.srepr(self.phi_expr), "backend": self.backend}
+                   "phi": sp.srepr(self.phi_expr), "backend": self.backend,
+                   "kmax": self.kmax if self.backend == "hermite" else None}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
