@@ -82,15 +82,18 @@ def main(quick=False):
             print(f"| {K} | Euler dt = {dt:g} | {wall:.3f} | {err:.1e} | {wall / wall_ours:.1f} |")
 
     print("\ncost of one right-hand side (with the eta^2 term), microseconds")
-    print("| K = M | erf closed forms | polynomial (Wick) | Hermite series, sphere, relu, kmax = 6 |")
-    print("|---|---|---|---|")
+    print("| K = M | erf closed forms | polynomial (Wick) | relu (orthant moments) | Hermite series, sphere, "
+          "tanh, kmax = 6 |")
+    print("|---|---|---|---|---|")
     poly = compile_committee(CommitteeModel("z + 0.3*z**3", "z + 0.3*z**3"))
-    herm = compile_committee(CommitteeModel("relu(z)", "relu(z)", geometry="sphere", kmax=6))
+    relu = compile_committee(CommitteeModel("relu(z)", "relu(z)"))
+    herm = compile_committee(CommitteeModel("tanh(z)", "tanh(z)", geometry="sphere", kmax=6))
     for K in (2, 4, 8, 12, 20):
         init = start(K)
         on_sphere = sphere_start(K)
         row = []
-        for cm, st, sphere in ((compiled, init, False), (poly, init, False), (herm, on_sphere, True)):
+        for cm, st, sphere in ((compiled, init, False), (poly, init, False), (relu, init, False),
+                               (herm, on_sphere, True)):
             y = pack(st)
             dy, spare = np.empty(y.size), np.empty((1, 1))
             args = (K, K, st.T, st.A, 0.5, 0.0, 0.25, 0.0, 1.0, 1.0, sphere, False, dy, spare)
@@ -100,7 +103,7 @@ def main(quick=False):
             for _ in range(reps):
                 cm.rhs_jac(y, *args)
             row.append((time.perf_counter() - t0) / reps * 1e6)
-        print(f"| {K} | {row[0]:.0f} | {row[1]:.0f} | {row[2]:.0f} |")
+        print(f"| {K} | {row[0]:.0f} | {row[1]:.0f} | {row[2]:.0f} | {row[3]:.0f} |")
 
 
 if __name__ == "__main__":

@@ -29,9 +29,10 @@ def add_solver_args(p):
     p.add_argument("--t-end", type=float, default=5.0, help="final time (default 5)")
     p.add_argument("--points", type=int, default=200, help="log-spaced output times (default %(default)s)")
     p.add_argument("--t-min", type=float, default=None, help="first output time (default eps/100)")
-    p.add_argument("--method", default="Radau",
+    p.add_argument("--method", default=None,
                    help="Radau (default), BDF or LSODA: implicit, with the generated Jacobian; RK45 is explicit, "
-                        "for comparison only: at small eps (1e-6 and below) it takes millions of steps")
+                        "for comparison only: at small eps (1e-6 and below) it takes millions of steps. "
+                        "Committees with the relu back end default to LSODA")
     p.add_argument("--rtol", type=float, default=1e-8, help="relative tolerance of the solver (default %(default)g)")
     p.add_argument("--atol", type=float, default=1e-10, help="absolute tolerance of the solver (default %(default)g)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -111,13 +112,13 @@ def _cmd_solve(args):
     positive_float("--max-wall", args.max_wall)
     with keep_partial(args.out, info):
         traj = solve(model, init, args.t_end, points=args.points, t_min=args.t_min,
-                     method=args.method, rtol=args.rtol, atol=args.atol, max_wall=args.max_wall,
+                     method=args.method or "Radau", rtol=args.rtol, atol=args.atol, max_wall=args.max_wall,
                      progress=False if args.quiet else None)
         if traj.stats["status"] == 2:  # the wall-time budget ran out: a partial result, not a result
             raise IntegrationError(f"stopped by --max-wall {args.max_wall:g} s at t = {traj.stats['t_reached']:.4g} "
                                    f"of {args.t_end:g} ({traj.stats['nsteps']} steps)", partial=traj,
                                    t_fail=traj.stats["t_reached"])
-    t_min = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end}
+    t_min = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end, "method": traj.meta["method"]}
     if not args.init:
         t_min.update(particles=init.N, a0=args.a0 or "normal", nodes=args.nodes or "quadrature")
     traj.meta.update(info, values=merge_values(args.values, t_min))
@@ -165,7 +166,8 @@ def _cmd_solve_committee(args):
             raise IntegrationError(f"stopped by --max-wall {args.max_wall:g} s at alpha = "
                                    f"{traj.stats['t_reached']:.4g} of {args.t_end:g}", partial=traj,
                                    t_fail=traj.stats["t_reached"])
-    resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end}
+    resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end,
+                "method": traj.meta["method"]}
     traj.meta.update(info, values=merge_values(args.values, resolved), analysis=_committee_analysis(traj))
     path = traj.save(args.out)
     st = traj.stats
@@ -196,8 +198,9 @@ def _tail_note(model) -> str:
     if model.backend != "hermite":
         return ""
     t = model.tails()
+    caution = model.series_warning()
     return (f" (Hermite series to degree {model.kmax}; squared L2 tails: sigma {t['sigma']:.2g}, "
-            f"sigma' {t['dsigma']:.2g}, phi {t['phi']:.2g})")
+            f"sigma' {t['dsigma']:.2g}, phi {t['phi']:.2g})" + (f"\ncaution: {caution}" if caution else ""))
 
 
 def _cmd_solve_finite_width(args):
@@ -229,12 +232,13 @@ def _cmd_solve_finite_width(args):
     with keep_partial(args.out, info):
         traj = solve_finite_width(args.sigma, args.phi, init, args.eps, args.t_end, gamma=gamma,
                                   noise=args.noise or 0.0, backend=args.backend or "auto", kmax=args.kmax,
-                                  points=args.points, t_min=args.t_min, method=args.method, rtol=args.rtol,
+                                  points=args.points, t_min=args.t_min, method=args.method or "Radau", rtol=args.rtol,
                                   atol=args.atol, max_wall=args.max_wall, progress=False if args.quiet else None)
         if traj.stats["status"] == 2:
             raise IntegrationError(f"stopped by --max-wall {args.max_wall:g} s at t = {traj.stats['t_reached']:.4g} "
                                    f"of {args.t_end:g}", partial=traj, t_fail=traj.stats["t_reached"])
-    resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end}
+    resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end,
+                "method": traj.meta["method"]}
     traj.meta.update(info, values=merge_values(args.values, resolved))
     path = traj.save(args.out)
     st = traj.stats
@@ -278,7 +282,7 @@ def _cmd_timescales(args):
     init = initial_condition(args.particles, args.a0, args.seed, args.nodes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResolutionWarning)  # printed below, in the notes
-        fit, trajs = timescale_sweep(model, eps_list, init, args.t_end, method=args.method,
+        fit, trajs = timescale_sweep(model, eps_list, init, args.t_end, method=args.method or "Radau",
                                      rtol=args.rtol, atol=args.atol, points=args.points,
                                      check_resolution=not args.no_resolution_check,
                                      progress=False if args.quiet else None)
@@ -287,7 +291,7 @@ def _cmd_timescales(args):
         from .solve.plot import plot_sweep
 
         plot_sweep(fit, trajs, args.plot)
-        written.append((args.plot, {}))
+        written.append((args.plot, {"method": args.method or "Radau"}))
     learn = model.learnability(s0_zero=not init.s0.any())
     if args.json:
         print(json.dumps(json_safe({**fit.to_dict(), "learnability": learn.to_dict(),

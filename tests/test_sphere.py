@@ -49,8 +49,8 @@ def test_four_point_table_equals_isserlis_moments_of_the_truncated_series(rng):
 
 
 def test_hermite_back_end_against_closed_forms_and_monte_carlo(rng):
-    relu = CommitteeModel("relu(z)", "relu(z)", geometry="sphere", kmax=10)
-    assert relu.backend == "hermite"
+    assert CommitteeModel("relu(z)", "relu(z)", geometry="sphere").backend == "relu"  # exact where it can be
+    relu = CommitteeModel("relu(z)", "relu(z)", geometry="sphere", backend="hermite", kmax=10)
     cm = compile_committee(relu)
     tails = relu.tails()
     for rho in (-0.6, 0.2, 0.9):
@@ -193,7 +193,9 @@ def test_sphere_declaration_errors():
     with pytest.raises(InputError, match="hermite expectation back end needs the sphere"):
         CommitteeModel("relu(z)", "relu(z)", backend="hermite")
     with pytest.raises(InputError, match="any other activation works on the sphere"):
-        CommitteeModel("relu(z)", "relu(z)")
+        CommitteeModel("tanh(z)", "relu(z)")
+    with pytest.raises(InputError, match="relu expectation back end needs sigma and phi of the form"):
+        CommitteeModel("relu(z)", "relu(-z)", backend="relu")
     with pytest.raises(InputError, match="kmax"):
         CommitteeModel("relu(z)", "relu(z)", geometry="sphere", kmax=0)
     init = CommitteeInit(2 * np.eye(2), np.zeros((2, 1)), np.eye(1), np.ones(2), np.ones(1))
