@@ -185,7 +185,9 @@ def _committee_analysis(traj) -> dict:
     plateaus = committee_plateaus(traj)
     t_spec = specialisation_time(traj)
     lines = [f"{p.kind} plateau at risk {p.level:.5g} for alpha in [{p.t_start:.3g}, {p.t_end:.3g}]"
-             for p in plateaus if p.kind != "start"]
+             for p in plateaus if p.kind in ("symmetric", "other")]
+    lines += [f"converged (risk below 1e-10 of its largest value) from alpha = {p.t_start:.3g}"
+              for p in plateaus if p.kind == "converged"]
     if np.isfinite(t_spec):
         lines.append(f"specialisation (student units split among teacher units) at alpha = {t_spec:.4g}")
     elif t_spec == np.inf:

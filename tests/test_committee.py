@@ -321,3 +321,21 @@ def test_command_line_solve_and_plot(tmp_path, monkeypatch, capsys):
     assert "no expectation back end" in capsys.readouterr().err
     assert main(["solve", "--sigma", ERF, "--phi", ERF, "--lr", "0.5", "--eps", "1e-3", "--out", "m.npz"]) == 2
     assert "--lr belongs to --model committee" in capsys.readouterr().err
+
+
+def test_a_learning_rate_beyond_sgd_stability_fails_in_the_ode_as_in_the_network():
+    """sigma = phi = z + z^2/2 at lr = 0.5: the eta^2 term outgrows the gradient term; the ODE says so
+    and the real network diverges at about the same alpha."""
+    from odehild.errors import IntegrationError
+    from odehild.simulate.committee import simulate_committee
+
+    model = CommitteeModel("z**2/2 + z", "z**2/2 + z")
+    init = CommitteeInit(0.01 * np.eye(2), 1e-3 * np.array([[1.0, -0.5], [0.3, 0.8]]), np.eye(2), np.ones(2),
+                         np.ones(2))
+    with pytest.raises(IntegrationError, match="grew without bound") as ode:
+        solve_committee(model, init, 100.0, lr=0.5)
+    with pytest.raises(IntegrationError, match="SGD diverged") as sgd:
+        simulate_committee(model, 2, 2, 500, lr=0.5, alpha_end=3, scale=0.1, seed=0)
+    assert 0.3 < ode.value.t_fail < 1.5 and 0.3 < sgd.value.t_fail < 1.5
+    slow = solve_committee(model, init, 100.0, lr=0.05)  # a tenth of the rate learns
+    assert slow.risk[-1] < 0.5 * slow.risk[0]

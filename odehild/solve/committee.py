@@ -274,9 +274,12 @@ def integrate_overlaps(model: CommitteeModel, init: CommitteeInit, rates: dict, 
     traj = CommitteeTrajectory(np.array(run.t), Q, R, v, risk, T, A, stats, meta)
     if run.status < 0:
         Qf, Rf, vf = unpack(run.y_fail[None], K, M)
+        grew = np.max(np.abs(Qf)) > 100 * max(np.max(np.abs(init.Q)), 1.0)
+        hint = ("; Q grew without bound: at this learning rate the SGD term outgrows the gradient term and "
+                "online SGD itself diverges, lower the learning rate" if grew and rates["lr_sq"] > 0 else "")
         raise IntegrationError(
             f"{method} failed at {time_name} = {run.t_fail:.6g} ({run.message}); |Q| max = {np.max(np.abs(Qf)):.3g}, "
-            f"|R| max = {np.max(np.abs(Rf)):.3g}, |v| max = {np.max(np.abs(vf)):.3g}; {len(traj)} of "
+            f"|R| max = {np.max(np.abs(Rf)):.3g}, |v| max = {np.max(np.abs(vf)):.3g}{hint}; {len(traj)} of "
             f"{t_eval.size} output times were computed and are kept in .partial",
             t_fail=run.t_fail, state={"Q": Qf[0], "R": Rf[0], "v": vf[0]}, partial=traj,
             interrupted=run.status == -2)
@@ -358,7 +361,8 @@ def specialisation_time(traj, level: float = 0.5) -> float:
 @dataclasses.dataclass
 class CommitteePlateau:
     """An interval of log-time where log(risk) stays flat. ``kind``: "start" (nothing learned yet),
-    "symmetric" (the unspecialised plateau: median specialisation below 0.1) or "other"."""
+    "symmetric" (the unspecialised plateau: median specialisation below 0.1), "converged" (the risk
+    at rounding level, below 1e-10 of its largest value) or "other"."""
 
     t_start: float
     t_end: float
@@ -382,6 +386,8 @@ def committee_plateaus(traj, tol: float = 0.02, min_decades: float = 0.5) -> lis
         first = t[t > 0][0]
         if p.t_start <= first:
             kind = "start"
+        elif np.median(risk[inside]) <= 1e-10 * max(np.max(np.abs(risk)), 1e-300):
+            kind = "converged"
         elif np.asarray(traj.R).shape[1] >= 2 and np.median(spec[inside]) < 0.1:
             kind = "symmetric"
         else:

@@ -187,6 +187,8 @@ def plot_committee(traj, path=None):
     from .committee import committee_plateaus, specialisation_time
 
     for p in committee_plateaus(traj):
+        if p.kind == "converged":
+            continue
         axes[0].axvspan(p.t_start, p.t_end, color="C2" if p.kind == "symmetric" else "0.5", alpha=0.12)
         if p.kind == "symmetric":
             axes[0].annotate(f"symmetric plateau\n{p.level:.4g}", (np.sqrt(p.t_start * p.t_end), p.level),
