@@ -596,9 +596,10 @@ def register(sub):
                    help="output scaling of student and teacher: sum (default, Saad-Solla) or mean")
     c.add_argument("--dynamics", default=None, choices=("sgd", "gf"),
                    help="sgd (default: online SGD at the finite rate, eta^2 terms included) or gf (gradient flow)")
-    c.add_argument("--backend", default=None, choices=("auto", "erf", "polynomial", "hermite"),
-                   help="Gaussian expectations: erf closed forms, exact polynomial moments, Hermite series to "
-                        "degree --kmax (sphere only, any activation), or auto (default: exact where possible)")
+    c.add_argument("--backend", default=None, choices=("auto", "erf", "polynomial", "relu", "hermite"),
+                   help="Gaussian expectations: erf closed forms, exact polynomial moments, relu arc-cosine "
+                        "kernels and orthant moments, Hermite series to degree --kmax (sphere only, any "
+                        "activation), or auto (default: exact where possible)")
     c.add_argument("--geometry", default=None, choices=("free", "sphere"),
                    help="first-layer weights free (default) or on the unit sphere (renormalised each step)")
     c.add_argument("--gamma", type=float, default=None,
@@ -663,7 +664,7 @@ def register(sub):
     cm.add_argument("--output", dest="output_scaling", default=None, choices=("sum", "mean"),
                     help="output scaling: sum (default) or mean")
     cm.add_argument("--geometry", default=None, choices=("free", "sphere"), help="first-layer weights (default free)")
-    cm.add_argument("--backend", default=None, choices=("auto", "erf", "polynomial", "hermite"),
+    cm.add_argument("--backend", default=None, choices=("auto", "erf", "polynomial", "relu", "hermite"),
                     help="expectation back end of the risk and of --ode (default auto)")
     cm.add_argument("--scale", type=float, default=None,
                     help="standard deviation of the initial student weights, free geometry (default 0.5)")

@@ -90,3 +90,14 @@ def test_command_line_relu_committee_plateau_and_specialisation(tmp_path, monkey
     assert traj.meta["analysis"]["specialisation_time"] < 1000
     assert traj.risk[-1] < 1e-6 and np.allclose(np.sort(traj.R[-1].ravel()), [0, 0, 1, 1], atol=1e-3)
     assert main(["plot", "c.npz", "-o", "c.png"]) == 0
+
+
+def test_relu_back_end_is_selectable_on_the_command_line(tmp_path, monkeypatch):
+    from odehild.cli import main
+    from odehild.simulate.committee import CommitteeSimulation
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["simulate", "--model", "committee", "--sigma", "relu(z)", "--phi", "relu(z)", "--backend", "relu",
+                 "--width", "2", "--teacher-width", "2", "--dim", "200", "--lr", "0.5", "--t-end", "2", "--quiet",
+                 "--out", "s.npz"]) == 0
+    assert CommitteeSimulation.load("s.npz").meta["backend"] == "relu"
