@@ -452,19 +452,21 @@ def sgd_term(y, K, M, T, A, c, ct, noise2, i, k, C, S, want_jac, dW):
     W = 0.0
     if want_jac:
         dW[:] = 0.0
+    # E[.. f(x_l) g(x_j)] is symmetric in (l, j): each unordered pair once, off-diagonal ones twice
     for l in range(F):
-        for j in range(F):
+        for j in range(l, F):
             out, slots = _four_point(C, S, i, k, l, j, K, want_jac)
-            cc = coef[l] * coef[j]
+            m = 1.0 if l == j else 2.0
+            cc = m * coef[l] * coef[j]
             W += cc * out[0]
             if want_jac:
                 for e in range(10):
                     if slots[e] >= 0:
                         dW[slots[e]] += cc * out[1 + e]
                 if l < K:
-                    dW[voff + l] += -c * coef[j] * out[0]
+                    dW[voff + l] += -c * m * coef[j] * out[0]
                 if j < K:
-                    dW[voff + j] += -c * coef[l] * out[0]
+                    dW[voff + j] += -c * m * coef[l] * out[0]
     if noise2 > 0.0:
         out = J2(C[i, i], C[k, k], C[i, k])
         W += noise2 * out[0]
