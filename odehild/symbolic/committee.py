@@ -15,7 +15,8 @@ covariance entries:
   ``J2(a, b, c) = E[sigma'(u) sigma'(w)]``: the eta^2 term of online SGD and its noise part.
 
 Back ends: ``erf`` (closed forms for A erf(b z): I2, I4, J2), ``polynomial`` (exact Isserlis
-moments) and, on the sphere, ``hermite``: sigma and phi replaced by their Hermite series truncated at
+moments), ``relu`` (arc-cosine pair kernels; the four-point kernels are orthant moments that codegen
+evaluates) and, on the sphere, ``hermite``: sigma and phi replaced by their Hermite series truncated at
 ``kmax``, which makes every expectation with unit variances a finite sum over pairings of the
 Hermite degrees (the truncation tail is reported). Kernels are SymPy expressions in the covariance
 symbols, or for the Hermite four-point kernels a table of monomials; codegen emits them with their
@@ -24,7 +25,7 @@ derivatives into the compiled right-hand side.
 Geometry: ``free`` first-layer weights, or ``sphere`` (|u_i| = 1, renormalised after every SGD
 step). The sphere's flow is the free flow projected on the constraint Q_ii = 1 (docs/committee.md):
 dR_in -> dR_in - R_in dQ_ii/2, dQ_ik -> dQ_ik - Q_ik (dQ_ii + dQ_kk)/2, which produces the gamma
-terms of spec section 3 from the free eta^2 term. The founding model's finite-width overlap ODE is the
+terms of the renormalised SGD from the free eta^2 term. The founding model's finite-width overlap ODE is the
 sphere / mean-output member (:func:`founding_member`).
 """
 
