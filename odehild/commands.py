@@ -85,6 +85,20 @@ def init_from_args(args):
                              args.nodes or "quadrature")
 
 
+def _stop_if_out_of_time(traj, args, time_name="t"):
+    """The wall-time budget ran out: a partial result, not a result."""
+    if traj.stats["status"] == 2:
+        raise IntegrationError(f"stopped by --max-wall {args.max_wall:g} s at {time_name} = "
+                               f"{traj.stats['t_reached']:.4g} of {args.t_end:g} ({traj.stats['nsteps']} steps)",
+                               partial=traj, t_fail=traj.stats["t_reached"])
+
+
+def _solver_summary(st: dict) -> str:
+    return (f"{st['nsteps']} steps, nfev {st['nfev']}, njev {st['njev']}, nlu {st['nlu']}, "
+            f"solve {st['solve_seconds']:.2f} s (compile {st['compile_seconds']:.2f} s, "
+            f"{'cached' if st['from_cache'] else 'generated'})")
+
+
 def _cmd_solve(args):
     from .solve import solve
     from .symbolic.models import MeanFieldModel
@@ -114,20 +128,14 @@ def _cmd_solve(args):
         traj = solve(model, init, args.t_end, points=args.points, t_min=args.t_min,
                      method=args.method or "Radau", rtol=args.rtol, atol=args.atol, max_wall=args.max_wall,
                      progress=False if args.quiet else None)
-        if traj.stats["status"] == 2:  # the wall-time budget ran out: a partial result, not a result
-            raise IntegrationError(f"stopped by --max-wall {args.max_wall:g} s at t = {traj.stats['t_reached']:.4g} "
-                                   f"of {args.t_end:g} ({traj.stats['nsteps']} steps)", partial=traj,
-                                   t_fail=traj.stats["t_reached"])
+        _stop_if_out_of_time(traj, args)
     t_min = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end, "method": traj.meta["method"]}
     if not args.init:
         t_min.update(particles=init.N, a0=args.a0 or "normal", nodes=args.nodes or "quadrature")
     traj.meta.update(info, values=merge_values(args.values, t_min))
     path = traj.save(args.out)
-    st = traj.stats
     print(f"{path}: T = {len(traj)}, N = {traj.a.shape[1]}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
-          f"{st['nsteps']} steps, nfev {st['nfev']}, njev {st['njev']}, nlu {st['nlu']}, "
-          f"solve {st['solve_seconds']:.2f} s (compile {st['compile_seconds']:.2f} s, "
-          f"{'cached' if st['from_cache'] else 'generated'})")
+          + _solver_summary(traj.stats))
     if learn.learns_nothing:
         print(f"note: nothing beyond degree 0 was learnable; the risk ends on the floor {learn.floor:.6g} "
               "(learnability report above: what to change)")
@@ -162,19 +170,15 @@ def _cmd_solve_committee(args):
         traj = solve_committee(model, init, args.t_end, lr=args.lr, lr2=args.lr2 or 0.0, noise=args.noise or 0.0,
                                points=args.points, t_min=args.t_min, method=args.method, rtol=args.rtol,
                                atol=args.atol, max_wall=args.max_wall, progress=False if args.quiet else None)
-        if traj.stats["status"] == 2:
-            raise IntegrationError(f"stopped by --max-wall {args.max_wall:g} s at alpha = "
-                                   f"{traj.stats['t_reached']:.4g} of {args.t_end:g}", partial=traj,
-                                   t_fail=traj.stats["t_reached"])
+        _stop_if_out_of_time(traj, args, "alpha")
     resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end,
                 "method": traj.meta["method"]}
-    traj.meta.update(info, values=merge_values(args.values, resolved), analysis=_committee_analysis(traj))
+    analysis = _committee_analysis(traj)
+    traj.meta.update(info, values=merge_values(args.values, resolved), analysis=analysis)
     path = traj.save(args.out)
-    st = traj.stats
     print(f"{path}: T = {len(traj)}, K = {init.K}, M = {init.M}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
-          f"{st['nsteps']} steps, nfev {st['nfev']}, njev {st['njev']}, solve {st['solve_seconds']:.2f} s "
-          f"(compile {st['compile_seconds']:.2f} s, {'cached' if st['from_cache'] else 'generated'})")
-    for line in _committee_analysis(traj)["summary"]:
+          + _solver_summary(traj.stats))
+    for line in analysis["summary"]:
         print("  " + line)
     return [(path, resolved)]
 
@@ -234,19 +238,15 @@ def _cmd_solve_finite_width(args):
     with keep_partial(args.out, info):
         traj = solve_finite_width(args.sigma, args.phi, init, args.eps, args.t_end, gamma=gamma,
                                   noise=args.noise or 0.0, backend=args.backend or "auto", kmax=args.kmax,
-                                  points=args.points, t_min=args.t_min, method=args.method or "Radau", rtol=args.rtol,
+                                  points=args.points, t_min=args.t_min, method=args.method, rtol=args.rtol,
                                   atol=args.atol, max_wall=args.max_wall, progress=False if args.quiet else None)
-        if traj.stats["status"] == 2:
-            raise IntegrationError(f"stopped by --max-wall {args.max_wall:g} s at t = {traj.stats['t_reached']:.4g} "
-                                   f"of {args.t_end:g}", partial=traj, t_fail=traj.stats["t_reached"])
+        _stop_if_out_of_time(traj, args)
     resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end,
                 "method": traj.meta["method"]}
     traj.meta.update(info, values=merge_values(args.values, resolved))
     path = traj.save(args.out)
-    st = traj.stats
     print(f"{path}: T = {len(traj)}, m = {init.N}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
-          f"{st['nsteps']} steps, nfev {st['nfev']}, njev {st['njev']}, solve {st['solve_seconds']:.2f} s "
-          f"(compile {st['compile_seconds']:.2f} s, {'cached' if st['from_cache'] else 'generated'})")
+          + _solver_summary(traj.stats))
     return [(path, resolved)]
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import numpy as np
@@ -286,6 +287,7 @@ def integrate_overlaps(model: CommitteeModel, init: CommitteeInit, rates: dict, 
     return traj
 
 
+@functools.lru_cache(maxsize=32)  # one declaration per member: its Hermite expansions are derived once
 def founding_member(sigma, phi, *, backend: str = "auto", kmax: int = 6, gamma: float = 0.0) -> CommitteeModel:
     """The founding model's finite-width network as a committee member: units on the sphere, mean
     output, one teacher direction with link phi (docs/committee.md)."""
@@ -377,16 +379,15 @@ def committee_plateaus(traj, tol: float = 0.02, min_decades: float = 0.5) -> lis
     from .analysis import find_plateaus
 
     risk = np.asarray(traj.risk, float)
-    floor = 1e-14 * max(np.max(np.abs(risk)), 1e-300)
+    top = max(np.max(np.abs(risk)), 1e-300)
     spec = specialisation(traj)
     t = np.asarray(traj.t, float)
     out = []
-    for p in find_plateaus(t, np.log10(np.maximum(risk, floor)), tol=tol, min_decades=min_decades):
+    for p in find_plateaus(t, np.log10(np.maximum(risk, 1e-14 * top)), tol=tol, min_decades=min_decades):
         inside = (t >= p.t_start) & (t <= p.t_end)
-        first = t[t > 0][0]
-        if p.t_start <= first:
+        if p.t_start <= t[t > 0][0]:
             kind = "start"
-        elif np.median(risk[inside]) <= 1e-10 * max(np.max(np.abs(risk)), 1e-300):
+        elif np.median(risk[inside]) <= 1e-10 * top:
             kind = "converged"
         elif np.asarray(traj.R).shape[1] >= 2 and np.median(spec[inside]) < 0.1:
             kind = "symmetric"

@@ -298,7 +298,7 @@ class CommitteeModel:
     # ---- kernels
 
     def _expect2(self, f, g):
-        if self.backend in ("polynomial", "hermite"):
+        if self.backend == "polynomial":
             return polynomial_expectation([f, g], sp.Matrix([[a_sym, c_sym], [c_sym, b_sym]]))
         (Af, sf), (Ag, sg) = _erf_form(f), _erf_form(g)
         return Af * Ag * _I2(sf**2 * a_sym, sg**2 * b_sym, sf * sg * c_sym)

@@ -338,10 +338,10 @@ def check_domain(f):
     smooth = smooth.replace(lambda e: isinstance(e, (sp.Max, sp.Min)), lambda e: e.args[0])
     # a polynomial denominator with a real root is a pole: cheap to find, while SymPy's general
     # singularity search can take minutes on a high-degree denominator
-    denominator = sp.fraction(sp.together(smooth))[1]
+    numerator, denominator = sp.fraction(sp.together(smooth))
     if denominator.has(z) and denominator.is_polynomial(z):
         try:
-            numerator = sp.lambdify(z, sp.fraction(sp.together(smooth))[0], "mpmath")
+            numerator = sp.lambdify(z, numerator, "mpmath")
             poles = [p for p in _real_roots(denominator) if abs(numerator(p)) > 1e-12]  # not removable
         except ExpressionError:
             raise
