@@ -14,6 +14,9 @@ from .config import merge_values
 from .errors import InputError, IntegrationError
 from .io import json_safe
 
+# symbolic.committee.BACKENDS, spelled out so that --help does not import SymPy (a test keeps them equal)
+BACKEND_CHOICES = ("auto", "erf", "polynomial", "relu", "hermite", "quadrature")
+
 
 def add_model_args(p, eps_required=True, eps_help="learning-rate ratio eps > 0"):
     p.add_argument("--sigma", required=True, help="activation, expression in z (e.g. 'relu(z)')")
@@ -32,7 +35,7 @@ def add_solver_args(p):
     p.add_argument("--method", default=None,
                    help="Radau (default), BDF or LSODA: implicit, with the generated Jacobian; RK45 is explicit, "
                         "for comparison only: at small eps (1e-6 and below) it takes millions of steps. "
-                        "Committees with the relu back end default to LSODA")
+                        "Committees with the relu and quadrature back ends default to LSODA")
     p.add_argument("--rtol", type=float, default=1e-8, help="relative tolerance of the solver (default %(default)g)")
     p.add_argument("--atol", type=float, default=1e-10, help="absolute tolerance of the solver (default %(default)g)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -201,6 +204,8 @@ def _committee_analysis(traj) -> dict:
 
 
 def _tail_note(model) -> str:
+    if model.backend == "quadrature":
+        return f" ({model.meta()['accuracy']})"
     if model.backend != "hermite":
         return ""
     t = model.tails()
@@ -596,10 +601,11 @@ def register(sub):
                    help="output scaling of student and teacher: sum (default, Saad-Solla) or mean")
     c.add_argument("--dynamics", default=None, choices=("sgd", "gf"),
                    help="sgd (default: online SGD at the finite rate, eta^2 terms included) or gf (gradient flow)")
-    c.add_argument("--backend", default=None, choices=("auto", "erf", "polynomial", "relu", "hermite"),
+    c.add_argument("--backend", default=None, choices=BACKEND_CHOICES,
                    help="Gaussian expectations: erf closed forms, exact polynomial moments, relu arc-cosine "
                         "kernels and orthant moments, Hermite series to degree --kmax (sphere only, any "
-                        "activation), or auto (default: exact where possible)")
+                        "activation), quadrature (any activation, free or sphere; slower), or auto "
+                        "(default: exact where possible)")
     c.add_argument("--geometry", default=None, choices=("free", "sphere"),
                    help="first-layer weights free (default) or on the unit sphere (renormalised each step)")
     c.add_argument("--gamma", type=float, default=None,
@@ -664,7 +670,7 @@ def register(sub):
     cm.add_argument("--output", dest="output_scaling", default=None, choices=("sum", "mean"),
                     help="output scaling: sum (default) or mean")
     cm.add_argument("--geometry", default=None, choices=("free", "sphere"), help="first-layer weights (default free)")
-    cm.add_argument("--backend", default=None, choices=("auto", "erf", "polynomial", "relu", "hermite"),
+    cm.add_argument("--backend", default=None, choices=BACKEND_CHOICES,
                     help="expectation back end of the risk and of --ode (default auto)")
     cm.add_argument("--scale", type=float, default=None,
                     help="standard deviation of the initial student weights, free geometry (default 0.5)")

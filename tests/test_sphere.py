@@ -192,8 +192,8 @@ def test_committee_sgd_on_the_sphere_follows_the_ode():
 def test_sphere_declaration_errors():
     with pytest.raises(InputError, match="hermite expectation back end needs the sphere"):
         CommitteeModel("relu(z)", "relu(z)", backend="hermite")
-    with pytest.raises(InputError, match="any other activation works on the sphere"):
-        CommitteeModel("tanh(z)", "relu(z)")
+    with pytest.raises(InputError, match="polynomial expectation back end needs"):
+        CommitteeModel("tanh(z)", "relu(z)", backend="polynomial")
     with pytest.raises(InputError, match="relu expectation back end needs sigma and phi of the form"):
         CommitteeModel("relu(z)", "relu(-z)", backend="relu")
     with pytest.raises(InputError, match="kmax"):

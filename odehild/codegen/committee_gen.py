@@ -17,6 +17,7 @@ import sympy as sp
 
 from .. import __version__
 from ..symbolic.committee import C4_SYMS, EDGE_SLOTS, CommitteeModel, MonomialTable, a_sym, b_sym, c_sym
+from .gauss_quadrature import COV4, ENGINE, NESTED, quadrature_constants, quadrature_kernels
 from .numba_gen import HEADER, compile_source, emit_block, scalar_functions_source
 
 PAIR_ARGS = (a_sym, b_sym, c_sym)
@@ -45,7 +46,7 @@ def _kernel_function(model: CommitteeModel, name: str, expr, order: int, diagona
     hess = [(f"h{i}{j}", d(expr, PAIR_ARGS[i], PAIR_ARGS[j])) for i in range(3) for j in range(i, 3)]
     exact, jacobian_only = ([("val", expr)] + grads, hess) if order == 2 else ([("val", expr)], grads)
     names = [t for t, _ in exact + jacobian_only]
-    head = f"@njit(cache=True)\ndef {name}(a, b, c):\n"
+    head = f"@njit(cache=True)\ndef {name}(a, b, c, want=True):\n"
     tail = f"    return ({', '.join(names)})\n"
     if diagonal is None:
         return head + emit_block(exact + jacobian_only, 4, "x" + name) + "\n" + tail
@@ -103,7 +104,7 @@ def _relu_four_point_source() -> str:
     u, w = _gauss_legendre_panels([0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.4, 1.0], 8)
     nodes = (f"GL_U = np.array([{', '.join(repr(float(x)) for x in u)}])\n"
              f"GL_W = np.array([{', '.join(repr(float(x)) for x in w)}])\n\n\n")
-    return nodes + RELU_ORTHANT + RELU_FOUR_POINT
+    return nodes + RELU_ORTHANT + COV4 + RELU_FOUR_POINT
 
 
 RELU_ORTHANT = '''@njit(cache=True)
@@ -220,13 +221,7 @@ def relu_four_point(cv, pw0, pref, want_grad):
     (c_pq = c_pp = c_qq exactly, as the assembly passes it) is merged first: the product of its
     factors is one factor, and its entries' derivative goes to the first of them (they share a
     state slot)."""
-    C = np.empty((4, 4))
-    e = 0
-    for p in range(4):
-        for q in range(p, 4):
-            C[p, q] = cv[e]
-            C[q, p] = cv[e]
-            e += 1
+    C = cov4(cv)
     rep = np.arange(4)
     for q in range(1, 4):
         for p in range(q):
@@ -383,12 +378,13 @@ def risk_grad_hess(y, K, M, T, A, c, ct, want_hess, g, H):
     """Noise-free risk L = (1/2) E[(y* - yhat)^2] at the packed state y; fills its gradient g and
     (if want_hess) its Hessian H in the packed coordinates (upper-triangle Q entries as variables)."""
     C, S = fields(y, K, M, T)
-    return _risk(C, S, y, K, M, T, A, c, ct, want_hess, g, H)
+    return _risk(C, S, y, K, M, T, A, c, ct, want_hess, g, H, True)
 
 
 @njit(cache=True)
-def _risk(C, S, y, K, M, T, A, c, ct, want_hess, g, H):
-    """risk_grad_hess on the fields' covariance C and slots S already built."""
+def _risk(C, S, y, K, M, T, A, c, ct, want_hess, g, H, want_value):
+    """risk_grad_hess on the fields' covariance C and slots S already built; without want_value the
+    returned value leaves out the constant teacher term."""
     voff = y.size - K
     g[:] = 0.0
     if want_hess:
@@ -396,20 +392,22 @@ def _risk(C, S, y, K, M, T, A, c, ct, want_hess, g, H):
     L = 0.0
     for i in range(K):
         vi = y[voff + i]
-        for k in range(K):
+        # the (i, k) and (k, i) terms are equal: each unordered pair once
+        for k in range(i, K):
             vk = y[voff + k]
-            out = P_ss(C[i, i], C[k, k], C[i, k])
-            w = 0.5 * c * c
+            out = P_ss(C[i, i], C[k, k], C[i, k], want_hess)
+            w = 0.5 * c * c * (1.0 if k == i else 2.0)
             L += w * vi * vk * out[0]
             _scatter_pair(out, (S[i, i], S[k, k], S[i, k]), w, g, H, want_hess, voff + i, vi, voff + k, vk)
         for m in range(M):
-            out = P_sp(C[i, i], C[K + m, K + m], C[i, K + m])
+            out = P_sp(C[i, i], C[K + m, K + m], C[i, K + m], want_hess)
             w = -c * ct * A[m]
             L += w * vi * out[0]
             _scatter_pair(out, (S[i, i], -1, S[i, K + m]), w, g, H, want_hess, voff + i, vi, -1, 1.0)
-    for n1 in range(M):
-        for n2 in range(M):
-            L += 0.5 * ct * ct * A[n1] * A[n2] * P_pp(T[n1, n1], T[n2, n2], T[n1, n2])[0]
+    if want_value:  # the teacher's own term is constant: the flow does not need it
+        for n1 in range(M):
+            for n2 in range(M):
+                L += 0.5 * ct * ct * A[n1] * A[n2] * P_pp(T[n1, n1], T[n2, n2], T[n1, n2], False)[0]
     return L
 
 
@@ -468,7 +466,7 @@ def sgd_term(y, K, M, T, A, c, ct, noise2, i, k, C, S, want_jac, dW):
                 if j < K:
                     dW[voff + j] += -c * m * coef[l] * out[0]
     if noise2 > 0.0:
-        out = J2(C[i, i], C[k, k], C[i, k])
+        out = J2(C[i, i], C[k, k], C[i, k], want_jac)
         W += noise2 * out[0]
         if want_jac:
             sl = (S[i, i], S[k, k], S[i, k])
@@ -490,7 +488,7 @@ def rhs_jac(y, K, M, T, A, lr, lr2, lr_sq, noise2, c, ct, sphere, want_jac, dy, 
     g = np.empty(n)
     H = np.empty((n, n)) if want_jac else np.empty((1, 1))
     C, S = fields(y, K, M, T)
-    _risk(C, S, y, K, M, T, A, c, ct, want_jac, g, H)
+    _risk(C, S, y, K, M, T, A, c, ct, want_jac, g, H, False)
     dy[:] = 0.0
     if want_jac:
         J[:, :] = 0.0
@@ -658,6 +656,14 @@ def risk_series(Y, K, M, T, A, c, ct):
 
 def committee_source(model: CommitteeModel) -> str:
     parts = [HEADER.format(version=__version__, kind=model.kind, key=model.cache_key())]
+    from ..symbolic.parse import z
+
+    functions = {"sigma": model.sigma_expr, "dsigma": model.dsigma_expr, "phi": model.phi_expr}
+    if model.backend == "quadrature":
+        parts += [quadrature_constants(model.pieces), COV4, ENGINE.format(nested=NESTED),
+                  quadrature_kernels(model.four_point_kernels),
+                  scalar_functions_source({**functions, "dphi": sp.diff(model.phi_expr, z)}), ASSEMBLY]
+        return "\n\n".join(parts)
     diagonals = model.pair_diagonals or {}
     for name, expr in model.pair_kernels.items():
         parts.append(_kernel_function(model, f"P_{name}", expr, 2, diagonals.get(name)))
@@ -673,16 +679,14 @@ def committee_source(model: CommitteeModel) -> str:
         else:
             parts.append(_four_point_function(f"E4_{name}", expr))
     parts.append(_kernel_function(model, "J2", model.J2_kernel, 1, diagonals.get("J2")))
-    from ..symbolic.parse import z
-
-    parts.append(scalar_functions_source({"sigma": model.sigma_expr, "dsigma": sp.diff(model.sigma_expr, z),
-                                          "phi": model.phi_expr}))
+    parts.append(scalar_functions_source(functions))
     parts.append(ASSEMBLY)
     return "\n\n".join(parts)
 
 
 # entries made by another version of this template are rebuilt, not trusted
-TEMPLATE_SHA = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8]
+TEMPLATE_SHA = hashlib.sha256(Path(__file__).read_bytes()
+                              + (Path(__file__).parent / "gauss_quadrature.py").read_bytes()).hexdigest()[:8]
 
 
 def compile_committee(model: CommitteeModel):

@@ -187,7 +187,11 @@ def solve_committee(model: CommitteeModel, init: CommitteeInit, t_end: float = 1
     with a teacher unit the overlap chart is singular (the relu kernels' second derivatives grow like
     1/sqrt(1 - rho^2)), Radau's Newton iterations stall there (K = M = 2, lr = 0.5: 10513 steps in 47 s
     to alpha = 157), while LSODA, which drops the Jacobian once the problem is not stiff, reaches
-    alpha = 1000 in 885 steps, 0.3 s.
+    alpha = 1000 in 885 steps, 0.3 s. The quadrature back end also defaults to LSODA: its Jacobian
+    leaves out the SGD term's dependence on the overlaps, and its right-hand side is smooth only to
+    the quadrature's accuracy (about 1e-12), which Radau's error control resolves with tiny steps
+    once the risk is that small (erf, K = M = 2, lr = 0.5: LSODA reaches alpha = 1000 in 7 s; Radau
+    had not in 12 minutes).
     """
     if not isinstance(model, CommitteeModel):
         raise InputError(f"model must be a CommitteeModel, got {type(model).__name__}")
@@ -221,7 +225,7 @@ def integrate_overlaps(model: CommitteeModel, init: CommitteeInit, rates: dict, 
     c, ct; see ``rhs_jac``), already checked by the caller."""
     K, M = _check_init(model, init)
     if method is None:
-        method = "LSODA" if model.backend == "relu" else "Radau"
+        method = "LSODA" if model.backend in ("relu", "quadrature") else "Radau"
     t_end = positive_float("t_end", t_end)
     rtol, atol = check_tolerances(rtol, atol)
     if method not in METHODS:

@@ -41,15 +41,18 @@ import numpy as np
 import sympy as sp
 
 from ..errors import ExpressionError, InputError
-from .hermite import hermite
+from .hermite import hermite, kink_points
 from .kernels import _erf_scale
 from .parse import parse_expression, z
 
 OUTPUTS = ("sum", "mean")
 DYNAMICS = ("sgd", "gf")
-BACKENDS = ("auto", "erf", "polynomial", "relu", "hermite")
+BACKENDS = ("auto", "erf", "polynomial", "relu", "hermite", "quadrature")
 GEOMETRIES = ("free", "sphere")
-COMMITTEE_FORMAT = 2  # bump when the generated committee code changes shape
+COMMITTEE_FORMAT = 3  # bump when the generated committee code changes shape
+# measured in tests/test_quadrature.py (docs/committee.md)
+QUADRATURE_ACCURACY = ("nested Gauss quadrature split at the kinks: pair kernels and J2 to 1e-9 relative, "
+                       "the SGD term's four-point kernels to 5e-5 (4e-4 where two fields nearly coincide)")
 
 # covariance symbols: two-point kernels take (var u, var w, cov); four-point kernels the upper
 # triangle of a 4x4 covariance, row-major
@@ -121,6 +124,21 @@ def _relu_form(f):
     if not scale.is_number or not scale.is_positive:
         return None
     return amp * scale
+
+
+def _vanishes(f, lo, hi) -> bool:
+    """Whether f is identically 0 on (lo, hi) (None: unbounded), judged at four irregular points: the
+    functions of the grammar are analytic between their kinks, so a zero at four points is a zero
+    on the whole interval."""
+    if lo is None and hi is None:
+        points = [-2.3173, -0.4129, 0.7741, 1.9057]
+    elif lo is None:
+        points = [hi - d for d in (0.0371, 0.4129, 1.2917, 3.7043)]
+    elif hi is None:
+        points = [lo + d for d in (0.0371, 0.4129, 1.2917, 3.7043)]
+    else:
+        points = [lo + (hi - lo) * u for u in (0.1373, 0.4129, 0.6211, 0.8617)]
+    return all(f.subs(z, sp.Rational(str(round(x, 9)))).is_zero for x in points)
 
 
 def _arc_cosine(A, B, C):
@@ -233,8 +251,10 @@ class CommitteeModel:
         object.__setattr__(self, "sigma", str(self.sigma))
         object.__setattr__(self, "phi", str(self.phi))
         object.__setattr__(self, "backend", self._resolve_backend())
-        if self.backend == "hermite":
-            self.expansions  # noqa: B018 -- refuse a sigma without a derivative at declaration
+        if self.backend in ("hermite", "quadrature"):
+            self.dsigma_expr  # noqa: B018 -- refuse a sigma without a derivative at declaration
+        if self.backend == "quadrature":
+            self.pieces  # noqa: B018 -- and a phi without one
 
     @functools.cached_property
     def sigma_expr(self) -> sp.Expr:
@@ -244,12 +264,21 @@ class CommitteeModel:
     def phi_expr(self) -> sp.Expr:
         return parse_expression(self.phi)
 
+    @functools.cached_property
+    def dsigma_expr(self) -> sp.Expr:
+        ds = sp.diff(self.sigma_expr, z)
+        if ds.has(sp.DiracDelta):
+            raise ExpressionError(f"sigma = {self.sigma} has a jump: sigma' is not a function, and online SGD "
+                                  "and the flow need it")
+        return ds
+
     def _resolve_backend(self) -> str:
         s, p = self.sigma_expr, self.phi_expr
         sphere = self.geometry == "sphere"
         usable = {"erf": _erf_form(s) is not None and _erf_form(p) is not None,
                   "polynomial": s.is_polynomial(z) and p.is_polynomial(z),
-                  "relu": _relu_form(s) is not None and _relu_form(p) is not None, "hermite": sphere}
+                  "relu": _relu_form(s) is not None and _relu_form(p) is not None, "hermite": sphere,
+                  "quadrature": True}
         needs = {"erf": "sigma and phi of the form A*erf(b*z)", "polynomial": "polynomial sigma and phi",
                  "relu": "sigma and phi of the form A*relu(b*z), b > 0",
                  "hermite": "the sphere geometry (unit variances), --geometry sphere"}
@@ -258,23 +287,19 @@ class CommitteeModel:
                 raise InputError(f"the {self.backend} expectation back end needs {needs[self.backend]}; "
                                  f"got sigma = {self.sigma}, phi = {self.phi}, geometry = {self.geometry}")
             return self.backend
-        for name in ("polynomial", "erf", "relu", "hermite"):
+        for name in ("polynomial", "erf", "relu"):
             if usable[name]:
                 return name
-        raise InputError(f"no expectation back end for sigma = {self.sigma}, phi = {self.phi} with free first-layer "
-                         "weights: the free geometry supports sigma and phi both polynomial, both of the form "
-                         "A*erf(b*z) or both of the form A*relu(b*z); any other activation works on the sphere "
-                         "(--geometry sphere, Hermite series)")
+        # the Hermite series of a kinked sigma' converges slowly in the SGD term (series_warning)
+        smooth = not kink_points(self.sigma_expr) and not kink_points(sp.diff(self.sigma_expr, z))
+        return "hermite" if sphere and smooth else "quadrature"
 
     # ---- Hermite back end
 
     @functools.cached_property
     def expansions(self) -> dict:
         """Hermite expansions of sigma (to kmax), sigma' (to kmax - 1) and phi (to kmax)."""
-        ds = sp.diff(self.sigma_expr, z)
-        if ds.has(sp.DiracDelta):
-            raise ExpressionError(f"sigma = {self.sigma} has a jump: sigma' is not a function, and online SGD "
-                                  "and the flow need it")
+        ds = self.dsigma_expr
         out = {"sigma": hermite(self.sigma_expr, self.kmax), "phi": hermite(self.phi_expr, self.kmax)}
         out["dsigma"] = hermite(ds, self.kmax - 1) if self.kmax > 1 else None
         return out
@@ -295,6 +320,29 @@ class CommitteeModel:
                 "than that tail suggests (relu' at kmax 6 and 10: 19% and 15% low on E[relu'(x)^2 relu(y) relu(w)]); "
                 "prefer a smooth activation, the relu back end for relu, or --dynamics gf")
 
+    # ---- quadrature back end
+
+    def _symbolic_kernels(self):
+        if self.backend == "quadrature":
+            raise InputError("the quadrature back end has no symbolic pair kernels: the generated code integrates them")
+
+    @functools.cached_property
+    def pieces(self) -> dict:
+        """For sigma', sigma and phi (the functions the quadrature back end integrates), the points
+        where the function or its derivative has a kink or jump, and for each interval between them
+        whether the function vanishes there identically (relu below 0): the quadrature splits its
+        panels at the points and skips those intervals."""
+        dphi = sp.diff(self.phi_expr, z)
+        if dphi.has(sp.DiracDelta):
+            raise ExpressionError(f"phi = {self.phi} has a jump: the flow needs phi' under the quadrature back end")
+        out = {}
+        for name, f, df in (("dsigma", self.dsigma_expr, sp.diff(self.dsigma_expr, z)),
+                            ("sigma", self.sigma_expr, self.dsigma_expr), ("phi", self.phi_expr, dphi)):
+            points = sorted(set(kink_points(f)) | set(p for p in kink_points(df.replace(
+                lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.Integer(0)))))
+            out[name] = (points, [_vanishes(f, lo, hi) for lo, hi in zip([None] + points, points + [None])])
+        return out
+
     # ---- kernels
 
     def _expect2(self, f, g):
@@ -306,6 +354,7 @@ class CommitteeModel:
     @functools.cached_property
     def pair_kernels(self) -> dict:
         """P_ss, P_sp, P_pp as functions of (a, b, c)."""
+        self._symbolic_kernels()
         if self.backend == "hermite":
             # on the sphere only the correlation varies: sum_k c_k(f) c_k(g) c^k
             cs, cp = self.expansions["sigma"].coefficients, self.expansions["phi"].coefficients
@@ -344,6 +393,7 @@ class CommitteeModel:
     @functools.cached_property
     def J2_kernel(self) -> sp.Expr:
         """E[sigma'(u) sigma'(w)] as a function of (a, b, c)."""
+        self._symbolic_kernels()
         s = self.sigma_expr
         if self.backend == "hermite":
             cd = self.expansions["dsigma"].coefficients if self.kmax > 1 else [0.0]
@@ -364,6 +414,8 @@ class CommitteeModel:
         s, p = self.sigma_expr, self.phi_expr
         C = _cov4()
         out = {}
+        if self.backend == "quadrature":  # which functions f, g (act codes: 1 sigma, 2 phi) codegen integrates
+            return {"ss": (1, 1), "sp": (1, 2), "pp": (2, 2)}
         if self.backend == "relu":
             # prefactors of x3 x4 over the positive orthant (codegen evaluates that expectation)
             al, be = _relu_form(s), _relu_form(p)
@@ -389,6 +441,8 @@ class CommitteeModel:
     def meta(self) -> dict:
         extra = ({"kmax": self.kmax, "tails": self.tails(), "caution": self.series_warning()}
                  if self.backend == "hermite" else {})
+        if self.backend == "quadrature":
+            extra = {"accuracy": QUADRATURE_ACCURACY}
         return {"model": self.kind, "sigma": self.sigma, "phi": self.phi, "output": self.output,
                 "dynamics": self.dynamics, "backend": self.backend, "geometry": self.geometry, **extra,
                 "time": "alpha = steps/d (Goldt et al.); SGD learning rate lr/sqrt(d) on the first layer"
