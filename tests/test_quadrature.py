@@ -176,3 +176,25 @@ def test_command_line_relu_against_erf(tmp_path, monkeypatch, capsys):
     traj = CommitteeTrajectory.load("r.npz")
     assert traj.meta["backend"] == "quadrature" and traj.meta["method"] == "LSODA"
     assert np.allclose(traj.R[-1][:, 0], traj.R[-1][:, 1], atol=1e-3)  # unspecialised: R_i1 = R_i2
+
+
+@pytest.mark.slow
+def test_relu_against_erf_sgd_follows_its_ode_and_not_the_gradient_flow():
+    """Online SGD of the real network (the simulator does not use the kernels), K = M = 2, lr = 1,
+    from a start partly aligned with the teacher: relu against erf has no exact back end."""
+    from odehild.simulate.committee import committee_distance, simulate_committee
+    from odehild.solve.committee import random_weights
+
+    model, flow = CommitteeModel("relu(z)", ERF), CommitteeModel("relu(z)", ERF, dynamics="gf")
+    dist, gf = {}, {}
+    for d in (500, 2000):
+        dist[d], gf[d] = [], []
+        for seed in range(2):
+            W, Ws = random_weights(2, 2, d, scale=0.5, seed=seed)
+            sim = simulate_committee(model, 2, 2, d, lr=1.0, alpha_end=20, points=30, seed=seed,
+                                     weights=(W + 0.3 * Ws, Ws))
+            for m, out in ((model, dist[d]), (flow, gf[d])):
+                out.append(committee_distance(solve_committee(m, sim.init, 20, lr=1.0, t_eval=sim.t), sim)["risk_sup"])
+    print({d: (np.mean(dist[d]), np.mean(gf[d])) for d in dist})
+    assert np.mean(dist[2000]) < 0.7 * np.mean(dist[500]) and np.mean(dist[2000]) < 0.02
+    assert np.mean(gf[2000]) > 5 * np.mean(dist[2000])
