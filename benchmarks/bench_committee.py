@@ -15,9 +15,8 @@ import time
 import numpy as np
 from numba import njit
 
-from odehild.codegen.committee_gen import compile_committee
-from odehild.solve.committee import CommitteeInit, pack, solve_committee, unpack
-from odehild.symbolic.committee import CommitteeModel
+from odehild.codegen import compile_model
+from odehild.models.committee import CommitteeInit, CommitteeModel, pack, solve_committee, unpack
 
 ERF = "erf(z/sqrt(2))"
 
@@ -55,7 +54,7 @@ def sphere_start(K, seed=0):
 
 def main(quick=False):
     model = CommitteeModel(ERF, ERF)
-    compiled = compile_committee(model)
+    compiled = compile_model(model)
     alpha_end, grid = 1000.0, np.arange(0, 1001, 10.0)
     print("| K = M | method | wall (s) | sup error of Q, R | ratio of Euler's wall to odehild's |")
     print("|---|---|---|---|---|")
@@ -85,11 +84,11 @@ def main(quick=False):
     print("| K = M | erf closed forms | polynomial (Wick) | relu (orthant moments) | Hermite series, sphere, "
           "tanh, kmax = 6 | quadrature, erf | quadrature, tanh |")
     print("|---|---|---|---|---|---|---|")
-    poly = compile_committee(CommitteeModel("z + 0.3*z**3", "z + 0.3*z**3"))
-    relu = compile_committee(CommitteeModel("relu(z)", "relu(z)"))
-    herm = compile_committee(CommitteeModel("tanh(z)", "tanh(z)", geometry="sphere", kmax=6))
-    quad_erf = compile_committee(CommitteeModel(ERF, ERF, backend="quadrature"))
-    quad_tanh = compile_committee(CommitteeModel("tanh(z)", "tanh(z)"))
+    poly = compile_model(CommitteeModel("z + 0.3*z**3", "z + 0.3*z**3"))
+    relu = compile_model(CommitteeModel("relu(z)", "relu(z)"))
+    herm = compile_model(CommitteeModel("tanh(z)", "tanh(z)", geometry="sphere", kmax=6))
+    quad_erf = compile_model(CommitteeModel(ERF, ERF, backend="quadrature"))
+    quad_tanh = compile_model(CommitteeModel("tanh(z)", "tanh(z)"))
     for K in (2, 4, 8, 12, 20):
         init = start(K)
         on_sphere = sphere_start(K)

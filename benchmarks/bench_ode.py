@@ -17,7 +17,8 @@ from scipy.integrate import solve_ivp
 from odehild.codegen import compile_model
 from odehild.solve import initial_condition, solve
 from odehild.solve.analysis import learning_times
-from odehild.symbolic.models import MeanFieldModel, a_sym, eps_sym, s_sym
+from odehild.models.meanfield import MeanFieldModel
+from odehild.symbolic.founding import a_sym, eps_sym, s_sym
 
 SIGMA, PHI = "h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)"
 RELU_TANH = ("relu(z)", "tanh(z)")

@@ -30,15 +30,15 @@ COMMITTEE_CASES = [
 
 
 def render_all() -> dict:
-    from odehild.symbolic.models import FiniteWidthModel, MeanFieldModel
-    from odehild.symbolic.render import render_finite_width, render_meanfield
+    from odehild.models.finite_width import FiniteWidthModel
+    from odehild.models.meanfield import MeanFieldModel
+    from odehild.symbolic.render import render_committee, render_finite_width, render_meanfield
 
     out = {}
     for stem, sigma, phi, K in CASES:
         out[f"meanfield_{stem}.md"] = render_meanfield(MeanFieldModel(sigma, phi, K, 1e-4))
         out[f"finite_width_{stem}.md"] = render_finite_width(FiniteWidthModel(sigma, phi, K, 1e-2))
-    from odehild.symbolic.committee import CommitteeModel
-    from odehild.symbolic.render import render_committee
+    from odehild.models.committee import CommitteeModel
 
     for stem, title, kw, founding in COMMITTEE_CASES:
         out[f"committee_{stem}.md"] = render_committee(CommitteeModel(**kw), title, founding)

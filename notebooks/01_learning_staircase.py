@@ -37,7 +37,7 @@ import numpy as np
 from odehild import ResolutionWarning
 from odehild.solve import initial_condition, solve
 from odehild.solve.analysis import learning_times, timescale_sweep
-from odehild.symbolic.models import MeanFieldModel
+from odehild.models.meanfield import MeanFieldModel
 
 QUICK = os.environ.get("CI", "").lower() == "true"
 SIGMA = "h(0,z)+h(1,z)+h(2,z)+h(3,z)"

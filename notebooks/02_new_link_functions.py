@@ -34,7 +34,7 @@ from IPython.display import Markdown, display
 from odehild import hermite
 from odehild.solve import initial_condition, solve
 from odehild.solve.analysis import learning_times
-from odehild.symbolic.models import MeanFieldModel
+from odehild.models.meanfield import MeanFieldModel
 from odehild.symbolic.render import render_meanfield
 
 QUICK = os.environ.get("CI", "").lower() == "true"

@@ -32,7 +32,7 @@ import numpy as np
 from odehild.simulate import online_sgd
 from odehild.simulate.compare import compare, convergence_study, plot_comparison, plot_convergence
 from odehild.solve import initial_condition, solve
-from odehild.symbolic.models import MeanFieldModel
+from odehild.models.meanfield import MeanFieldModel
 
 QUICK = os.environ.get("CI", "").lower() == "true"
 SIGMA, PHI, EPS, T_END = "h(0,z)+h(1,z)+h(2,z)", "h(1,z)+h(2,z)", 0.05, 3.0

@@ -34,9 +34,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from odehild.simulate.committee import committee_distance, simulate_committee
-from odehild.solve.committee import (CommitteeInit, committee_plateaus, solve_committee, solve_finite_width,
-                                     specialisation, specialisation_time)
-from odehild.symbolic.committee import CommitteeModel
+from odehild.models.committee import CommitteeInit, CommitteeModel, solve_committee
+from odehild.solve.committee import committee_plateaus, specialisation, specialisation_time
+from odehild.models.finite_width import solve_finite_width
 
 QUICK = os.environ.get("CI", "").lower() == "true"
 ERF = "erf(z/sqrt(2))"

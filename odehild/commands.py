@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
-from .checks import positive_float
 from .config import merge_values
 from .errors import InputError, IntegrationError
 from .io import json_safe
@@ -103,173 +101,19 @@ def _solver_summary(st: dict) -> str:
 
 
 def _cmd_solve(args):
-    from .solve import solve
-    from .symbolic.models import MeanFieldModel
+    from .models import kind_for_cli
 
     if args.points < 2:
         raise InputError(f"--points must be at least 2, got {args.points}")
-    if args.model == "committee":
-        return _cmd_solve_committee(args)
-    if args.model == "finite-width":
-        return _cmd_solve_finite_width(args)
-    unused = [f for f, v in (("--gamma", args.gamma), ("--lr", args.lr), ("--lr2", args.lr2), ("--noise", args.noise),
-                             ("--output", args.output_scaling), ("--dynamics", args.dynamics),
-                             ("--backend", args.backend), ("--geometry", args.geometry)) if v is not None]
-    if unused:
-        raise InputError(f"{', '.join(unused)} {'belongs' if len(unused) == 1 else 'belong'} to --model committee, "
-                         "not to the mean-field model")
-    if args.eps is None:
-        raise InputError("the mean-field model needs --eps (the learning-rate ratio eps > 0)")
-    args.t_end = 5.0 if args.t_end is None else args.t_end
-    model = MeanFieldModel(args.sigma, args.phi, args.kmax, args.eps)
-    init = init_from_args(args)
-    learn = model.learnability(s0_zero=not init.s0.any())
-    print(learn.summary(), flush=True)  # before integrating: a run that cannot learn says so first
-    info = {"sigma_expr_input": args.sigma, "phi_expr_input": args.phi, "seed": args.seed, "points": args.points}
-    positive_float("--max-wall", args.max_wall)
-    with keep_partial(args.out, info):
-        traj = solve(model, init, args.t_end, points=args.points, t_min=args.t_min,
-                     method=args.method or "Radau", rtol=args.rtol, atol=args.atol, max_wall=args.max_wall,
-                     progress=False if args.quiet else None)
-        _stop_if_out_of_time(traj, args)
-    t_min = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end, "method": traj.meta["method"]}
-    if not args.init:
-        t_min.update(particles=init.N, a0=args.a0 or "normal", nodes=args.nodes or "quadrature")
-    traj.meta.update(info, values=merge_values(args.values, t_min))
-    path = traj.save(args.out)
-    print(f"{path}: T = {len(traj)}, N = {traj.a.shape[1]}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
-          + _solver_summary(traj.stats))
-    if learn.learns_nothing:
-        print(f"note: nothing beyond degree 0 was learnable; the risk ends on the floor {learn.floor:.6g} "
-              "(learnability report above: what to change)")
-    return [(path, t_min)]
-
-
-def _cmd_solve_committee(args):
-    from .solve.committee import CommitteeInit, solve_committee
-    from .symbolic.committee import CommitteeModel
-
-    unused = [f for f, v in (("--eps", args.eps), ("--gamma", args.gamma), ("--particles", args.particles),
-                             ("--a0", args.a0), ("--seed", args.seed), ("--nodes", args.nodes)) if v is not None]
-    if unused:
-        raise InputError(f"{', '.join(unused)} {'belongs' if len(unused) == 1 else 'belong'} to the mean-field model; "
-                         "a committee run takes its "
-                         "initial overlaps from --init IC.npz (Q, R, T, v, A)")
-    if not args.init:
-        raise InputError("--model committee needs --init IC.npz with arrays Q (K, K), R (K, M), T (M, M), v (K,), A (M,)")
-    if args.lr is None:
-        raise InputError("--model committee needs --lr (the first layer's learning rate eta)")
-    model = CommitteeModel(args.sigma, args.phi, output=args.output_scaling or "sum",
-                           dynamics=args.dynamics or "sgd", backend=args.backend or "auto",
-                           geometry=args.geometry or "free", kmax=args.kmax)
-    init = CommitteeInit.load(args.init)
-    args.t_end = 1000.0 if args.t_end is None else args.t_end
-    positive_float("--max-wall", args.max_wall)
-    info = {"sigma_expr_input": args.sigma, "phi_expr_input": args.phi, "points": args.points}
-    print(f"committee: K = {init.K}, M = {init.M}, sigma = {model.sigma}, phi = {model.phi}, {model.output} outputs, "
-          f"{model.geometry} geometry, {model.dynamics}, expectations by the {model.backend} back end"
-          + _tail_note(model), flush=True)
-    with keep_partial(args.out, info):
-        traj = solve_committee(model, init, args.t_end, lr=args.lr, lr2=args.lr2 or 0.0, noise=args.noise or 0.0,
-                               points=args.points, t_min=args.t_min, method=args.method, rtol=args.rtol,
-                               atol=args.atol, max_wall=args.max_wall, progress=False if args.quiet else None)
-        _stop_if_out_of_time(traj, args, "alpha")
-    resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end,
-                "method": traj.meta["method"]}
-    analysis = _committee_analysis(traj)
-    traj.meta.update(info, values=merge_values(args.values, resolved), analysis=analysis)
-    path = traj.save(args.out)
-    print(f"{path}: T = {len(traj)}, K = {init.K}, M = {init.M}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
-          + _solver_summary(traj.stats))
-    for line in analysis["summary"]:
-        print("  " + line)
-    return [(path, resolved)]
-
-
-def _committee_analysis(traj) -> dict:
-    from .solve.committee import committee_plateaus, specialisation_time
-
-    plateaus = committee_plateaus(traj)
-    t_spec = specialisation_time(traj)
-    lines = [f"{p.kind} plateau at risk {p.level:.5g} for alpha in [{p.t_start:.3g}, {p.t_end:.3g}]"
-             for p in plateaus if p.kind in ("symmetric", "other")]
-    lines += [f"converged (risk below 1e-10 of its largest value) from alpha = {p.t_start:.3g}"
-              for p in plateaus if p.kind == "converged"]
-    if np.isfinite(t_spec):
-        lines.append(f"specialisation (student units split among teacher units) at alpha = {t_spec:.4g}")
-    elif t_spec == np.inf:
-        lines.append("no specialisation by the end of the run")
-    return {"plateaus": [dataclasses.asdict(p) for p in plateaus], "specialisation_time": t_spec,
-            "summary": lines}
-
-
-def _tail_note(model) -> str:
-    if model.backend == "quadrature":
-        return f" ({model.meta()['accuracy']})"
-    if model.backend != "hermite":
-        return ""
-    t = model.tails()
-    caution = model.series_warning()
-    return (f" (Hermite series to degree {model.kmax}; squared L2 tails: sigma {t['sigma']:.2g}, "
-            f"sigma' {t['dsigma']:.2g}, phi {t['phi']:.2g})" + (f"\ncaution: {caution}" if caution else ""))
-
-
-def _cmd_solve_finite_width(args):
-    from .io import load_npz
-    from .solve import InitialCondition
-    from .solve.committee import founding_member, solve_finite_width
-
-    unused = [f for f, v in (("--lr", args.lr), ("--lr2", args.lr2), ("--output", args.output_scaling),
-                             ("--dynamics", args.dynamics), ("--geometry", args.geometry),
-                             ("--particles", args.particles), ("--a0", args.a0), ("--seed", args.seed),
-                             ("--nodes", args.nodes)) if v is not None]
-    if unused:
-        raise InputError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --model finite-width "
-                         "(the founding model's m neurons on the sphere, mean output; rates eps and gamma)")
-    if args.eps is None:
-        raise InputError("--model finite-width needs --eps (the learning-rate ratio eps > 0)")
-    if not args.init:
-        raise InputError("--model finite-width needs --init IC.npz with arrays a0 (m,), s0 (m,) and r0 (m, m)")
-    arrays, _ = load_npz(args.init, required=("a0", "s0", "r0"))
-    init = InitialCondition(arrays["a0"], arrays["s0"], None, arrays["r0"], description=f"from {args.init}")
-    gamma = args.gamma or 0.0
-    model = founding_member(args.sigma, args.phi, backend=args.backend or "auto", kmax=args.kmax, gamma=gamma)
-    args.t_end = 5.0 if args.t_end is None else args.t_end
-    positive_float("--max-wall", args.max_wall)
-    info = {"sigma_expr_input": args.sigma, "phi_expr_input": args.phi, "points": args.points}
-    print(f"finite width: m = {init.N}, sigma = {model.sigma}, phi = {model.phi}, eps = {args.eps:g}, gamma = {gamma:g}"
-          f" ({'online SGD, d -> infinity at fixed gamma = lr d' if gamma else 'population gradient flow'}), "
-          f"expectations by the {model.backend} back end" + _tail_note(model), flush=True)
-    with keep_partial(args.out, info):
-        traj = solve_finite_width(args.sigma, args.phi, init, args.eps, args.t_end, gamma=gamma,
-                                  noise=args.noise or 0.0, backend=args.backend or "auto", kmax=args.kmax,
-                                  points=args.points, t_min=args.t_min, method=args.method, rtol=args.rtol,
-                                  atol=args.atol, max_wall=args.max_wall, progress=False if args.quiet else None)
-        _stop_if_out_of_time(traj, args)
-    resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end,
-                "method": traj.meta["method"]}
-    traj.meta.update(info, values=merge_values(args.values, resolved))
-    path = traj.save(args.out)
-    print(f"{path}: T = {len(traj)}, m = {init.N}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
-          + _solver_summary(traj.stats))
-    return [(path, resolved)]
+    return kind_for_cli(args.model).solve_command(args)
 
 
 def _cmd_plot(args):
     from .io import load_npz
-    from .solve import Trajectory
-    from .solve.plot import plot_trajectory
+    from .models import kind_of_result
 
     _, meta = load_npz(args.traj)
-    if meta.get("model") == "committee":
-        from .solve.committee import CommitteeTrajectory
-        from .solve.plot import plot_committee
-
-        plot_committee(CommitteeTrajectory.load(args.traj), args.output)
-        print(f"wrote {args.output}")
-        return [(args.output, {})]
-    traj = Trajectory.load(args.traj)
-    plot_trajectory(traj, args.output)
+    kind_of_result(meta).plot(args.traj, args.output)
     print(f"wrote {args.output}")
     return [(args.output, {})]
 
@@ -280,7 +124,7 @@ def _cmd_timescales(args):
     from .errors import ResolutionWarning
     from .solve import initial_condition
     from .solve.analysis import predicted_exponent, timescale_sweep
-    from .symbolic.models import MeanFieldModel
+    from .models.meanfield import MeanFieldModel
 
     eps_list = args.eps_list
     if len(eps_list) < 2:
@@ -355,7 +199,7 @@ def _cmd_timescales(args):
 
 
 def _committee_from_args(args, dynamics):
-    from .symbolic.committee import CommitteeModel
+    from .models.committee import CommitteeModel
 
     return CommitteeModel(args.sigma, args.phi, output=args.output_scaling or "sum", dynamics=dynamics,
                           backend=args.backend or "auto", geometry=args.geometry or "free", kmax=args.kmax)
@@ -363,7 +207,7 @@ def _committee_from_args(args, dynamics):
 
 def _cmd_simulate_committee(args):
     from .simulate.committee import committee_distance, simulate_committee
-    from .solve.committee import solve_committee
+    from .models.committee import solve_committee
 
     unused = [f for f, v in (("--eps", args.eps), ("--batch", args.batch), ("--samples", args.samples),
                              ("--steps", args.steps)) if v is not None]
@@ -412,7 +256,7 @@ def _finite_width_odes(args, written, t_end):
     run's gamma = lr d / batch (0 for population gradient flow)."""
     from .simulate import Simulation
     from .solve import InitialCondition
-    from .solve.committee import solve_finite_width
+    from .models.finite_width import solve_finite_width
 
     if args.algo == "gd":
         raise InputError("--model finite-width --ode describes online SGD and gradient flow, not batch GD on "
@@ -485,7 +329,7 @@ def _cmd_simulate(args):
         return written + _finite_width_odes(args, written, t_end)
     if args.ode:
         from .solve import initial_condition, solve
-        from .symbolic.models import MeanFieldModel
+        from .models.meanfield import MeanFieldModel
 
         model = MeanFieldModel(args.sigma, args.phi, args.kmax, args.eps)
         traj = solve(model, initial_condition(args.particles), t_end, progress=False if args.quiet else None)
@@ -499,12 +343,11 @@ def _cmd_simulate(args):
 
 
 def _cmd_compare(args):
-    from .io import write_text_atomic
+    from .io import load_npz, write_text_atomic
     from .simulate import Simulation
     from .simulate.compare import compare, plot_comparison
     from .solve import Trajectory
 
-    from .io import load_npz
 
     if load_npz(args.traj)[1].get("model") == "committee":
         return _compare_committee(args)
@@ -533,7 +376,7 @@ def _cmd_compare(args):
 def _compare_committee(args):
     from .io import write_text_atomic
     from .simulate.committee import CommitteeSimulation, committee_distance, plot_committee_comparison
-    from .solve.committee import CommitteeTrajectory
+    from .models.committee import CommitteeTrajectory
 
     traj = CommitteeTrajectory.load(args.traj)
     sims = []
@@ -576,9 +419,15 @@ def _cmd_demo(args):
     return [(args.out, {})]
 
 
+def model_kinds() -> list:
+    from .models import cli_names
+
+    return cli_names()
+
+
 def register(sub):
     s = sub.add_parser("solve", help="integrate the mean-field dynamics, or a committee machine's overlaps")
-    s.add_argument("--model", default="meanfield", choices=("meanfield", "committee", "finite-width"),
+    s.add_argument("--model", default="meanfield", choices=model_kinds(),
                    help="meanfield (default): the founding model's particles; committee: K-unit student, "
                         "M-unit teacher, online SGD at a finite learning rate (see --lr); finite-width: the "
                         "founding model's m neurons (--init with a0, s0, r0), at SGD rate --gamma")

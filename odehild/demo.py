@@ -64,7 +64,7 @@ def run_demo(args):
     from .solve import initial_condition, solve
     from .solve.analysis import timescale_sweep
     from .solve.plot import plot_sweep, plot_trajectory
-    from .symbolic.models import MeanFieldModel
+    from .models.meanfield import MeanFieldModel
     from .symbolic.render import render_meanfield
 
     quick, quiet = args.quick, args.quiet

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
 import json, sys, time
 import numpy as np
-from odehild.symbolic.models import MeanFieldModel
+from odehild.models.meanfield import MeanFieldModel
 from odehild.codegen import compile_model
 t0 = time.perf_counter()
 m = MeanFieldModel([0.3, 1, 0.5], [0, 1, 0.7], K=2, eps=1e-3)

@@ -9,9 +9,9 @@ import pytest
 from scipy import special
 
 from odehild import InputError
-from odehild.codegen.committee_gen import compile_committee
-from odehild.solve.committee import CommitteeInit, overlaps, pack, solve_committee
-from odehild.symbolic.committee import CommitteeModel, convert_time
+from odehild.codegen import compile_model
+from odehild.models.committee import CommitteeInit, CommitteeModel, overlaps, pack, solve_committee
+from odehild.symbolic.committee import convert_time
 
 ERF = "erf(z/sqrt(2))"
 POLY_SIGMA, POLY_PHI = "z + 0.3*z**2 - 0.2*z**3", "z**2 - 0.5*z"
@@ -49,7 +49,7 @@ def upper(C):
 
 @pytest.mark.parametrize("nearly_singular", [False, True])
 def test_erf_kernels_against_monte_carlo(rng, nearly_singular):
-    cm = compile_committee(CommitteeModel(ERF, ERF))
+    cm = compile_model(CommitteeModel(ERF, ERF))
     for _ in range(2):
         C = random_cov(rng, 4, nearly_singular)
         for value, fns in (
@@ -75,7 +75,7 @@ def _gauss_hermite_4d(C, fns, nodes=24):
 
 def test_erf_closed_forms_against_quadrature(rng):
     # the four-point closed form: public code has shipped closed forms off by a factor
-    cm = compile_committee(CommitteeModel(ERF, ERF))
+    cm = compile_model(CommitteeModel(ERF, ERF))
     for _ in range(3):
         C = 0.5 * random_cov(rng, 4)
         assert cm.E4_ss(*upper(C))[0] == pytest.approx(_gauss_hermite_4d(C, [dg, dg, g, g]), abs=1e-8)
@@ -86,7 +86,7 @@ def test_erf_closed_forms_against_quadrature(rng):
 def test_scaled_erf_and_polynomial_kernels_against_monte_carlo(rng):
     for sigma, phi in (("2*erf(z)", "erf(3*z)"), (POLY_SIGMA, POLY_PHI)):
         model = CommitteeModel(sigma, phi)
-        cm = compile_committee(model)
+        cm = compile_model(model)
         import sympy as sp
 
         from odehild.symbolic.parse import parse_expression, z
@@ -104,7 +104,7 @@ def test_scaled_erf_and_polynomial_kernels_against_monte_carlo(rng):
 def test_polynomial_kernel_on_the_sphere_equals_the_hermite_series():
     from odehild import hermite
 
-    cm = compile_committee(CommitteeModel(POLY_SIGMA, POLY_PHI))
+    cm = compile_model(CommitteeModel(POLY_SIGMA, POLY_PHI))
     hs, hp = hermite(POLY_SIGMA, 3), hermite(POLY_PHI, 3)
     for c in (-0.7, 0.1, 0.55, 1.0):
         series = sum(hs.coefficients[k] * hp.coefficients[k] * c**k for k in range(4))
@@ -161,7 +161,7 @@ def test_drift_equals_monte_carlo_of_the_sgd_increments(rng, sigma, phi, output)
     the noise, dv = eta_v c E[sigma_i e], estimated from 2e6 samples of the fields."""
     K, M, lr, lr2, noise = 3, 2, 0.7, 0.3, 0.2
     model = CommitteeModel(sigma, phi, output=output)
-    cm = compile_committee(model)
+    cm = compile_model(model)
     init = random_state(rng, K, M)
     c, ct = (1.0, 1.0) if output == "sum" else (1 / K, 1 / M)
     y = pack(init)
@@ -187,7 +187,7 @@ def test_drift_equals_monte_carlo_of_the_sgd_increments(rng, sigma, phi, output)
 
 @pytest.mark.parametrize("backend_case", [(ERF, ERF), (POLY_SIGMA, POLY_PHI), ("relu(z)", "relu(z)")])
 def test_jacobian_against_finite_differences(rng, backend_case):
-    cm = compile_committee(CommitteeModel(*backend_case))
+    cm = compile_model(CommitteeModel(*backend_case))
     K, M = 3, 2
     init = random_state(rng, K, M)
     y = pack(init)
@@ -200,7 +200,7 @@ def test_gradient_flow_is_the_small_rate_limit_of_sgd(rng):
     init = random_state(rng, K, M)
     y = pack(init)
     n = y.size
-    gf, sgd = compile_committee(CommitteeModel(ERF, ERF, dynamics="gf")), compile_committee(CommitteeModel(ERF, ERF))
+    gf, sgd = compile_model(CommitteeModel(ERF, ERF, dynamics="gf")), compile_model(CommitteeModel(ERF, ERF))
     ref = np.empty(n)
     gf.rhs_jac(y, K, M, init.T, init.A, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, False, False, ref, np.empty((1, 1)))
     gaps = []
@@ -301,7 +301,7 @@ def test_online_sgd_converges_to_the_ode_as_d_grows():
 
 def test_command_line_solve_and_plot(tmp_path, monkeypatch, capsys):
     from odehild.cli import main
-    from odehild.solve.committee import CommitteeTrajectory
+    from odehild.models.committee import CommitteeTrajectory
 
     monkeypatch.chdir(tmp_path)
     CommitteeInit(0.2 * np.eye(2), 1e-3 * np.array([[1.0, -0.5], [0.3, 0.8]]), np.eye(2), np.ones(2),

@@ -14,7 +14,7 @@ from odehild.solve.analysis import (expected_slope, find_plateaus, learning_time
                                     timescale_sweep)
 from odehild.solve.trajectory import a0_quadrature
 from odehild.symbolic.learnability import learnability
-from odehild.symbolic.models import MeanFieldModel
+from odehild.models.meanfield import MeanFieldModel
 
 STAIR3 = ("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)")
 STAIR2 = ("h(0,z)+h(1,z)+h(2,z)", "h(1,z)+h(2,z)")

@@ -6,9 +6,8 @@ import pytest
 
 from helpers import finite_width_rhs, meanfield_rhs
 from odehild.codegen import compile_model
-from odehild.solve.integrate import pack_state, unpack_overlaps
-from odehild.solve.trajectory import InitialCondition
-from odehild.symbolic.models import FiniteWidthModel, MeanFieldModel
+from odehild.models.finite_width import FiniteWidthModel
+from odehild.models.meanfield import MeanFieldModel
 
 STAIR = ("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)")
 
@@ -82,14 +81,15 @@ def test_finite_width_rhs_and_jacobian(sigma, phi, K, kernels, rng):
     m = 5
     s, R = random_overlaps(rng, m)
     a = rng.normal(size=m)
-    y = pack_state(model, InitialCondition(a, s, None, R))
+    state = FiniteWidthModel.state_map(m)
+    y = state.pack({"a": a, "s": s, "r": R})
     dy = np.empty_like(y)
     c.rhs(0.0, y, m, 1 / model.eps, dy)
     if kernels == "series":
         da, ds, dR = finite_width_rhs(a, s, R, model.sigma.coefficients, model.phi.coefficients, model.eps)
         np.testing.assert_allclose(dy[:m], da, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(dy[m:2 * m], ds, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(unpack_overlaps(dy[None], m)[0] - np.eye(m), dR, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(state.unpack(dy)["r"] - np.eye(m), dR, rtol=1e-12, atol=1e-12)
 
     def f(y):
         out = np.empty_like(y)

@@ -16,7 +16,7 @@ import pytest
 from odehild.cli import build_parser, main
 from helpers import break_rhs_after
 from odehild.io import load_npz
-from odehild.symbolic.models import MeanFieldModel
+from odehild.models.meanfield import MeanFieldModel
 
 ROOT = Path(__file__).resolve().parents[1]
 

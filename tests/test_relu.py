@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from odehild.codegen.committee_gen import compile_committee
-from odehild.solve.committee import random_weights, solve_committee
-from odehild.symbolic.committee import CommitteeModel
+from odehild.codegen import compile_model
+from odehild.models.committee import CommitteeModel, random_weights, solve_committee
 
 from test_committee import monte_carlo, random_cov, upper
 
@@ -25,7 +24,7 @@ def step(x):
 def relu_module():
     model = CommitteeModel("relu(z)", "2*relu(z)")
     assert model.backend == "relu"
-    return compile_committee(model)
+    return compile_model(model)
 
 
 @pytest.mark.parametrize("nearly_singular", [False, True])
@@ -77,7 +76,7 @@ def test_relu_committee_sgd_follows_its_ode_and_not_the_gradient_flow():
 
 def test_command_line_relu_committee_plateau_and_specialisation(tmp_path, monkeypatch, capsys):
     from odehild.cli import main
-    from odehild.solve.committee import CommitteeInit, CommitteeTrajectory
+    from odehild.models.committee import CommitteeInit, CommitteeTrajectory
 
     monkeypatch.chdir(tmp_path)
     CommitteeInit(0.2 * np.eye(2), 1e-3 * np.array([[1.0, -0.5], [0.3, 0.8]]), np.eye(2), np.ones(2),

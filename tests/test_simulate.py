@@ -14,7 +14,7 @@ from odehild.codegen import compile_model
 from odehild.simulate import Network, Simulation, batch_gd, online_sgd, population_gf
 from odehild.simulate.compare import compare, convergence_study, plot_convergence
 from odehild.solve import initial_condition, solve
-from odehild.symbolic.models import MeanFieldModel
+from odehild.models.meanfield import MeanFieldModel
 
 SIG, PHI = "h(0,z)+h(1,z)+h(2,z)", "h(1,z)+h(2,z)"
 
@@ -226,7 +226,7 @@ def test_sgd_risk_without_closed_form_is_exact_within_its_bound(rng):
     assert bound < 1e-6
     assert abs(risk - exact) <= bound + 1e-10
     # the old risk (series to degree K = 4, U(1) from the series) misses by far more
-    from odehild.symbolic.models import FiniteWidthModel
+    from odehild.models.finite_width import FiniteWidthModel
 
     low = FiniteWidthModel("tanh(z)", "tanh(2*z)", 4, 0.1)
     low_risk = 0.5 * low.phi.norm2 - a @ np.polyval(np.array(low.phi.coefficients)[::-1] * np.array(

@@ -10,10 +10,10 @@ import pytest
 import sympy as sp
 
 from odehild import InputError
-from odehild.codegen.committee_gen import compile_committee
-from odehild.solve.committee import CommitteeInit, overlaps, pack, solve_committee, solve_finite_width
-from odehild.symbolic.committee import (C4_SYMS, EDGE_SLOTS, CommitteeModel, _cov4, four_point_table,
-                                        polynomial_expectation)
+from odehild.codegen import compile_model
+from odehild.models.committee import CommitteeInit, CommitteeModel, overlaps, pack, solve_committee
+from odehild.models.finite_width import solve_finite_width
+from odehild.symbolic.committee import C4_SYMS, EDGE_SLOTS, _cov4, four_point_table, polynomial_expectation
 from odehild.symbolic.parse import z
 
 from test_committee import ERF, check_jacobian, field_samples, monte_carlo, upper
@@ -51,7 +51,7 @@ def test_four_point_table_equals_isserlis_moments_of_the_truncated_series(rng):
 def test_hermite_back_end_against_closed_forms_and_monte_carlo(rng):
     assert CommitteeModel("relu(z)", "relu(z)", geometry="sphere").backend == "relu"  # exact where it can be
     relu = CommitteeModel("relu(z)", "relu(z)", geometry="sphere", backend="hermite", kmax=10)
-    cm = compile_committee(relu)
+    cm = compile_model(relu)
     tails = relu.tails()
     for rho in (-0.6, 0.2, 0.9):
         theta = math.acos(rho)
@@ -60,7 +60,7 @@ def test_hermite_back_end_against_closed_forms_and_monte_carlo(rng):
         assert abs(cm.P_ss(1.0, 1.0, rho)[0] - arc_cosine) <= tails["sigma"] + 1e-12
     # four-point kernel of a smooth activation: the series converges fast, Monte Carlo decides
     tanh = CommitteeModel("tanh(z)", "z + 0.5*z**2", geometry="sphere", kmax=11)
-    ct = compile_committee(tanh)
+    ct = compile_model(tanh)
     s, ds = np.tanh, lambda x: 1 / np.cosh(x) ** 2
     for _ in range(2):
         C = random_correlation(rng, 4)
@@ -76,7 +76,7 @@ def test_projected_drift_equals_monte_carlo_of_the_spec_formulas(rng, sigma, phi
     - (lr^2 c^2 / 2) v_i^2 E[sigma'_i^2 e^2] R_in, and the matching formula for Q_ik."""
     K, M, lr, lr2, noise = 3, 2, 0.8, 0.4, 0.3
     model = CommitteeModel(sigma, phi, output="mean", geometry="sphere")
-    cm = compile_committee(model)
+    cm = compile_model(model)
     init = sphere_state(rng, K, M)
     c, ct = 1 / K, 1 / M
     y = pack(init)
@@ -110,7 +110,7 @@ def test_projected_drift_equals_monte_carlo_of_the_spec_formulas(rng, sigma, phi
                                   ("tanh(z)", "relu(z)", "hermite")])
 def test_sphere_jacobian_against_finite_differences(rng, case):
     sigma, phi, backend = case
-    cm = compile_committee(CommitteeModel(sigma, phi, geometry="sphere", backend=backend, kmax=5))
+    cm = compile_model(CommitteeModel(sigma, phi, geometry="sphere", backend=backend, kmax=5))
     K, M = 3, 2
     init = sphere_state(rng, K, M)
     y = pack(init)
@@ -130,7 +130,7 @@ def founding_start(rng, m, d):
 
 def test_founding_member_at_gamma_zero_is_the_finite_width_ode(rng):
     from odehild.solve.integrate import solve
-    from odehild.symbolic.models import FiniteWidthModel
+    from odehild.models.finite_width import FiniteWidthModel
 
     init = founding_start(rng, 5, 300)
     ref = solve(FiniteWidthModel(SIGMA_FW, PHI_FW, K=3, eps=0.05), init, 3.0, rtol=1e-10, atol=1e-12)
@@ -225,7 +225,7 @@ def test_specialisation_time_grows_like_log_of_the_initial_asymmetry():
     # algebraically (two zero eigenvalues), hence the 10% tolerance on the asymptotic law
     y = pack(CommitteeInit(np.full((2, 2), 1 / 3), np.full((2, 2), 1 / math.sqrt(6)), np.eye(2), np.ones(2), np.ones(2)))
     J, dy = np.empty((y.size, y.size)), np.empty(y.size)
-    compile_committee(model).rhs_jac(y, 2, 2, np.eye(2), np.ones(2), 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, False, True, dy, J)
+    compile_model(model).rhs_jac(y, 2, 2, np.eye(2), np.ones(2), 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, False, True, dy, J)
     assert np.max(np.abs(dy)) < 1e-14
     lam = np.max(np.linalg.eigvals(J).real)
     assert lam > 0

@@ -6,7 +6,7 @@ import pytest
 from odehild.codegen import compile_model
 from odehild.solve import initial_condition, solve
 from odehild.solve.structured import IterationMatrix, LowRankJacobian, ShiftedIdentity, WoodburyFactor
-from odehild.symbolic.models import MeanFieldModel
+from odehild.models.meanfield import MeanFieldModel
 
 STAIR = ("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)")
 

@@ -16,9 +16,9 @@ import numpy as np
 import sympy as sp
 
 from .. import __version__
-from ..symbolic.committee import C4_SYMS, EDGE_SLOTS, CommitteeModel, MonomialTable, a_sym, b_sym, c_sym
+from ..symbolic.committee import C4_SYMS, EDGE_SLOTS, MonomialTable, a_sym, b_sym, c_sym
 from .gauss_quadrature import COV4, ENGINE, NESTED, quadrature_constants, quadrature_kernels
-from .numba_gen import HEADER, compile_source, emit_block, scalar_functions_source
+from .numba_gen import HEADER, emit_block, scalar_functions_source
 
 PAIR_ARGS = (a_sym, b_sym, c_sym)
 
@@ -34,7 +34,7 @@ CLAMP = ("    ch = c\n    lim = math.sqrt(a * b) * (1.0 - {m!r})\n    if abs(c) 
 ch_sym = sp.Symbol("ch", real=True)
 
 
-def _kernel_function(model: CommitteeModel, name: str, expr, order: int, diagonal=None) -> str:
+def _kernel_function(model, name: str, expr, order: int, diagonal=None) -> str:
     """A kernel of (a, b, c) with its derivatives up to ``order`` (2: pair kernels, whose gradient
     enters the flow and Hessian the Jacobian; 1: J2, whose gradient enters the Jacobian only).
 
@@ -654,7 +654,8 @@ def risk_series(Y, K, M, T, A, c, ct):
 '''
 
 
-def committee_source(model: CommitteeModel) -> str:
+def committee_source(model) -> str:
+    """The generated module of a committee declaration (:class:`odehild.models.committee.CommitteeModel`)."""
     parts = [HEADER.format(version=__version__, kind=model.kind, key=model.cache_key())]
     from ..symbolic.parse import z
 
@@ -684,12 +685,6 @@ def committee_source(model: CommitteeModel) -> str:
     return "\n\n".join(parts)
 
 
-# entries made by another version of this template are rebuilt, not trusted
+# part of every committee cache key: entries made by another version of this template are rebuilt
 TEMPLATE_SHA = hashlib.sha256(Path(__file__).read_bytes()
                               + (Path(__file__).parent / "gauss_quadrature.py").read_bytes()).hexdigest()[:8]
-
-
-def compile_committee(model: CommitteeModel):
-    """The generated, Numba-compiled module of a committee declaration (disk-cached by content)."""
-    key = f"{model.cache_key()}{TEMPLATE_SHA}"
-    return compile_source(key, lambda: committee_source(model), model.meta(), model.kind)

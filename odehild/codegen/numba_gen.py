@@ -7,6 +7,7 @@ constants; eps and the particle weights are runtime arguments, so an eps sweep c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -20,9 +21,6 @@ import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
 from .. import __version__
-from ..symbolic.models import (FiniteWidthModel, MeanFieldModel, a_sym, aj_sym, dsdu_sym, eps_sym, m_sym,
-                               r_sym, s_sym)
-
 MANIFEST = "manifest.json"
 MODULE = "generated.py"
 
@@ -95,375 +93,6 @@ from numba import njit
 '''
 
 
-# ------------------------------------------------------------------------- mean-field source
-
-
-def meanfield_source(model: MeanFieldModel) -> str:
-    d = model.derivation
-    K = d.K
-    vals = model.values
-    n = K + 1
-    gsym = {d.g[k]: sp.Symbol(f"g_{k}") for k in range(n)}
-    Msym = {d.M[k]: sp.Symbol(f"M_{k}") for k in range(n)}
-    local = {a_sym: sp.Symbol("ai"), s_sym: sp.Symbol("si"), eps_sym: 1 / sp.Symbol("inv_eps"),
-             dsdu_sym: sp.Symbol("dsdu")}
-
-    def sub(e):
-        return sp.sympify(e).xreplace(vals).xreplace(gsym).xreplace(Msym).xreplace(local)
-
-    unpack_M = "\n".join(f"    M_{k} = M[{k}]" for k in range(n))
-    unpack_g = "\n".join(f"    g_{k} = g[{k}]" for k in range(n))
-    mom = emit_block([(f"m_{k}", sub(d.moment_fns[k])) for k in range(n)], 8, "xm")
-    acc = "\n".join(f"        M[{k}] += wi * m_{k}" for k in range(n))
-    grad = emit_block([(f"g[{k}]", sub(d.grad[k])) for k in range(n)], 4, "xg")
-    hess = emit_block([(f"H[{k}, {l}]", sub(d.hess[k][l])) for k in range(n) for l in range(n)], 4, "xh")
-    resid = emit_block([(f"out[{k}]", sub(d.residuals[k])) for k in range(n)], 4, "xr")
-    risk = emit_block([("val", sub(d.risk))], 4, "xk")
-    rhs = emit_block([("fa", sub(d.state_rhs[0])), ("fu", sub(d.state_rhs[1]))], 8, "xf")
-    jac_local = emit_block(
-        [("jaa", sub(d.state_jac[0][0])), ("jau", sub(d.state_jac[0][1])),
-         ("jua", sub(d.state_jac[1][0])), ("juu", sub(d.state_jac[1][1]))]
-        + [(f"A[i, {k}]", sub(d.state_rhs_dg[0][k])) for k in range(n)]
-        + [(f"A[N + i, {k}]", sub(d.state_rhs_dg[1][k])) for k in range(n)]
-        + [(f"B[i, {k}]", sub(d.state_moment_dy[0][k]) * sp.Symbol("wi")) for k in range(n)]
-        + [(f"B[N + i, {k}]", sub(d.state_moment_dy[1][k]) * sp.Symbol("wi")) for k in range(n)], 8, "xj")
-
-    return HEADER.format(version=__version__, kind=model.kind, key=model.cache_key()) + f'''
-K = {K}
-NM = {n}
-
-
-@njit(cache=True)
-def moments(a, s, w, M):
-    """M_k = sum_j w_j m_k(a_j, s_j)."""
-    for k in range(NM):
-        M[k] = 0.0
-    for i in range(a.shape[0]):
-        ai = a[i]
-        si = s[i]
-        wi = w[i]
-{mom}
-{acc}
-
-
-@njit(cache=True)
-def grad_moments(M, g):
-    """g_k = dR/dM_k."""
-{unpack_M}
-{grad}
-
-
-@njit(cache=True)
-def hess_moments(M, H):
-    """H_kl = d^2 R / dM_k dM_l."""
-{unpack_M}
-{hess}
-
-
-@njit(cache=True)
-def residuals(M, out):
-{unpack_M}
-{resid}
-
-
-@njit(cache=True)
-def risk(M):
-{unpack_M}
-{risk}
-    return val
-
-
-@njit(cache=True)
-def rhs(t, y, w, inv_eps, dy):
-    """dy/dt for the state y = [a_0..a_(N-1), u_0..u_(N-1)], s_j = tanh(u_j)."""
-    N = w.shape[0]
-    M = np.empty(NM)
-    g = np.empty(NM)
-    s = np.tanh(y[N:])
-    moments(y[:N], s, w, M)
-    grad_moments(M, g)
-{unpack_g}
-    for i in range(N):
-        ai = y[i]
-        si = s[i]
-{rhs}
-        dy[i] = fa
-        dy[N + i] = fu
-
-
-@njit(cache=True)
-def jac_parts(t, y, w, inv_eps, D, A, Vt):
-    """dF/dy = D + A Vt for the state (a, u): D the 2x2 blocks at fixed moments (rows jaa, jau,
-    jua, juu over particles), A = dF/dM (2N, NM) and Vt = H dM/dy (NM, 2N), of rank <= NM."""
-    N = w.shape[0]
-    M = np.empty(NM)
-    g = np.empty(NM)
-    H = np.empty((NM, NM))
-    B = np.empty((2 * N, NM))
-    s = np.tanh(y[N:])
-    moments(y[:N], s, w, M)
-    grad_moments(M, g)
-    hess_moments(M, H)
-{unpack_g}
-    for i in range(N):
-        ai = y[i]
-        si = s[i]
-        c = math.cosh(y[N + i])
-        dsdu = 1.0 / (c * c)  # 1 - s^2 without cancellation; 0 once cosh overflows
-        wi = w[i]
-{jac_local}
-        D[0, i] = jaa
-        D[1, i] = jau
-        D[2, i] = jua
-        D[3, i] = juu
-    Vt[:, :] = H @ B.T
-
-
-@njit(cache=True)
-def jac(t, y, w, inv_eps, J):
-    """Dense dF/dy (the same parts, assembled)."""
-    N = w.shape[0]
-    D = np.empty((4, N))
-    A = np.empty((2 * N, NM))
-    Vt = np.empty((NM, 2 * N))
-    jac_parts(t, y, w, inv_eps, D, A, Vt)
-    J[:, :] = A @ Vt
-    for i in range(N):
-        J[i, i] += D[0, i]
-        J[i, N + i] += D[1, i]
-        J[N + i, i] += D[2, i]
-        J[N + i, N + i] += D[3, i]
-
-
-@njit(cache=True)
-def observables(a, s, w, Mt, rt, Rt):
-    """Moments, residuals and risk along a trajectory (time on the first axis)."""
-    M = np.empty(NM)
-    for t in range(a.shape[0]):
-        moments(a[t], s[t], w, M)
-        Mt[t, :] = M
-        residuals(M, rt[t])
-        Rt[t] = risk(M)
-'''
-
-
-# ------------------------------------------------------------------------ finite-width source
-
-
-def finite_width_source(model: FiniteWidthModel) -> str:
-    d = model.derivation
-    names = {a_sym: sp.Symbol("ai"), s_sym: sp.Symbol("si"), aj_sym: sp.Symbol("aj"),
-             r_sym: sp.Symbol("rij"), m_sym: sp.Symbol("mf")}
-
-    def sub(e):
-        return sp.sympify(e).xreplace(names)
-
-    from ..symbolic.parse import z
-
-    single = emit_block([("sa", sub(d.self_a)), ("al", sub(d.alpha))], 8, "xs")
-    pair = emit_block([("pa", sub(d.pair_a)), ("be", sub(d.beta))], 12, "xp")
-    (sa_a, sa_s), (al_a, al_s) = d.self_partials
-    (pa_ai, pa_aj, pa_r), (be_ai, be_aj, be_r) = d.pair_partials
-    single_partials = emit_block(
-        [("al", sub(d.alpha)), ("d_sa_a", sub(sa_a)), ("d_sa_s", sub(sa_s)), ("d_al_a", sub(al_a)),
-         ("d_al_s", sub(al_s))], 8, "xds")
-    pair_partials = emit_block(
-        [("be", sub(d.beta)), ("d_pa_ai", sub(pa_ai)), ("d_pa_aj", sub(pa_aj)), ("d_pa_r", sub(pa_r)),
-         ("d_be_ai", sub(be_ai)), ("d_be_aj", sub(be_aj)), ("d_be_r", sub(be_r))], 12, "xdp")
-    kernels = scalar_functions_source({
-        "V": d.V.xreplace({s_sym: z}), "dV": sp.diff(d.V, s_sym).xreplace({s_sym: z}),
-        "U": d.U.xreplace({r_sym: z}), "dU": sp.diff(d.U, r_sym).xreplace({r_sym: z})})
-    return HEADER.format(version=__version__, kind=model.kind, key=model.cache_key()) + f'''
-
-{kernels}
-
-@njit(cache=True)
-def unpack(y, m, R):
-    """Full overlap matrix R (r_ii = 1) from the packed upper triangle y[2m:]."""
-    p = 2 * m
-    for i in range(m):
-        R[i, i] = 1.0
-        for j in range(i + 1, m):
-            R[i, j] = y[p]
-            R[j, i] = y[p]
-            p += 1
-
-
-@njit(cache=True)
-def rhs(t, y, m, inv_eps, dy):
-    """dy/dt for y = [a (m), s (m), r_ij for i < j (row-major upper triangle)]."""
-    mf = float(m)
-    R = np.empty((m, m))
-    unpack(y, m, R)
-    al_v = np.empty(m)
-    W = np.zeros((m, m))  # beta_ij, zero on the diagonal
-    for i in range(m):
-        ai = y[i]
-        si = y[m + i]
-{single}
-        al_v[i] = al
-        da = sa
-        for j in range(m):
-            if j == i:
-                continue
-            aj = y[j]
-            rij = R[i, j]
-{pair}
-            da += pa
-            W[i, j] = be
-        dy[i] = inv_eps * da
-    for i in range(m):
-        si = y[m + i]
-        ds = al_v[i] * (1.0 - si * si)
-        for k in range(m):
-            ds += W[i, k] * (y[m + k] - R[i, k] * si)
-        dy[m + i] = ds
-    # G_ij = alpha_i (s_j - s_i r_ij) + sum_k beta_ik (r_kj - r_ik r_ij); dr_ij = G_ij + G_ji
-    G = np.empty((m, m))
-    for i in range(m):
-        si = y[m + i]
-        for j in range(m):
-            if j == i:
-                continue
-            acc = al_v[i] * (y[m + j] - si * R[i, j])
-            for k in range(m):
-                acc += W[i, k] * (R[k, j] - R[i, k] * R[i, j])
-            G[i, j] = acc
-    p = 2 * m
-    for i in range(m):
-        for j in range(i + 1, m):
-            dy[p] = G[i, j] + G[j, i]
-            p += 1
-
-
-@njit(cache=True)
-def pair_index(m):
-    """Column of r_ij (i != j) in the packed state; -1 on the diagonal."""
-    P = np.full((m, m), -1, dtype=np.int64)
-    p = 2 * m
-    for i in range(m):
-        for j in range(i + 1, m):
-            P[i, j] = p
-            P[j, i] = p
-            p += 1
-    return P
-
-
-@njit(cache=True)
-def jac(t, y, m, inv_eps, J):
-    """Analytic dF/dy, assembled from the derived partials of the one-neuron terms (self_a,
-    alpha) in (a_i, s_i) and of the pair terms (pair_a, beta) in (a_i, a_j, r_ij)."""
-    mf = float(m)
-    R = np.empty((m, m))
-    unpack(y, m, R)
-    P = pair_index(m)
-    s = y[m:2 * m]
-    AL = np.empty(m)
-    SAa = np.empty(m)
-    SAs = np.empty(m)
-    ALa = np.empty(m)
-    ALs = np.empty(m)
-    W = np.zeros((m, m))
-    PAi = np.zeros((m, m))
-    PAj = np.zeros((m, m))
-    PAr = np.zeros((m, m))
-    BEi = np.zeros((m, m))
-    BEj = np.zeros((m, m))
-    BEr = np.zeros((m, m))
-    for i in range(m):
-        ai = y[i]
-        si = s[i]
-{single_partials}
-        AL[i] = al
-        SAa[i] = d_sa_a
-        SAs[i] = d_sa_s
-        ALa[i] = d_al_a
-        ALs[i] = d_al_s
-        for j in range(m):
-            if j == i:
-                continue
-            aj = y[j]
-            rij = R[i, j]
-{pair_partials}
-            W[i, j] = be
-            PAi[i, j] = d_pa_ai
-            PAj[i, j] = d_pa_aj
-            PAr[i, j] = d_pa_r
-            BEi[i, j] = d_be_ai
-            BEj[i, j] = d_be_aj
-            BEr[i, j] = d_be_r
-    J[:, :] = 0.0
-    for i in range(m):
-        si = s[i]
-        # eps da_i/dt = self_a(a_i, s_i) + sum_j pair_a(a_i, a_j, r_ij)
-        acc = SAa[i]
-        for j in range(m):
-            if j != i:
-                acc += PAi[i, j]
-                J[i, j] = inv_eps * PAj[i, j]
-                J[i, P[i, j]] = inv_eps * PAr[i, j]
-        J[i, i] = inv_eps * acc
-        J[i, m + i] = inv_eps * SAs[i]
-        # ds_i/dt = alpha_i (1 - s_i^2) + sum_k W_ik (s_k - r_ik s_i)
-        row = m + i
-        da = ALa[i] * (1.0 - si * si)
-        dsi = ALs[i] * (1.0 - si * si) - 2.0 * si * AL[i]
-        for k in range(m):
-            if k == i:
-                continue
-            lever = s[k] - R[i, k] * si
-            da += BEi[i, k] * lever
-            J[row, k] += BEj[i, k] * lever
-            dsi -= W[i, k] * R[i, k]
-            J[row, m + k] += W[i, k]
-            J[row, P[i, k]] += BEr[i, k] * lever - W[i, k] * si
-        J[row, i] += da
-        J[row, m + i] += dsi
-    # dr_ij/dt = G_ij + G_ji, G_ij = alpha_i (s_j - s_i r_ij) + sum_k W_ik (r_kj - r_ik r_ij)
-    for i in range(m):
-        for j in range(m):
-            if j == i:
-                continue
-            row = P[i, j]
-            si = s[i]
-            rij = R[i, j]
-            da = ALa[i] * (s[j] - si * rij)
-            drij = -AL[i] * si - rij * W[i, j]
-            for k in range(m):
-                if k == i:
-                    continue
-                lever = R[k, j] - R[i, k] * rij
-                da += BEi[i, k] * lever
-                J[row, k] += BEj[i, k] * lever
-                drij -= W[i, k] * R[i, k]
-                if k == j:
-                    drij += BEr[i, j] * (1.0 - rij * rij)
-                else:
-                    J[row, P[i, k]] += BEr[i, k] * lever - rij * W[i, k]
-                    J[row, P[k, j]] += W[i, k]
-            J[row, i] += da
-            J[row, m + i] += ALs[i] * (s[j] - si * rij) - AL[i] * rij
-            J[row, m + j] += AL[i]
-            J[row, row] += drij
-
-
-@njit(cache=True)
-def risk(a, s, R, phi_norm2, sigma_norm2):
-    """Population risk of the finite network from its overlaps (docs/model.md 1); U(1) = E[sigma^2]
-    exactly, whatever the kernel's truncation."""
-    m = a.shape[0]
-    val = 0.5 * phi_norm2
-    # overlaps of unit vectors computed in floating point may exceed 1 by rounding
-    for i in range(m):
-        val -= a[i] * V(min(max(s[i], -1.0), 1.0)) / m
-        val += a[i] * a[i] * sigma_norm2 / (2.0 * m * m)
-        for j in range(m):
-            if j != i:
-                val += a[i] * a[j] * U(min(max(R[i, j], -1.0), 1.0)) / (2.0 * m * m)
-    return val
-'''
-
-
 # ----------------------------------------------------------------------------------- cache
 
 
@@ -496,14 +125,14 @@ def _write_atomic(path: Path, text: str):
 GENERATOR_SHA = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
-def _entry_valid(folder: Path, key: str) -> bool:
+def _entry_valid(folder: Path, key: str, generator: str) -> bool:
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
         source = (folder / MODULE).read_text()
     except (OSError, ValueError):
         return False
     return (manifest.get("key") == key and manifest.get("sha256") == _sha(source)
-            and manifest.get("odehild") == __version__ and manifest.get("generator") == GENERATOR_SHA)
+            and manifest.get("odehild") == __version__ and manifest.get("generator") == generator)
 
 
 def _numba_files_intact(folder: Path) -> bool:
@@ -559,14 +188,16 @@ def _import(folder: Path, key: str):
 _loaded: dict = {}
 
 
-def compile_source(key: str, build_source, declaration: dict, kind: str) -> CompiledModel:
+def compile_source(key: str, build_source, declaration: dict, kind: str, template: str = "") -> CompiledModel:
     """Import the generated module cached under ``key``, building it with ``build_source()`` when the
-    entry is missing, damaged or foreign (manifest: key, source hash, odehild version)."""
+    entry is missing, damaged or foreign (manifest: key, source hash, odehild version, and the hash of
+    this generator plus ``template``, the hash of the code that wrote the source)."""
+    generator = GENERATOR_SHA + template
     if key in _loaded:
         return _loaded[key]
     folder = cache_dir() / key
     start = time.perf_counter()
-    from_cache = _entry_valid(folder, key) and _numba_files_intact(folder)
+    from_cache = _entry_valid(folder, key, generator) and _numba_files_intact(folder)
     derive_seconds = 0.0
     if not from_cache:
         source = build_source()
@@ -576,7 +207,7 @@ def compile_source(key: str, build_source, declaration: dict, kind: str) -> Comp
             stale.unlink(missing_ok=True)
         _write_atomic(folder / MODULE, source)
         _write_atomic(folder / MANIFEST, json.dumps(
-            {"key": key, "sha256": _sha(source), "odehild": __version__, "generator": GENERATOR_SHA, "kind": kind,
+            {"key": key, "sha256": _sha(source), "odehild": __version__, "generator": generator, "kind": kind,
              "declaration": declaration}, indent=1))
     t0 = time.perf_counter()
     module = _import(folder, key)
@@ -585,10 +216,17 @@ def compile_source(key: str, build_source, declaration: dict, kind: str) -> Comp
     return compiled
 
 
+@functools.lru_cache(maxsize=None)
+def _file_sha(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def compile_model(model) -> CompiledModel:
-    """Generated, Numba-compiled functions of a model, from the disk cache when it holds them."""
-    build = meanfield_source if isinstance(model, MeanFieldModel) else finite_width_source
-    return compile_source(model.cache_key(), lambda: build(model), model.meta(), model.kind)
+    """Generated, Numba-compiled functions of any model kind (:mod:`odehild.models`): its
+    ``source()`` under its ``cache_key()``, from the disk cache when that holds them. An entry written
+    by another version of the kind's module is rebuilt."""
+    template = _file_sha(sys.modules[type(model).__module__].__file__)
+    return compile_source(model.cache_key(), model.source, model.meta(), model.kind, template)
 
 
 def scalar_functions_source(functions: dict) -> str:

@@ -10,11 +10,11 @@ import numpy as np
 
 from .. import __version__
 from ..checks import positive_float, positive_int, seed_value
-from ..codegen.committee_gen import compile_committee
+from ..codegen.numba_gen import compile_model
 from ..errors import InputError, IntegrationError
 from ..io import load_npz, save_npz
-from ..solve.committee import CommitteeInit, overlaps, pack, random_weights
-from ..symbolic.committee import CommitteeModel, output_scale
+from ..models.committee import CommitteeInit, CommitteeModel, overlaps, pack, random_weights
+from ..symbolic.committee import output_scale
 from .networks import record_steps
 
 DIVERGED = 1e6  # |overlap| beyond this: the run diverged (learning rate too large)
@@ -79,7 +79,7 @@ def simulate_committee(model: CommitteeModel, K: int, M: int, d: int, *, lr: flo
             Ws *= np.sqrt(d) / np.linalg.norm(Ws, axis=1, keepdims=True)
     v = np.ones(K) if v0 is None else np.array(v0, dtype=float)
     A = np.ones(M) if A is None else np.array(A, dtype=float)
-    compiled = compile_committee(model)
+    compiled = compile_model(model)
     c, ct = output_scale(model.output, K), output_scale(model.output, M)
     nsteps = int(round(alpha_end * d))
     steps = record_steps(nsteps, points)

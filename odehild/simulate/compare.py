@@ -169,7 +169,7 @@ def convergence_study(sigma, phi, eps, dims, width_of_d=lambda d: max(2, d // 16
     """Run one configuration at several d (width m = width_of_d(d)), compare each with the ODE and
     fit the slope of log(distance) against log(d). Returns (rows, slopes)."""
     from ..solve import initial_condition, solve
-    from ..symbolic.models import MeanFieldModel
+    from ..models.meanfield import MeanFieldModel
     from .networks import simulate
 
     kmax = kmax or 6

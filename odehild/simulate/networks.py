@@ -25,7 +25,8 @@ from ..errors import InputError, IntegrationError
 from ..io import load_npz, save_npz
 from ..solve import InitialCondition, a0_law, log_time_grid, solve
 from ..solve.trajectory import check_time_arrays
-from ..symbolic.models import FiniteWidthModel, check_eps, check_kmax
+from ..models.finite_width import FiniteWidthModel
+from ..symbolic.founding import check_eps, check_kmax
 from ..symbolic.parse import parse_expression, z
 
 ALGORITHMS = ("gf", "sgd", "gd")
@@ -250,7 +251,7 @@ class Network:
         s_expr, p_expr = parse_expression(self.sigma), parse_expression(self.phi)
         model = self.overlap_model
         V, U = model.kernel_exprs
-        from ..symbolic.models import r_sym, s_sym
+        from ..symbolic.founding import r_sym, s_sym
 
         key = digest({"kind": "network", "sigma": sp.srepr(s_expr), "phi": sp.srepr(p_expr),
                       "V": sp.srepr(V), "U": sp.srepr(U), "odehild": __version__,

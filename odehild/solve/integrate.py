@@ -1,22 +1,25 @@
-"""``solve``: integrate a model with SciPy's implicit solvers and the generated Jacobian."""
+"""``solve``: integrate any model kind with SciPy's implicit solvers and the generated Jacobian.
+
+The solve stage sees an :class:`OdeProblem` (the initial state, its :class:`StateMap` and compiled
+callables) built by the model kind (:mod:`odehild.models`); it knows nothing of any kind's
+internals."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from scipy.integrate import BDF, LSODA, RK45, Radau
 
+
 from .. import __version__
 from ..checks import positive_float, positive_int
-from ..codegen import compile_model
-from ..errors import InputError, IntegrationError
-from ..symbolic.models import FiniteWidthModel, MeanFieldModel
-from .structured import LowRankJacobian, StructuredBDF, StructuredRadau
-from .trajectory import InitialCondition, Trajectory, initial_condition
+from ..errors import InputError, IntegrationError, StiffnessWarning
+from .state import StateMap
+from .structured import StructuredBDF, StructuredRadau
 
 METHODS = {"Radau": Radau, "BDF": BDF, "LSODA": LSODA, "RK45": RK45}
 STIFF_EPS = 1e-3  # below this an explicit method needs more than ~1e3 steps per unit time
@@ -35,37 +38,6 @@ def log_time_grid(t_end: float, points: int = 200, t_min=None, eps: float = 1.0)
     grid = np.logspace(np.log10(t_min), np.log10(t_end), points)
     grid[-1] = t_end  # 10**log10(t_end) may round above t_end
     return np.concatenate([[0.0], grid])
-
-
-# the mean-field state holds u = artanh(s) (see MeanFieldDerivation); |s| = 1 is a fixed point,
-# kept as the u whose tanh rounds to +-1
-U_AT_UNIT_OVERLAP = 20.0
-
-
-def pack_state(model, init: InitialCondition) -> np.ndarray:
-    if isinstance(model, FiniteWidthModel):
-        m = init.N
-        r0 = init.r0 if init.r0 is not None else np.eye(m)
-        return np.concatenate([init.a0, init.s0, r0[np.triu_indices(m, 1)]])
-    unit = np.abs(init.s0) >= 1
-    with np.errstate(divide="ignore"):
-        u0 = np.where(unit, np.sign(init.s0) * U_AT_UNIT_OVERLAP, np.arctanh(np.where(unit, 0.0, init.s0)))
-    return np.concatenate([init.a0, u0])
-
-
-def unpack_state(model, Y: np.ndarray, N: int) -> tuple:
-    """(a, s) from packed states (..., n): the mean-field state stores u = artanh(s)."""
-    a, x = Y[..., :N], Y[..., N:2 * N]
-    return a, (np.tanh(x) if isinstance(model, MeanFieldModel) else x)
-
-
-def unpack_overlaps(Y: np.ndarray, m: int) -> np.ndarray:
-    """(T, m, m) overlap matrices from packed states (T, n)."""
-    iu = np.triu_indices(m, 1)
-    R = np.repeat(np.eye(m)[None], Y.shape[0], axis=0)
-    R[:, iu[0], iu[1]] = Y[:, 2 * m:]
-    R[:, iu[1], iu[0]] = Y[:, 2 * m:]
-    return R
 
 
 class _Progress:
@@ -170,82 +142,73 @@ def check_tolerances(rtol, atol) -> tuple:
     return rtol, positive_float("atol", atol)
 
 
-def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 200, t_min=None,
-          method: str = "Radau", rtol: float = 1e-8, atol: float = 1e-10, first_step=None,
-          max_wall: float = None, progress=None, structured: bool = True) -> Trajectory:
-    """Integrate ``model`` from ``init`` to ``t_end``, SciPy style.
 
-    ``method`` is one of Radau (default), BDF, LSODA (implicit, with the generated analytic
-    Jacobian) or RK45 (explicit, for comparison only). Output is at ``t_eval``, by default 0
-    followed by ``points`` log-spaced times from ``t_min`` (default eps/100) to ``t_end``.
-    ``max_wall`` (seconds) stops the integration early, keeping what was computed
-    (``stats['status'] == 2``). A solver failure raises :class:`IntegrationError` carrying the time
-    reached, the state there and the partial trajectory.
 
-    With ``structured=True`` (default) Radau and BDF on a mean-field model keep the Jacobian as
-    2x2 blocks plus a rank-(K+1) term and solve their linear systems by the Woodbury identity,
-    O(N K) instead of O(N^3) (see :mod:`odehild.solve.structured`); ``False`` factors it densely.
-    """
-    if not isinstance(model, (MeanFieldModel, FiniteWidthModel)):
-        raise InputError(f"model must be a MeanFieldModel or FiniteWidthModel, got {type(model).__name__}")
-    t_end = positive_float("t_end", t_end)
-    rtol, atol = check_tolerances(rtol, atol)
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r} (allowed: {', '.join(METHODS)})")
-    if method not in IMPLICIT and model.eps < STIFF_EPS:
-        import warnings
+@dataclasses.dataclass
+class OdeProblem:
+    """What the solve stage integrates, as built by a model kind.
 
-        from ..errors import StiffnessWarning
+    ``rhs(t, y, out)`` fills dy/dt; ``jac(t, y, J)`` the dense analytic Jacobian; ``jac_parts(t, y)`` a
+    :class:`~odehild.solve.structured.LowRankJacobian` for the structured Radau/BDF (None: dense
+    only). ``compiled`` is the generated module (its derive time and cache status are reported).
+    ``fast_eps``: the rate ratio of a fast layer, below which explicit methods are warned against.
+    ``meta``: what the kind records about the declaration, the start and the runtime values."""
 
-        warnings.warn(f"{method} is explicit: at eps = {model.eps:g} the fast second layer limits its step to "
-                      f"about eps, so reaching t_end = {t_end:g} takes of order {t_end / model.eps:.0e} steps; "
-                      "use Radau, BDF or LSODA", StiffnessWarning, stacklevel=2)
-    if init is None:
-        if isinstance(model, FiniteWidthModel):
-            raise InputError("a finite-width model needs an explicit initial condition with r0")
-        init = initial_condition()
-    if not isinstance(init, InitialCondition):
-        raise InputError(f"init must be an InitialCondition, got {type(init).__name__}")
-    if t_eval is None:
-        t_eval = log_time_grid(t_end, points, t_min, model.eps)
-    t_eval = check_output_times(t_eval, t_end)
+    y0: np.ndarray
+    state: StateMap
+    rhs: Callable
+    jac: Optional[Callable]
+    compiled: object
+    meta: dict
+    jac_parts: Optional[Callable] = None
+    default_method: str = "Radau"
+    default_t_min: Optional[float] = None
+    fast_eps: float = 1.0
+    time_name: str = "t"
+    context: dict = dataclasses.field(default_factory=dict)  # kind-private values its result needs
 
+
+@dataclasses.dataclass
+class Integration:
+    """The outputs and counters of one integration (status as in :class:`SolverRun`)."""
+
+    t: np.ndarray
+    Y: np.ndarray
+    stats: dict
+    run: SolverRun
+
+
+def integrate(problem: OdeProblem, t_end: float, t_eval: np.ndarray, method: str, rtol: float, atol: float, *,
+              first_step=None, max_wall=None, progress=None, structured: bool = True) -> Integration:
+    """Step a SciPy solver through ``problem`` (arguments already checked), counting the work."""
     wall0 = time.perf_counter()
-    compiled = compile_model(model)
-    compile_start = time.perf_counter()
-    y0 = pack_state(model, init)
-    n = y0.size
-    inv_eps = 1.0 / model.eps
-    arg = init.weights if isinstance(model, MeanFieldModel) else init.N
+    n = problem.y0.size
     counters = {"nfev": 0, "njev": 0}
-    crhs, cjac = compiled.rhs, compiled.jac
-    structured = bool(structured and method in STRUCTURED and isinstance(model, MeanFieldModel))
-    cjac_parts = compiled.jac_parts if structured else None
+    structured = bool(structured and method in STRUCTURED and problem.jac_parts is not None)
 
     def fun(t, y):
         out = np.empty(n)
-        crhs(t, y, arg, inv_eps, out)
+        problem.rhs(t, y, out)
         counters["nfev"] += 1
         return out
 
     def jac(t, y):
         J = np.empty((n, n))
-        cjac(t, y, arg, inv_eps, J)
+        problem.jac(t, y, J)
         counters["njev"] += 1
         return J
 
     def jac_structured(t, y):
-        D, A, Vt = np.empty((4, init.N)), np.empty((n, model.K + 1)), np.empty((model.K + 1, n))
-        cjac_parts(t, y, arg, inv_eps, D, A, Vt)
         counters["njev"] += 1
-        return LowRankJacobian(D, A, Vt)
+        return problem.jac_parts(t, y)
 
     # compile (or load) before timing the solve; only the Jacobian form the solver will use
-    fun(0.0, y0)
+    compile_start = time.perf_counter()
+    fun(0.0, problem.y0)
     if structured:
-        jac_structured(0.0, y0)
-    elif method in IMPLICIT:
-        jac(0.0, y0)
+        jac_structured(0.0, problem.y0)
+    elif method in IMPLICIT and problem.jac is not None:
+        jac(0.0, problem.y0)
     counters.update(nfev=0, njev=0)
     compile_seconds = time.perf_counter() - compile_start
 
@@ -253,50 +216,75 @@ def solve(model, init=None, t_end: float = 5.0, *, t_eval=None, points: int = 20
     if first_step is not None:
         kw["first_step"] = first_step
     solver_class = METHODS[method]
-    if method in IMPLICIT:
+    if method in IMPLICIT and problem.jac is not None:
         kw["jac"] = jac
     if structured:
         kw["jac"] = jac_structured
         solver_class = STRUCTURED[method]
-    solver = solver_class(fun, 0.0, y0, t_end, **kw)
+    solver = solver_class(fun, 0.0, problem.y0, t_end, **kw)
+    run = step_through(solver, problem.y0, t_eval, t_end, max_wall, progress)
 
-    run = step_through(solver, y0, t_eval, t_end, max_wall, progress)
-    ts, ys, status, message, t_fail, y_fail = run.t, run.y, run.status, run.message, run.t_fail, run.y_fail
-    nsteps, solve_seconds = run.nsteps, run.solve_seconds
-
-    Y = np.array(ys) if ys else np.empty((0, n))
+    compiled = problem.compiled
     stats = {"nfev": counters["nfev"], "njev": counters["njev"], "nlu": int(getattr(solver, "nlu", 0)),
-             "ndense": int(getattr(solver, "ndense", 0)),
-             "nsteps": nsteps, "status": status, "message": message, "t_reached": float(solver.t),
-             "solve_seconds": solve_seconds, "wall_seconds": time.perf_counter() - wall0,
-             "derive_seconds": compiled.derive_seconds, "compile_seconds": compile_seconds,
-             "from_cache": compiled.from_cache}
-    meta = {**model.meta(), "method": method, "structured": structured, "rtol": rtol, "atol": atol, "t_end": t_end,
-            "init": init.description, "N": init.N, "odehild": __version__}
-    if isinstance(model, MeanFieldModel):
-        meta["learnability"] = model.learnability(s0_zero=not np.any(init.s0)).to_dict()
-    traj = _trajectory(model, compiled, np.array(ts), Y, init, stats, meta)
-    if status < 0:
-        where = f"t = {t_fail:.6g}" if t_fail is not None else "start"
-        a_fail, s_fail = unpack_state(model, y_fail, init.N)
-        y_fail = np.concatenate([a_fail, s_fail, y_fail[2 * init.N:]])  # reported as (a, s, ...)
+             "ndense": int(getattr(solver, "ndense", 0)), "nsteps": run.nsteps, "status": run.status,
+             "message": run.message, "t_reached": float(solver.t), "solve_seconds": run.solve_seconds,
+             "wall_seconds": time.perf_counter() - wall0, "derive_seconds": compiled.derive_seconds,
+             "compile_seconds": compile_seconds, "from_cache": compiled.from_cache, "structured": structured}
+    Y = np.array(run.y) if run.y else np.empty((0, n))
+    return Integration(np.array(run.t), Y, stats, run)
+
+
+def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 200, t_min=None,
+          method: str = None, rtol: float = 1e-8, atol: float = 1e-10, first_step=None,
+          max_wall: float = None, progress=None, structured: bool = True, **runtime):
+    """Integrate ``model`` (any kind of :mod:`odehild.models`) from ``init`` to ``t_end``, SciPy style.
+
+    ``method`` is one of Radau, BDF, LSODA (implicit, with the generated analytic Jacobian) or RK45
+    (explicit, for comparison only); None takes the kind's default (Radau, or LSODA where the kind
+    says so). Output is at ``t_eval``, by default 0 followed by ``points`` log-spaced times from
+    ``t_min`` (default: eps/100 for a fast layer of rate ratio eps, at most t_end/1e3) to ``t_end``
+    (default: the kind's). ``max_wall`` (seconds) stops the integration early, keeping what was
+    computed (``stats['status'] == 2``). A solver failure raises :class:`IntegrationError` carrying
+    the time reached, the state there ({name: array}) and the partial result. ``runtime`` holds the
+    kind's runtime values (learning rates and noise for committees).
+
+    With ``structured=True`` (default) Radau and BDF use a kind's block-plus-low-rank Jacobian where
+    it has one (the mean-field particles: 2x2 blocks plus a rank-(K+1) term, solved by the Woodbury
+    identity in O(N K) instead of O(N^3); see :mod:`odehild.solve.structured`); ``False`` factors
+    it densely.
+    """
+    from ..models import check_model
+
+    check_model(model)
+    t_end = positive_float("t_end", model.default_t_end if t_end is None else t_end)
+    rtol, atol = check_tolerances(rtol, atol)
+    if method is not None and method not in METHODS:
+        raise InputError(f"unknown method {method!r} (allowed: {', '.join(METHODS)})")
+    problem = model.problem(init, **runtime)
+    method = method or problem.default_method
+    if method not in IMPLICIT and problem.fast_eps < STIFF_EPS:
+        import warnings
+
+        warnings.warn(f"{method} is explicit: at eps = {problem.fast_eps:g} the fast second layer limits its step "
+                      f"to about eps, so reaching t_end = {t_end:g} takes of order {t_end / problem.fast_eps:.0e} "
+                      "steps; use Radau, BDF or LSODA", StiffnessWarning, stacklevel=2)
+    if t_eval is None:
+        t_eval = log_time_grid(t_end, points, problem.default_t_min if t_min is None else t_min, problem.fast_eps)
+    t_eval = check_output_times(t_eval, t_end)
+
+    out = integrate(problem, t_end, t_eval, method, rtol, atol, first_step=first_step, max_wall=max_wall,
+                    progress=progress, structured=structured)
+    stats = dict(out.stats)
+    meta = {**problem.meta, "method": method, "structured": stats.pop("structured"), "rtol": rtol, "atol": atol,
+            "t_end": t_end, "odehild": __version__}
+    result = model.result(problem, out.t, out.Y, stats, meta)
+    run = out.run
+    if run.status < 0:
+        where = f"{problem.time_name} = {run.t_fail:.6g}" if run.t_fail is not None else "start"
+        state = problem.state.unpack(run.y_fail)
         raise IntegrationError(
-            f"{method} failed at {where} ({message}); |a| max = {np.max(np.abs(a_fail)):.3g}, "
-            f"|s| max = {np.max(np.abs(s_fail)):.3g}; "
-            f"{len(traj)} of {t_eval.size} output times were computed and are kept in .partial",
-            t_fail=t_fail, state=y_fail, partial=traj, interrupted=status == -2)
-    return traj
-
-
-def _trajectory(model, compiled, t, Y, init, stats, meta) -> Trajectory:
-    N = init.N
-    a, s = unpack_state(model, Y, N)
-    if isinstance(model, MeanFieldModel):
-        T, nm = t.size, model.K + 1
-        M, r, R = np.empty((T, nm)), np.empty((T, nm)), np.empty(T)
-        compiled.observables(np.ascontiguousarray(a), np.ascontiguousarray(s), init.weights, M, r, R)
-        return Trajectory(t, a, s, R, init.weights, M, r, None, stats, meta)
-    overl = unpack_overlaps(Y, N)
-    risk = np.array([compiled.risk(a[i].copy(), s[i].copy(), overl[i], model.phi.norm2,
-                                    model.sigma.norm2) for i in range(t.size)])
-    return Trajectory(t, a, s, risk, init.weights, None, None, overl, stats, meta)
+            f"{method} failed at {where} ({run.message}); {problem.state.describe(run.y_fail)}"
+            f"{model.failure_hint(problem, state)}; {len(result)} of {t_eval.size} output times were computed "
+            "and are kept in .partial", t_fail=run.t_fail, state=state, partial=result,
+            interrupted=run.status == -2)
+    return result

@@ -26,24 +26,22 @@ Geometry: ``free`` first-layer weights, or ``sphere`` (|u_i| = 1, renormalised a
 step). The sphere's flow is the free flow projected on the constraint Q_ii = 1 (docs/committee.md):
 dR_in -> dR_in - R_in dQ_ii/2, dQ_ik -> dQ_ik - Q_ik (dQ_ii + dQ_kk)/2, which produces the gamma
 terms of the renormalised SGD from the free eta^2 term. The founding model's finite-width overlap ODE is the
-sphere / mean-output member (:func:`founding_member`).
+sphere / mean-output member (:func:`odehild.models.finite_width.founding_member`).
+The declaration, :class:`~odehild.models.committee.CommitteeModel`, lives with its kind.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 from typing import Optional
 
 import numpy as np
 import sympy as sp
 
-from ..errors import ExpressionError, InputError
-from .hermite import hermite, kink_points
+from ..errors import InputError
 from .kernels import _erf_scale
-from .parse import parse_expression, z
+from .parse import z
 
 OUTPUTS = ("sum", "mean")
 DYNAMICS = ("sgd", "gf")
@@ -219,241 +217,6 @@ def four_point_table(coefficients: list) -> MonomialTable:
 
     visit(0, [0, 0, 0, 0])
     return MonomialTable(np.array(rows, dtype=np.int64).reshape(-1, 6), np.array(weights, float))
-
-
-# ------------------------------------------------------------------------------ declaration
-
-
-@dataclasses.dataclass(frozen=True)
-class CommitteeModel:
-    """One member of the committee family; K and M come from the initial condition.
-
-    ``kmax`` is the Hermite truncation of the ``hermite`` back end (sphere only); the other back
-    ends are exact and ignore it."""
-
-    sigma: str
-    phi: str
-    output: str = "sum"
-    dynamics: str = "sgd"
-    backend: str = "auto"
-    geometry: str = "free"
-    kmax: int = 6
-    kind = "committee"
-
-    def __post_init__(self):
-        for name, value, allowed in (("output", self.output, OUTPUTS), ("dynamics", self.dynamics, DYNAMICS),
-                                     ("backend", self.backend, BACKENDS), ("geometry", self.geometry, GEOMETRIES)):
-            if value not in allowed:
-                raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if isinstance(self.kmax, bool) or not isinstance(self.kmax, (int, np.integer)) or not 1 <= self.kmax <= 12:
-            raise InputError(f"kmax (the Hermite truncation) must be an integer in [1, 12], got {self.kmax!r}")
-        object.__setattr__(self, "kmax", int(self.kmax))
-        object.__setattr__(self, "sigma", str(self.sigma))
-        object.__setattr__(self, "phi", str(self.phi))
-        object.__setattr__(self, "backend", self._resolve_backend())
-        if self.backend in ("hermite", "quadrature"):
-            self.dsigma_expr  # noqa: B018 -- refuse a sigma without a derivative at declaration
-        if self.backend == "quadrature":
-            self.pieces  # noqa: B018 -- and a phi without one
-
-    @functools.cached_property
-    def sigma_expr(self) -> sp.Expr:
-        return parse_expression(self.sigma)
-
-    @functools.cached_property
-    def phi_expr(self) -> sp.Expr:
-        return parse_expression(self.phi)
-
-    @functools.cached_property
-    def dsigma_expr(self) -> sp.Expr:
-        ds = sp.diff(self.sigma_expr, z)
-        if ds.has(sp.DiracDelta):
-            raise ExpressionError(f"sigma = {self.sigma} has a jump: sigma' is not a function, and online SGD "
-                                  "and the flow need it")
-        return ds
-
-    def _resolve_backend(self) -> str:
-        s, p = self.sigma_expr, self.phi_expr
-        sphere = self.geometry == "sphere"
-        usable = {"erf": _erf_form(s) is not None and _erf_form(p) is not None,
-                  "polynomial": s.is_polynomial(z) and p.is_polynomial(z),
-                  "relu": _relu_form(s) is not None and _relu_form(p) is not None, "hermite": sphere,
-                  "quadrature": True}
-        needs = {"erf": "sigma and phi of the form A*erf(b*z)", "polynomial": "polynomial sigma and phi",
-                 "relu": "sigma and phi of the form A*relu(b*z), b > 0",
-                 "hermite": "the sphere geometry (unit variances), --geometry sphere"}
-        if self.backend != "auto":
-            if not usable[self.backend]:
-                raise InputError(f"the {self.backend} expectation back end needs {needs[self.backend]}; "
-                                 f"got sigma = {self.sigma}, phi = {self.phi}, geometry = {self.geometry}")
-            return self.backend
-        for name in ("polynomial", "erf", "relu"):
-            if usable[name]:
-                return name
-        # the Hermite series of a kinked sigma' converges slowly in the SGD term (series_warning)
-        smooth = not kink_points(self.sigma_expr) and not kink_points(sp.diff(self.sigma_expr, z))
-        return "hermite" if sphere and smooth else "quadrature"
-
-    # ---- Hermite back end
-
-    @functools.cached_property
-    def expansions(self) -> dict:
-        """Hermite expansions of sigma (to kmax), sigma' (to kmax - 1) and phi (to kmax)."""
-        ds = self.dsigma_expr
-        out = {"sigma": hermite(self.sigma_expr, self.kmax), "phi": hermite(self.phi_expr, self.kmax)}
-        out["dsigma"] = hermite(ds, self.kmax - 1) if self.kmax > 1 else None
-        return out
-
-    def tails(self) -> dict:
-        """Squared L2 errors of the truncated series of sigma, sigma' and phi (0 for exact back ends):
-        a pair kernel's truncation error is at most sqrt(tail_f tail_g)."""
-        if self.backend != "hermite":
-            return {"sigma": 0.0, "dsigma": 0.0, "phi": 0.0}
-        return {k: (float(v.tail) if v is not None else float("nan")) for k, v in self.expansions.items()}
-
-    def series_warning(self) -> Optional[str]:
-        """A caution when the Hermite back end's SGD term rests on a slowly converging sigma'."""
-        if self.backend != "hermite" or self.dynamics == "gf" or self.tails()["dsigma"] <= 1e-3:
-            return None
-        return (f"sigma' is truncated at degree {self.kmax - 1} with squared L2 tail {self.tails()['dsigma']:.2g}: "
-                "the SGD term's four-point expectations (products of four truncated series) converge more slowly "
-                "than that tail suggests (relu' at kmax 6 and 10: 19% and 15% low on E[relu'(x)^2 relu(y) relu(w)]); "
-                "prefer a smooth activation, the relu back end for relu, or --dynamics gf")
-
-    # ---- quadrature back end
-
-    def _symbolic_kernels(self):
-        if self.backend == "quadrature":
-            raise InputError("the quadrature back end has no symbolic pair kernels: the generated code integrates them")
-
-    @functools.cached_property
-    def pieces(self) -> dict:
-        """For sigma', sigma and phi (the functions the quadrature back end integrates), the points
-        where the function or its derivative has a kink or jump, and for each interval between them
-        whether the function vanishes there identically (relu below 0): the quadrature splits its
-        panels at the points and skips those intervals."""
-        dphi = sp.diff(self.phi_expr, z)
-        if dphi.has(sp.DiracDelta):
-            raise ExpressionError(f"phi = {self.phi} has a jump: the flow needs phi' under the quadrature back end")
-        out = {}
-        for name, f, df in (("dsigma", self.dsigma_expr, sp.diff(self.dsigma_expr, z)),
-                            ("sigma", self.sigma_expr, self.dsigma_expr), ("phi", self.phi_expr, dphi)):
-            points = sorted(set(kink_points(f)) | set(p for p in kink_points(df.replace(
-                lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.Integer(0)))))
-            out[name] = (points, [_vanishes(f, lo, hi) for lo, hi in zip([None] + points, points + [None])])
-        return out
-
-    # ---- kernels
-
-    def _expect2(self, f, g):
-        if self.backend == "polynomial":
-            return polynomial_expectation([f, g], sp.Matrix([[a_sym, c_sym], [c_sym, b_sym]]))
-        (Af, sf), (Ag, sg) = _erf_form(f), _erf_form(g)
-        return Af * Ag * _I2(sf**2 * a_sym, sg**2 * b_sym, sf * sg * c_sym)
-
-    @functools.cached_property
-    def pair_kernels(self) -> dict:
-        """P_ss, P_sp, P_pp as functions of (a, b, c)."""
-        self._symbolic_kernels()
-        if self.backend == "hermite":
-            # on the sphere only the correlation varies: sum_k c_k(f) c_k(g) c^k
-            cs, cp = self.expansions["sigma"].coefficients, self.expansions["phi"].coefficients
-            series = lambda x, y: sp.Add(*[sp.Float(float(u * w), 17) * c_sym**k for k, (u, w) in enumerate(zip(x, y))])
-            return {"ss": series(cs, cs), "sp": series(cs, cp), "pp": series(cp, cp)}
-        s, p = self.sigma_expr, self.phi_expr
-        if self.backend == "relu":
-            al, be = _relu_form(s), _relu_form(p)
-            k = _arc_cosine(a_sym, b_sym, c_sym)
-            return {"ss": al * al * k, "sp": al * be * k, "pp": be * be * k}
-        return {"ss": self._expect2(s, s), "sp": self._expect2(s, p), "pp": self._expect2(p, p)}
-
-    def derivative(self, expr, *variables) -> sp.Expr:
-        """d expr / d variables, simplified where the back end's kernels need it: the relu kernels'
-        derivatives cancel terms like sqrt(1 - c^2/(a b)) against sqrt(a b - c^2), which SymPy
-        leaves apart (their difference is 0 - 0 = nan on the diagonal, inf - inf near it)."""
-        d = sp.diff(expr, *variables)
-        if self.backend != "relu":
-            return d
-        A, B = sp.symbols("A B", positive=True)
-        d = d.subs({a_sym: A, b_sym: B})
-        d = d.subs(sp.sqrt(1 - c_sym**2 / (A * B)), sp.sqrt(A * B - c_sym**2) / sp.sqrt(A * B))
-        return sp.simplify(d).subs({A: a_sym, B: b_sym})
-
-    @functools.cached_property
-    def pair_diagonals(self) -> Optional[dict]:
-        """For kernels not smooth where c^2 = a b (relu: the square root and arccos), the value on
-        the diagonal P(a, a, a) as a function of a; None where the general form is smooth there."""
-        if self.backend != "relu":
-            return None
-        A = sp.Symbol("A", positive=True)
-        kernels = {**self.pair_kernels, "J2": self.J2_kernel}
-        return {name: sp.simplify(e.subs({a_sym: A, b_sym: A, c_sym: A})).subs(A, a_sym)
-                for name, e in kernels.items()}
-
-    @functools.cached_property
-    def J2_kernel(self) -> sp.Expr:
-        """E[sigma'(u) sigma'(w)] as a function of (a, b, c)."""
-        self._symbolic_kernels()
-        s = self.sigma_expr
-        if self.backend == "hermite":
-            cd = self.expansions["dsigma"].coefficients if self.kmax > 1 else [0.0]
-            return sp.Add(*[sp.Float(float(u * u), 17) * c_sym**k for k, u in enumerate(cd)])
-        if self.backend == "polynomial":
-            ds = sp.diff(s, z)
-            return polynomial_expectation([ds, ds], sp.Matrix([[a_sym, c_sym], [c_sym, b_sym]]))
-        if self.backend == "relu":
-            return _relu_form(s) ** 2 * (sp.pi - sp.acos(c_sym / sp.sqrt(a_sym * b_sym))) / (2 * sp.pi)
-        A, sc = _erf_form(s)
-        return A**2 * sc**2 * _J2(sc**2 * a_sym, sc**2 * b_sym, sc**2 * c_sym)
-
-    @functools.cached_property
-    def four_point_kernels(self) -> dict:
-        """E4_ss, E4_sp, E4_pp = E[sigma'(x1) sigma'(x2) f(x3) g(x4)]: SymPy expressions in the symbols
-        C4_SYMS, or (Hermite back end) :class:`MonomialTable` of the correlations, or (relu back end)
-        the prefactor of E[x3 x4 1(x > 0)], an orthant moment computed in the generated code."""
-        s, p = self.sigma_expr, self.phi_expr
-        C = _cov4()
-        out = {}
-        if self.backend == "quadrature":  # which functions f, g (act codes: 1 sigma, 2 phi) codegen integrates
-            return {"ss": (1, 1), "sp": (1, 2), "pp": (2, 2)}
-        if self.backend == "relu":
-            # prefactors of x3 x4 over the positive orthant (codegen evaluates that expectation)
-            al, be = _relu_form(s), _relu_form(p)
-            return {"ss": al**4, "sp": al**3 * be, "pp": al**2 * be**2}
-        if self.backend == "hermite":
-            e = self.expansions
-            cd = e["dsigma"].coefficients if self.kmax > 1 else np.zeros(1)
-            cs, cp = e["sigma"].coefficients, e["phi"].coefficients
-            for name, (f, g) in {"ss": (cs, cs), "sp": (cs, cp), "pp": (cp, cp)}.items():
-                out[name] = four_point_table([cd, cd, f, g])
-            return out
-        for name, (f, g) in {"ss": (s, s), "sp": (s, p), "pp": (p, p)}.items():
-            if self.backend == "polynomial":
-                ds = sp.diff(s, z)
-                out[name] = polynomial_expectation([ds, ds, f, g], C)
-            else:
-                (As, ss), (Af, sf), (Ag, sg) = _erf_form(s), _erf_form(f), _erf_form(g)
-                out[name] = As**2 * ss**2 * Af * Ag * _I4(_scaled(C, [ss, ss, sf, sg]))
-        return out
-
-    # ---- bookkeeping
-
-    def meta(self) -> dict:
-        extra = ({"kmax": self.kmax, "tails": self.tails(), "caution": self.series_warning()}
-                 if self.backend == "hermite" else {})
-        if self.backend == "quadrature":
-            extra = {"accuracy": QUADRATURE_ACCURACY}
-        return {"model": self.kind, "sigma": self.sigma, "phi": self.phi, "output": self.output,
-                "dynamics": self.dynamics, "backend": self.backend, "geometry": self.geometry, **extra,
-                "time": "alpha = steps/d (Goldt et al.); SGD learning rate lr/sqrt(d) on the first layer"
-                        " per sample in units where lambda = w.x/sqrt(d), lr2/d on the second"}
-
-    def cache_key(self) -> str:
-        """Content hash of what the generated code depends on (K, M, rates and noise are runtime)."""
-        payload = {"kind": self.kind, "format": COMMITTEE_FORMAT, "sigma": sp.srepr(self.sigma_expr),
-                   "phi": sp.srepr(self.phi_expr), "backend": self.backend,
-                   "kmax": self.kmax if self.backend == "hermite" else None}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def output_scale(output: str, width: int) -> float:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .models import FiniteWidthModel, MeanFieldModel, x_sym
+from ..models.finite_width import FiniteWidthModel
+from ..models.meanfield import MeanFieldModel
+from .founding import x_sym
 
 
 def _tex(e) -> str:

@@ -1,0 +1,381 @@
+"""The founding model's mean-field particle system (docs/model.md 2b): declaration, derivation from
+the risk, generated source, state map and observables.
+
+Particles (a_j, s_j) with weights w_j interact only through the moments M_k = sum_j w_j a_j s_j^k.
+The risk R(M) is declared; the flow is eps da/dt = -dR/d(w a), ds/dt = -(1 - s^2) dR/d(w s) (sphere
+mobility), and the Jacobian is a 2x2-block diagonal plus the rank <= 2(K+1) correction through the
+moments, which the structured solvers of :mod:`odehild.solve.structured` exploit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cached_property
+
+import numpy as np
+import sympy as sp
+
+from .. import __version__
+from ..codegen.numba_gen import HEADER, compile_model, emit_block
+from ..errors import InputError
+from ..solve.integrate import OdeProblem
+from ..solve.state import Block, StateMap
+from ..solve.structured import LowRankJacobian
+from ..solve.trajectory import InitialCondition, Trajectory, initial_condition
+from ..symbolic.founding import (CODEGEN_FORMAT, _digest, a_sym, as_function, dsdu_sym, eps_sym, s_sym,
+                                 x_sym)
+from . import register
+from ._founding import FoundingDeclaration
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanFieldDerivation:
+    """Symbolic objects derived from the declared risk R(M) (all SymPy)."""
+
+    K: int
+    sigma: tuple  # symbols sigma_k
+    phi: tuple  # symbols phi_k
+    tail: sp.Symbol  # tail of phi beyond K
+    M: tuple  # moment symbols
+    g: tuple  # symbols for dR/dM_k
+    moment_fns: tuple  # m_k(a, s)
+    risk: sp.Expr  # R(M)
+    grad: tuple  # dR/dM_k (expressions in M)
+    hess: tuple  # d^2R/dM_k dM_l
+    residuals: tuple  # r_k(M)
+    rhs: tuple  # (da/dt, ds/dt) per particle, in a, s, g, eps
+    local_jac: tuple  # d rhs / d(a, s) at fixed g: ((faa, fas), (fsa, fss))
+    rhs_dg: tuple  # d rhs / d g_k: (tuple over k for f_a, tuple over k for f_s)
+    moment_dy: tuple  # d m_k / d(a, s): ((dm_k/da for k), (dm_k/ds for k))
+    # the integrated state is (a, u) with s = tanh(u): du/dt = (ds/dt) / (1 - s^2) has no factor
+    # that pins s to +-1, so a particle that comes within rounding of |s| = 1 can still leave it
+    # and |s| < 1 holds by construction. Expressions in a, s, g and ``dsdu`` = 1 - s^2.
+    state_rhs: tuple  # (da/dt, du/dt)
+    state_jac: tuple  # d state_rhs / d(a, u) at fixed g
+    state_rhs_dg: tuple  # d state_rhs / d g_k
+    state_moment_dy: tuple  # d m_k / d(a, u)
+
+    def substitutions(self, sigma_vals, phi_vals, tail_val) -> dict:
+        sub = {self.tail: tail_val}
+        sub.update(zip(self.sigma, sigma_vals))
+        sub.update(zip(self.phi, phi_vals))
+        return sub
+
+    def residual_polynomial(self, x=x_sym) -> sp.Expr:
+        """F(x) = sum_k sigma_k r_k x^k, in terms of the residuals."""
+        r = sp.symbols(f"r_0:{self.K + 1}", real=True)
+        return sp.Add(*[self.sigma[k] * r[k] * x**k for k in range(self.K + 1)])
+
+
+def derive_meanfield(K: int) -> MeanFieldDerivation:
+    """Derive the mean-field particle flow of docs/model.md 2b from its risk."""
+    sigma = sp.symbols(f"sigma_0:{K + 1}", real=True)
+    phi = sp.symbols(f"phi_0:{K + 1}", real=True)
+    M = sp.symbols(f"M_0:{K + 1}", real=True)
+    g = sp.symbols(f"g_0:{K + 1}", real=True)
+    tail = sp.Symbol("tau", nonnegative=True)
+    residuals = tuple(phi[k] - sigma[k] * M[k] for k in range(K + 1))
+    risk = sp.Rational(1, 2) * sp.Add(*[r**2 for r in residuals]) + tail / 2
+    moment_fns = tuple(a_sym * s_sym**k for k in range(K + 1))
+    grad = tuple(sp.diff(risk, Mk) for Mk in M)
+    hess = tuple(tuple(sp.diff(gk, Ml) for Ml in M) for gk in grad)
+    # gradient flow of the particle measure: per-particle gradient of R through the moments
+    mobility = (1 / eps_sym, 1 - s_sym**2)
+    f = tuple(-mob * sp.Add(*[g[k] * sp.diff(moment_fns[k], v) for k in range(K + 1)])
+              for mob, v in zip(mobility, (a_sym, s_sym)))
+    f = tuple(sp.expand(fi) for fi in f)
+    local_jac = tuple(tuple(sp.diff(fi, v) for v in (a_sym, s_sym)) for fi in f)
+    rhs_dg = tuple(tuple(sp.diff(fi, gk) for gk in g) for fi in f)
+    moment_dy = tuple(tuple(sp.diff(mk, v) for mk in moment_fns) for v in (a_sym, s_sym))
+    # state (a, u), s = tanh u: d/du = (1 - s^2) d/ds
+    fu = sp.expand(sp.cancel(f[1] / (1 - s_sym**2)))
+    if sp.denom(sp.together(fu)) != 1:  # an internal invariant of the derivation
+        raise RuntimeError("the s-flow has no factor 1 - s^2: the state u = artanh(s) does not apply")
+    state_rhs = (f[0], fu)
+    state_jac = tuple((sp.diff(fi, a_sym), sp.expand(dsdu_sym * sp.diff(fi, s_sym))) for fi in state_rhs)
+    state_rhs_dg = tuple(tuple(sp.diff(fi, gk) for gk in g) for fi in state_rhs)
+    state_moment_dy = (moment_dy[0], tuple(dsdu_sym * dm for dm in moment_dy[1]))
+    return MeanFieldDerivation(K, sigma, phi, tail, M, g, moment_fns, risk, grad, hess, residuals,
+                               f, local_jac, rhs_dg, moment_dy, state_rhs, state_jac, state_rhs_dg,
+                               state_moment_dy)
+
+
+@register
+class MeanFieldModel(FoundingDeclaration):
+    """The mean-field (m -> inf, d -> inf) particle system of docs/model.md section 2b.
+
+    ``sigma`` and ``phi`` are expressions in z, HermiteExpansions, or sequences of normalized
+    Hermite coefficients. The dynamics uses sigma and phi truncated at degree K; the risk adds
+    (1/2) of phi's tail beyond K, so it is the risk of the truncated network on the true target.
+    """
+
+    kind = "meanfield"
+    cli_name = "meanfield"
+    summary = "the founding model's mean-field particles (a, s) (default)"
+    result_type = Trajectory
+
+    def __init__(self, sigma, phi, K: int = 6, eps: float = 1e-4):
+        self.K, self.eps = K, eps
+        self._check_common()
+        self.sigma = as_function(sigma, self.K, "sigma")
+        self.phi = as_function(phi, self.K, "phi")
+
+    @cached_property
+    def derivation(self) -> MeanFieldDerivation:
+        return derive_meanfield(self.K)
+
+    @property
+    def values(self) -> dict:
+        return self.derivation.substitutions(self.sigma.coefficients, self.phi.coefficients,
+                                             self.phi.tail)
+
+    def cache_key(self) -> str:
+        """Content hash of what the generated code depends on (eps is a runtime argument)."""
+        return _digest({"kind": self.kind, "K": self.K, "format": CODEGEN_FORMAT,
+                        "sigma": [repr(float(c)) for c in self.sigma.coefficients],
+                        "phi": [repr(float(c)) for c in self.phi.coefficients],
+                        "tail": repr(float(self.phi.tail))})
+
+    def source(self) -> str:
+        return meanfield_source(self)
+
+    @staticmethod
+    def state_map(N: int) -> StateMap:
+        """a (N,), then s (N,) stored as u = artanh(s) (see :class:`MeanFieldDerivation`)."""
+        return StateMap(Block("a", (N,)), Block("s", (N,), chart="artanh"))
+
+    def problem(self, init=None) -> OdeProblem:
+        """From ``init`` (default: :func:`~odehild.solve.trajectory.initial_condition`)."""
+        if init is None:
+            init = initial_condition()
+        if not isinstance(init, InitialCondition):
+            raise InputError(f"init must be an InitialCondition, got {type(init).__name__}")
+        compiled = compile_model(self)
+        state = self.state_map(init.N)
+        y0 = state.pack({"a": init.a0, "s": init.s0})
+        w, inv_eps, n, nm = init.weights, 1.0 / self.eps, y0.size, self.K + 1
+        rhs, jac, parts = compiled.rhs, compiled.jac, compiled.jac_parts
+
+        def jac_parts(t, y):
+            D, A, Vt = np.empty((4, init.N)), np.empty((n, nm)), np.empty((nm, n))
+            parts(t, y, w, inv_eps, D, A, Vt)
+            return LowRankJacobian(D, A, Vt)
+
+        meta = {**self.meta(), "init": init.description, "N": init.N,
+                "learnability": self.learnability(s0_zero=not np.any(init.s0)).to_dict()}
+        return OdeProblem(y0, state, lambda t, y, out: rhs(t, y, w, inv_eps, out),
+                          lambda t, y, J: jac(t, y, w, inv_eps, J), compiled, meta, jac_parts=jac_parts,
+                          fast_eps=self.eps, context={"weights": w})
+
+    def result(self, problem, t, Y, stats, meta) -> Trajectory:
+        """Moments, residuals and risk along the trajectory, from the generated observables."""
+        values = problem.state.unpack(Y)
+        a, s, w = np.ascontiguousarray(values["a"]), np.ascontiguousarray(values["s"]), problem.context["weights"]
+        T, nm = t.size, self.K + 1
+        M, r, R = np.empty((T, nm)), np.empty((T, nm)), np.empty(T)
+        problem.compiled.observables(a, s, w, M, r, R)
+        return Trajectory(t, a, s, R, w, M, r, None, stats, meta)
+
+    @classmethod
+    def solve_command(cls, args):
+        return solve_meanfield_command(args)
+
+    def __repr__(self):
+        return f"MeanFieldModel(sigma={self.sigma.name!r}, phi={self.phi.name!r}, K={self.K}, eps={self.eps:g})"
+
+
+
+def solve_meanfield_command(args):
+    """``odehild solve`` (--model meanfield)."""
+    from ..checks import positive_float
+    from ..commands import _solver_summary, _stop_if_out_of_time, init_from_args, keep_partial
+    from ..config import merge_values
+    from ..solve import solve
+
+    unused = [f for f, v in (("--gamma", args.gamma), ("--lr", args.lr), ("--lr2", args.lr2), ("--noise", args.noise),
+                             ("--output", args.output_scaling), ("--dynamics", args.dynamics),
+                             ("--backend", args.backend), ("--geometry", args.geometry)) if v is not None]
+    if unused:
+        raise InputError(f"{', '.join(unused)} {'belongs' if len(unused) == 1 else 'belong'} to --model committee, "
+                         "not to the mean-field model")
+    if args.eps is None:
+        raise InputError("the mean-field model needs --eps (the learning-rate ratio eps > 0)")
+    args.t_end = 5.0 if args.t_end is None else args.t_end
+    model = MeanFieldModel(args.sigma, args.phi, args.kmax, args.eps)
+    init = init_from_args(args)
+    learn = model.learnability(s0_zero=not init.s0.any())
+    print(learn.summary(), flush=True)  # before integrating: a run that cannot learn says so first
+    info = {"sigma_expr_input": args.sigma, "phi_expr_input": args.phi, "seed": args.seed, "points": args.points}
+    positive_float("--max-wall", args.max_wall)
+    with keep_partial(args.out, info):
+        traj = solve(model, init, args.t_end, points=args.points, t_min=args.t_min,
+                     method=args.method or "Radau", rtol=args.rtol, atol=args.atol, max_wall=args.max_wall,
+                     progress=False if args.quiet else None)
+        _stop_if_out_of_time(traj, args)
+    t_min = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end, "method": traj.meta["method"]}
+    if not args.init:
+        t_min.update(particles=init.N, a0=args.a0 or "normal", nodes=args.nodes or "quadrature")
+    traj.meta.update(info, values=merge_values(args.values, t_min))
+    path = traj.save(args.out)
+    print(f"{path}: T = {len(traj)}, N = {traj.a.shape[1]}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
+          + _solver_summary(traj.stats))
+    if learn.learns_nothing:
+        print(f"note: nothing beyond degree 0 was learnable; the risk ends on the floor {learn.floor:.6g} "
+              "(learnability report above: what to change)")
+    return [(path, t_min)]
+
+
+
+
+# ------------------------------------------------------------------ generated source
+
+
+def meanfield_source(model: MeanFieldModel) -> str:
+    d = model.derivation
+    K = d.K
+    vals = model.values
+    n = K + 1
+    gsym = {d.g[k]: sp.Symbol(f"g_{k}") for k in range(n)}
+    Msym = {d.M[k]: sp.Symbol(f"M_{k}") for k in range(n)}
+    local = {a_sym: sp.Symbol("ai"), s_sym: sp.Symbol("si"), eps_sym: 1 / sp.Symbol("inv_eps"),
+             dsdu_sym: sp.Symbol("dsdu")}
+
+    def sub(e):
+        return sp.sympify(e).xreplace(vals).xreplace(gsym).xreplace(Msym).xreplace(local)
+
+    unpack_M = "\n".join(f"    M_{k} = M[{k}]" for k in range(n))
+    unpack_g = "\n".join(f"    g_{k} = g[{k}]" for k in range(n))
+    mom = emit_block([(f"m_{k}", sub(d.moment_fns[k])) for k in range(n)], 8, "xm")
+    acc = "\n".join(f"        M[{k}] += wi * m_{k}" for k in range(n))
+    grad = emit_block([(f"g[{k}]", sub(d.grad[k])) for k in range(n)], 4, "xg")
+    hess = emit_block([(f"H[{k}, {l}]", sub(d.hess[k][l])) for k in range(n) for l in range(n)], 4, "xh")
+    resid = emit_block([(f"out[{k}]", sub(d.residuals[k])) for k in range(n)], 4, "xr")
+    risk = emit_block([("val", sub(d.risk))], 4, "xk")
+    rhs = emit_block([("fa", sub(d.state_rhs[0])), ("fu", sub(d.state_rhs[1]))], 8, "xf")
+    jac_local = emit_block(
+        [("jaa", sub(d.state_jac[0][0])), ("jau", sub(d.state_jac[0][1])),
+         ("jua", sub(d.state_jac[1][0])), ("juu", sub(d.state_jac[1][1]))]
+        + [(f"A[i, {k}]", sub(d.state_rhs_dg[0][k])) for k in range(n)]
+        + [(f"A[N + i, {k}]", sub(d.state_rhs_dg[1][k])) for k in range(n)]
+        + [(f"B[i, {k}]", sub(d.state_moment_dy[0][k]) * sp.Symbol("wi")) for k in range(n)]
+        + [(f"B[N + i, {k}]", sub(d.state_moment_dy[1][k]) * sp.Symbol("wi")) for k in range(n)], 8, "xj")
+
+    return HEADER.format(version=__version__, kind=model.kind, key=model.cache_key()) + f'''
+K = {K}
+NM = {n}
+
+
+@njit(cache=True)
+def moments(a, s, w, M):
+    """M_k = sum_j w_j m_k(a_j, s_j)."""
+    for k in range(NM):
+        M[k] = 0.0
+    for i in range(a.shape[0]):
+        ai = a[i]
+        si = s[i]
+        wi = w[i]
+{mom}
+{acc}
+
+
+@njit(cache=True)
+def grad_moments(M, g):
+    """g_k = dR/dM_k."""
+{unpack_M}
+{grad}
+
+
+@njit(cache=True)
+def hess_moments(M, H):
+    """H_kl = d^2 R / dM_k dM_l."""
+{unpack_M}
+{hess}
+
+
+@njit(cache=True)
+def residuals(M, out):
+{unpack_M}
+{resid}
+
+
+@njit(cache=True)
+def risk(M):
+{unpack_M}
+{risk}
+    return val
+
+
+@njit(cache=True)
+def rhs(t, y, w, inv_eps, dy):
+    """dy/dt for the state y = [a_0..a_(N-1), u_0..u_(N-1)], s_j = tanh(u_j)."""
+    N = w.shape[0]
+    M = np.empty(NM)
+    g = np.empty(NM)
+    s = np.tanh(y[N:])
+    moments(y[:N], s, w, M)
+    grad_moments(M, g)
+{unpack_g}
+    for i in range(N):
+        ai = y[i]
+        si = s[i]
+{rhs}
+        dy[i] = fa
+        dy[N + i] = fu
+
+
+@njit(cache=True)
+def jac_parts(t, y, w, inv_eps, D, A, Vt):
+    """dF/dy = D + A Vt for the state (a, u): D the 2x2 blocks at fixed moments (rows jaa, jau,
+    jua, juu over particles), A = dF/dM (2N, NM) and Vt = H dM/dy (NM, 2N), of rank <= NM."""
+    N = w.shape[0]
+    M = np.empty(NM)
+    g = np.empty(NM)
+    H = np.empty((NM, NM))
+    B = np.empty((2 * N, NM))
+    s = np.tanh(y[N:])
+    moments(y[:N], s, w, M)
+    grad_moments(M, g)
+    hess_moments(M, H)
+{unpack_g}
+    for i in range(N):
+        ai = y[i]
+        si = s[i]
+        c = math.cosh(y[N + i])
+        dsdu = 1.0 / (c * c)  # 1 - s^2 without cancellation; 0 once cosh overflows
+        wi = w[i]
+{jac_local}
+        D[0, i] = jaa
+        D[1, i] = jau
+        D[2, i] = jua
+        D[3, i] = juu
+    Vt[:, :] = H @ B.T
+
+
+@njit(cache=True)
+def jac(t, y, w, inv_eps, J):
+    """Dense dF/dy (the same parts, assembled)."""
+    N = w.shape[0]
+    D = np.empty((4, N))
+    A = np.empty((2 * N, NM))
+    Vt = np.empty((NM, 2 * N))
+    jac_parts(t, y, w, inv_eps, D, A, Vt)
+    J[:, :] = A @ Vt
+    for i in range(N):
+        J[i, i] += D[0, i]
+        J[i, N + i] += D[1, i]
+        J[N + i, i] += D[2, i]
+        J[N + i, N + i] += D[3, i]
+
+
+@njit(cache=True)
+def observables(a, s, w, Mt, rt, Rt):
+    """Moments, residuals and risk along a trajectory (time on the first axis)."""
+    M = np.empty(NM)
+    for t in range(a.shape[0]):
+        moments(a[t], s[t], w, M)
+        Mt[t, :] = M
+        residuals(M, rt[t])
+        Rt[t] = risk(M)
+'''
+
+
