@@ -14,6 +14,14 @@ import numpy as np
 from .errors import InputError
 
 
+def cache_dir() -> Path:
+    """Where generated modules and Hermite expansions are cached: $ODEHILD_CACHE_DIR, else
+    ~/.cache/odehild."""
+    root = os.environ.get("ODEHILD_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "odehild")
+    return Path(root)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

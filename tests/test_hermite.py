@@ -210,3 +210,27 @@ def test_cusp_at_zero_is_certified_and_exact():
 def test_pole_of_a_high_degree_denominator_is_named():
     with pytest.raises(ExpressionError, match=r"pole at z = -3\.75"):
         hermite("Min(z, 1e308, 0.5)/(-He(7,z))", 4)
+
+
+def test_expansions_are_cached_on_disk_and_a_damaged_entry_is_recomputed(tmp_path, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("odehild.symbolic.hermite")
+    monkeypatch.setenv("ODEHILD_CACHE_DIR", str(tmp_path))
+    first = module.hermite("tanh(z) + relu(z)", 4)  # numeric (tanh) and exact (relu) parts
+    entries = list((tmp_path / "hermite").glob("*.pickle"))
+    assert len(entries) == 1
+
+    def no_work(*args):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(module, "_expand", no_work)
+    again = module.hermite("tanh(z) + relu(z)", 4)
+    np.testing.assert_array_equal(again.coefficients, first.coefficients)
+    assert again.norm2 == first.norm2 and again.tail == first.tail and str(again.expr) == str(first.expr)
+    with pytest.raises(AssertionError, match="recomputed"):
+        module.hermite("tanh(z) + relu(z)", 5)  # another kmax is another entry
+    entries[0].write_bytes(b"\x80\x05garbage")
+    monkeypatch.undo()
+    monkeypatch.setenv("ODEHILD_CACHE_DIR", str(tmp_path))
+    np.testing.assert_array_equal(module.hermite("tanh(z) + relu(z)", 4).coefficients, first.coefficients)

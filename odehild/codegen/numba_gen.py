@@ -21,15 +21,9 @@ import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
 from .. import __version__
+from ..io import cache_dir
 MANIFEST = "manifest.json"
 MODULE = "generated.py"
-
-
-def cache_dir() -> Path:
-    """Where generated modules live: $ODEHILD_CACHE_DIR, else ~/.cache/odehild."""
-    root = os.environ.get("ODEHILD_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "odehild")
-    return Path(root)
 
 
 class _Printer(PythonCodePrinter):

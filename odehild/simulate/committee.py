@@ -15,6 +15,7 @@ from ..errors import InputError, IntegrationError
 from ..io import load_npz, save_npz
 from ..models.committee import CommitteeInit, CommitteeModel, overlaps, pack, random_weights
 from ..symbolic.committee import output_scale
+from ..threads import blas_threads
 from .networks import record_steps
 
 DIVERGED = 1e6  # |overlap| beyond this: the run diverged (learning rate too large)
@@ -86,15 +87,16 @@ def simulate_committee(model: CommitteeModel, K: int, M: int, d: int, *, lr: flo
     compiled.seed_numba(0 if seed is None else seed + 1)
     Qs, Rs, vs, done = [], [], [], 0
     wall = time.perf_counter()
-    for target in steps:
-        if target > done:
-            ran = compiled.sgd_steps(W, Ws, v, A, int(target - done), lr, lr2, noise, c, ct, sphere)
-            done += ran
-        init = overlaps(W, Ws, v, A) if np.all(np.isfinite(W)) else None
-        if init is None or np.max(np.abs(init.Q)) > DIVERGED:
-            raise IntegrationError(f"SGD diverged at alpha = {done / d:.4g} (lr = {lr:g}): overlaps beyond "
-                                   f"{DIVERGED:g}; lower the learning rate", t_fail=done / d)
-        Qs.append(init.Q), Rs.append(init.R), vs.append(init.v.copy())
+    with blas_threads(1):  # the overlaps at each record are small products: one BLAS thread
+        for target in steps:
+            if target > done:
+                ran = compiled.sgd_steps(W, Ws, v, A, int(target - done), lr, lr2, noise, c, ct, sphere)
+                done += ran
+            init = overlaps(W, Ws, v, A) if np.all(np.isfinite(W)) else None
+            if init is None or np.max(np.abs(init.Q)) > DIVERGED:
+                raise IntegrationError(f"SGD diverged at alpha = {done / d:.4g} (lr = {lr:g}): overlaps beyond "
+                                       f"{DIVERGED:g}; lower the learning rate", t_fail=done / d)
+            Qs.append(init.Q), Rs.append(init.R), vs.append(init.v.copy())
     T = Ws @ Ws.T / d
     Y = np.array([pack(CommitteeInit(q, r, T, vv, A)) for q, r, vv in zip(Qs, Rs, vs)])
     risk = compiled.risk_series(Y, K, M, T, A, c, ct)

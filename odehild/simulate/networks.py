@@ -28,6 +28,7 @@ from ..solve.trajectory import check_time_arrays
 from ..models.finite_width import FiniteWidthModel
 from ..symbolic.founding import check_eps, check_kmax
 from ..symbolic.parse import parse_expression, z
+from ..threads import blas_threads
 
 ALGORITHMS = ("gf", "sgd", "gd")
 # series order of the risk kernels when no closed form is known (tanh: tail of E[sigma^2] 1.4e-5)
@@ -464,7 +465,8 @@ def _run_chunks(net, W, a, steps, eta, advance, extra, seed, a0, quiet, on_recor
                           r0)
 
     try:
-        _train(net, W, a, steps, eta, advance, extra, bar, rec_a, rec_s, rec_r, rec_b, on_record, result)
+        with blas_threads(1):  # W W^T at each record: one BLAS thread, whatever else runs (odehild.threads)
+            _train(net, W, a, steps, eta, advance, extra, bar, rec_a, rec_s, rec_r, rec_b, on_record, result)
     except KeyboardInterrupt:
         bar.close()
         done = int(steps[len(rec_r) - 1]) if rec_r else 0

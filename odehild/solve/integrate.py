@@ -18,6 +18,7 @@ from scipy.integrate import BDF, LSODA, RK45, Radau
 from .. import __version__
 from ..checks import positive_float, positive_int
 from ..errors import InputError, IntegrationError, StiffnessWarning
+from ..threads import blas_threads, check_threads
 from .state import StateMap
 from .structured import StructuredBDF, StructuredRadau
 
@@ -179,8 +180,14 @@ class Integration:
 
 
 def integrate(problem: OdeProblem, t_end: float, t_eval: np.ndarray, method: str, rtol: float, atol: float, *,
-              first_step=None, max_wall=None, progress=None, structured: bool = True) -> Integration:
-    """Step a SciPy solver through ``problem`` (arguments already checked), counting the work."""
+              first_step=None, max_wall=None, progress=None, structured: bool = True, threads: int = 1) -> Integration:
+    """Step a SciPy solver through ``problem`` (arguments already checked), counting the work, with
+    ``threads`` BLAS threads (:mod:`odehild.threads`)."""
+    with blas_threads(threads):
+        return _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall, progress, structured)
+
+
+def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall, progress, structured):
     wall0 = time.perf_counter()
     n = problem.y0.size
     counters = {"nfev": 0, "njev": 0}
@@ -236,7 +243,7 @@ def integrate(problem: OdeProblem, t_end: float, t_eval: np.ndarray, method: str
 
 def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 200, t_min=None,
           method: str = None, rtol: float = 1e-8, atol: float = 1e-10, first_step=None,
-          max_wall: float = None, progress=None, structured: bool = True, **runtime):
+          max_wall: float = None, progress=None, structured: bool = True, threads: int = 1, **runtime):
     """Integrate ``model`` (any kind of :mod:`odehild.models`) from ``init`` to ``t_end``, SciPy style.
 
     ``method`` is one of Radau, BDF, LSODA (implicit, with the generated analytic Jacobian) or RK45
@@ -252,11 +259,15 @@ def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 2
     it has one (the mean-field particles: 2x2 blocks plus a rank-(K+1) term, solved by the Woodbury
     identity in O(N K) instead of O(N^3); see :mod:`odehild.solve.structured`); ``False`` factors
     it densely.
+
+    ``threads``: BLAS threads for the solver's linear algebra (default 1, which is also the fastest on
+    a quiet machine for every kind shipped: :mod:`odehild.threads`).
     """
     from ..models import check_model
 
     check_model(model)
     t_end = positive_float("t_end", model.default_t_end if t_end is None else t_end)
+    threads = check_threads(threads)
     rtol, atol = check_tolerances(rtol, atol)
     if method is not None and method not in METHODS:
         raise InputError(f"unknown method {method!r} (allowed: {', '.join(METHODS)})")
@@ -273,7 +284,7 @@ def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 2
     t_eval = check_output_times(t_eval, t_end)
 
     out = integrate(problem, t_end, t_eval, method, rtol, atol, first_step=first_step, max_wall=max_wall,
-                    progress=progress, structured=structured)
+                    progress=progress, structured=structured, threads=threads)
     stats = dict(out.stats)
     meta = {**problem.meta, "method": method, "structured": stats.pop("structured"), "rtol": rtol, "atol": atol,
             "t_end": t_end, "odehild": __version__}

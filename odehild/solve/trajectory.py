@@ -6,7 +6,7 @@ import dataclasses
 from typing import Optional
 
 import numpy as np
-from scipy import stats
+from scipy.special import ndtri
 
 from ..checks import check_memory, seed_value
 from ..errors import InputError
@@ -127,7 +127,7 @@ def a0_law(law: str, N: int, seed=None) -> np.ndarray:
     else:
         q = np.random.default_rng(seed).random(N)
     if law == "normal":
-        a = stats.norm.ppf(q)
+        a = ndtri(q)  # the N(0, 1) quantile function
     elif law == "uniform":
         a = np.sqrt(3) * (2 * q - 1)
     else:
@@ -186,7 +186,7 @@ def a0_quadrature(law: str, N: int):
     x, gw = gauss_legendre(N)
     if law == "normal":
         a = NORMAL_CUTOFF * x
-        w = gw * stats.norm.pdf(a)
+        w = gw * np.exp(-0.5 * a * a) / np.sqrt(2 * np.pi)  # the N(0, 1) density
     else:
         a = np.sqrt(3) * x
         w = gw.copy()

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import pickle
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Optional
 
 import mpmath as mp
@@ -545,15 +548,57 @@ def hermite(expr, kmax: int = 8) -> HermiteExpansion:
     """
     kmax = _check_kmax(kmax)
     text = expr if isinstance(expr, str) else str(expr)
+    cached = _cache_entry(expr, kmax)
+    found = _load_cached(cached)
+    if found is not None:
+        return found
     try:
         with time_budget(SYMBOLIC_BUDGET, f"the Hermite expansion of {text}"):
-            return _expand(parse_expression(expr), text, kmax)
+            out = _expand(parse_expression(expr), text, kmax)
+        _store_cached(cached, out)
+        return out
     except OdehildError:
         raise
     except (ArithmeticError, TypeError, ValueError, NotImplementedError, RecursionError, MemoryError) as exc:
         # SymPy or mpmath could not handle this expression: say so in one line, never a traceback
         raise ExpressionError(f"{text}: cannot compute its Hermite coefficients "
                               f"({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+# ------------------------------------------------------------------------------- disk cache
+# An expansion is cached by the expression as given (text, or SymPy's srepr) and kmax, under the
+# hash of this module and the version: a numeric expansion (tanh, relu against erf) costs seconds of
+# mpmath quadrature, a cached one a millisecond. Entries are pickles in odehild's own cache folder,
+# trusted as much as the generated modules beside them; one that does not load is recomputed.
+_CODE_SHA = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def _cache_entry(expr, kmax: int):
+    from .. import __version__
+    from ..io import cache_dir
+
+    given = expr if isinstance(expr, str) else sp.srepr(expr)
+    key = hashlib.sha256(json.dumps([given, kmax, _CODE_SHA, __version__]).encode()).hexdigest()[:32]
+    return cache_dir() / "hermite" / f"{key}.pickle"
+
+
+def _load_cached(path):
+    try:
+        with open(path, "rb") as fh:
+            out = pickle.load(fh)
+        return out if isinstance(out, HermiteExpansion) else None
+    except Exception:  # missing, damaged or foreign: recompute
+        return None
+
+
+def _store_cached(path, expansion: HermiteExpansion):
+    from ..io import atomic_write
+
+    try:
+        with atomic_write(path) as fh:
+            pickle.dump(expansion, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    except (OdehildError, OSError, pickle.PicklingError, RecursionError):
+        pass  # an unwritable cache only costs the next run the same work
 
 
 def _expand(f, text: str, kmax: int) -> HermiteExpansion:
