@@ -271,3 +271,25 @@ def test_command_line_finite_width_committee_simulation_and_compare(tmp_path, mo
     ode = Trajectory.load("fw.npz")
     assert ode.meta["gamma"] == pytest.approx(0.4)
     assert "sup |risk_sim - risk_ode|" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gamma_correlates_the_neurons_at_every_width():
+    """Spec section 3's open question, measured: from the mean-field start (s = 0, r = I), the
+    overlaps q_ij = r_ij - s_i s_j of the neurons' components orthogonal to u* vanish like 1/m at
+    gamma = 0 (independent particles: the mean-field limit) and converge to a positive limit at
+    gamma = 0.4 (SGD noise shared by all neurons), so no independent-particle gamma-ODE exists."""
+    from odehild.solve.trajectory import InitialCondition, a0_law
+
+    mean_q = {}
+    for m in (8, 16, 32):
+        for gamma in (0.0, 0.4):
+            init = InitialCondition(a0_law("normal", m), np.zeros(m), None, np.eye(m), "mean-field start")
+            tr = solve_finite_width(SIGMA_FW, PHI_FW, init, 0.05, 3.0, gamma=gamma, points=10, progress=False)
+            q = tr.r[-1] - np.outer(tr.s[-1], tr.s[-1])
+            mean_q[m, gamma] = q[~np.eye(m, dtype=bool)].mean()
+    print({k: round(v, 4) for k, v in mean_q.items()})
+    for m in (8, 16):
+        assert 0.35 < mean_q[2 * m, 0.0] / mean_q[m, 0.0] < 0.65  # halves with m
+    assert mean_q[32, 0.4] > mean_q[16, 0.4] > 0.02  # grows towards a positive limit
+    assert mean_q[32, 0.4] - mean_q[16, 0.4] < mean_q[16, 0.4] - mean_q[8, 0.4]  # and settles

@@ -169,8 +169,8 @@ class MeanFieldModel(FoundingDeclaration):
 
     def result(self, problem, t, Y, stats, meta) -> Trajectory:
         """Moments, residuals and risk along the trajectory, from the generated observables."""
-        values = problem.state.unpack(Y)
-        a, s, w = np.ascontiguousarray(values["a"]), np.ascontiguousarray(values["s"]), problem.context["weights"]
+        values = problem.state.unpack(Y, consume=True)  # a and s are views of Y: one (T, 2N) array in all
+        a, s, w = values["a"], values["s"], problem.context["weights"]
         T, nm = t.size, self.K + 1
         M, r, R = np.empty((T, nm)), np.empty((T, nm)), np.empty(T)
         problem.compiled.observables(a, s, w, M, r, R)

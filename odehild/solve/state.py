@@ -61,10 +61,11 @@ class Block:
                 flat = np.where(unit, np.sign(flat) * U_AT_UNIT_OVERLAP, np.arctanh(np.where(unit, 0.0, flat)))
         return flat
 
-    def unpack(self, Y: np.ndarray) -> np.ndarray:
-        """Values (T, *shape) from the block's columns Y (T, size)."""
+    def unpack(self, Y: np.ndarray, consume: bool = False) -> np.ndarray:
+        """Values (T, *shape) from the block's columns Y (T, size); with ``consume`` the chart is
+        applied in place and a full block comes back as a view of Y."""
         if self.chart == "artanh":
-            Y = np.tanh(Y)
+            Y = np.tanh(Y, out=Y) if consume else np.tanh(Y)
         T = Y.shape[0]
         if self.layout == "full":
             return Y.reshape((T,) + tuple(self.shape))
@@ -94,14 +95,16 @@ class StateMap:
     def pack(self, values: dict) -> np.ndarray:
         return np.concatenate([b.pack(values[b.name]) for b in self.blocks]) if self.blocks else np.empty(0)
 
-    def unpack(self, Y) -> dict:
-        """{name: array}; with time on the first axis for Y of shape (T, size), without for (size,)."""
+    def unpack(self, Y, consume: bool = False) -> dict:
+        """{name: array}; with time on the first axis for Y of shape (T, size), without for (size,).
+        ``consume=True`` lets Y be overwritten and its full blocks be returned as views (no copy of a
+        (T, N) output at 10^5 particles)."""
         Y = np.asarray(Y, dtype=float)
         single = Y.ndim == 1
         Y2 = Y[None] if single else Y
         if Y2.ndim != 2 or Y2.shape[1] != self.size:
             raise ValueError(f"state of shape {Y.shape} does not fit a map of size {self.size}")
-        out = {b.name: b.unpack(Y2[:, self.slices[b.name]]) for b in self.blocks}
+        out = {b.name: b.unpack(Y2[:, self.slices[b.name]], consume) for b in self.blocks}
         return {k: v[0] for k, v in out.items()} if single else out
 
     def describe(self, y) -> str:
