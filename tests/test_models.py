@@ -140,3 +140,15 @@ def test_a_failed_solve_reports_the_named_state_and_keeps_the_partial_result(rng
 def test_solve_refuses_what_is_not_a_model_kind():
     with pytest.raises(InputError, match="MeanFieldModel"):
         solve(object(), None, 1.0)
+
+
+def test_finite_width_start_without_overlaps_is_orthogonal_neurons():
+    from odehild.models import FiniteWidthModel
+    from odehild.solve import InitialCondition
+
+    model = FiniteWidthModel("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)", K=3, eps=0.05)
+    a0, s0 = np.array([0.5, -1.0, 1.5]), np.array([0.1, 0.0, -0.2])
+    bare = solve(model, InitialCondition(a0, s0, None), 1.0, points=10)
+    given = solve(model, InitialCondition(a0, s0, None, np.eye(3)), 1.0, points=10)
+    np.testing.assert_array_equal(bare.r[0], np.eye(3))
+    np.testing.assert_allclose(bare.risk, given.risk, rtol=1e-12)

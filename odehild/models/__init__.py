@@ -25,12 +25,11 @@ class ModelKind:
     """What every model kind provides (the contract the solve stage and the command line rely on).
 
     Class attributes: ``kind`` (the name in result files' meta), ``cli_name`` (``--model``),
-    ``summary`` (one line for ``--help``), ``result_type`` (a dataclass with ``load``).
+    ``result_type`` (a dataclass with ``load``), ``default_t_end``.
     """
 
     kind = ""
     cli_name = ""
-    summary = ""
     result_type = None
 
     def cache_key(self) -> str:

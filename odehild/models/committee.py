@@ -48,7 +48,6 @@ class CommitteeModel(ModelKind):
     kmax: int = 6
     kind = "committee"
     cli_name = "committee"
-    summary = "K-unit student, M-unit teacher (--init with Q, R, T, v, A), online SGD at rate --lr"
     default_t_end = 1000.0
 
     def __post_init__(self):

@@ -76,8 +76,6 @@ class FiniteWidthModel(FoundingDeclaration):
 
     kind = "finite_width"
     cli_name = "finite-width"
-    summary = ("the founding model's m neurons in overlaps (a, s, r) (--init with a0, s0, r0), at SGD rate "
-               "--gamma")
     result_type = Trajectory
 
     def __init__(self, sigma, phi, K: int = 6, eps: float = 1e-2, kernels: str = "series"):
@@ -128,7 +126,7 @@ class FiniteWidthModel(FoundingDeclaration):
         return StateMap(Block("a", (m,)), Block("s", (m,)), Block("r", (m, m), "offdiag"))
 
     def problem(self, init) -> OdeProblem:
-        """From ``init`` with ``r0`` (without it, every neuron starts in the same direction: r = 1)."""
+        """From ``init`` with ``r0`` (without it, the neurons start orthogonal to one another: r = I)."""
         if init is None:
             raise InputError("a finite-width model needs an explicit initial condition with r0")
         if not isinstance(init, InitialCondition):
@@ -136,7 +134,7 @@ class FiniteWidthModel(FoundingDeclaration):
         compiled = compile_model(self)
         m, inv_eps = init.N, 1.0 / self.eps
         state = self.state_map(m)
-        y0 = state.pack({"a": init.a0, "s": init.s0, "r": init.r0 if init.r0 is not None else np.ones((m, m))})
+        y0 = state.pack({"a": init.a0, "s": init.s0, "r": init.r0 if init.r0 is not None else np.eye(m)})
         rhs, jac = compiled.rhs, compiled.jac
         meta = {**self.meta(), "init": init.description, "N": m}
         return OdeProblem(y0, state, lambda t, y, out: rhs(t, y, m, inv_eps, out),

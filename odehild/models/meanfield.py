@@ -111,7 +111,6 @@ class MeanFieldModel(FoundingDeclaration):
 
     kind = "meanfield"
     cli_name = "meanfield"
-    summary = "the founding model's mean-field particles (a, s) (default)"
     result_type = Trajectory
 
     def __init__(self, sigma, phi, K: int = 6, eps: float = 1e-4):
@@ -182,7 +181,6 @@ class MeanFieldModel(FoundingDeclaration):
 
     def __repr__(self):
         return f"MeanFieldModel(sigma={self.sigma.name!r}, phi={self.phi.name!r}, K={self.K}, eps={self.eps:g})"
-
 
 
 def solve_meanfield_command(args):
