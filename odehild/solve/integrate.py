@@ -261,8 +261,9 @@ def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 2
     identity in O(N K) instead of O(N^3); see :mod:`odehild.solve.structured`); ``False`` factors
     it densely.
 
-    ``threads``: BLAS threads for the solver's linear algebra (default 1, which is also the fastest on
-    a quiet machine for every kind shipped: :mod:`odehild.threads`).
+    ``threads``: BLAS threads for the solver's linear algebra (default 1: for the mean-field staircase
+    at N = 1000 two threads gained nothing on a quiet 2-core machine and cost 2.9x beside two busy
+    processes; benchmarks/bench_busy.py, :mod:`odehild.threads`).
     """
     from ..models import check_model
 
