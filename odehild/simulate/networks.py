@@ -64,12 +64,20 @@ def renormalize(W):
 @njit(cache=True)
 def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
     """Online SGD, one fresh Gaussian sample (or a mini-batch) per step; u* = e_1.
-    a_i += (eta/eps) e sigma(h_i); u_i <- normalize(u_i + eta e a_i sigma'(h_i) (x - h_i u_i))."""
+    a_i += (eta/eps) e sigma(h_i); u_i <- normalize(u_i + eta e a_i sigma'(h_i) (x - h_i u_i)).
+
+    With one sample per step the update of W is applied lazily, inside the next step's pass that
+    computes h = W x (u_i <- keep_i u_i + cs_i x_prev, then h_i = u_i . x): W is read and written
+    once per step instead of read twice and written once, with the same arithmetic per entry."""
     m, d = W.shape
     x = np.empty(d)
+    xp = np.empty(d)
     h = np.empty(m)
     ca = np.empty(m)
     cu = np.empty(m)
+    keep = np.ones(m)
+    cs = np.zeros(m)
+    pending = False
     if batch > 1:
         GA = np.empty(m)
         GW = np.empty((m, d))
@@ -84,10 +92,36 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
             f = 0.0
             for i in range(m):
                 acc = 0.0
-                for k in range(d):
-                    acc += W[i, k] * x[k]
+                if pending:
+                    kp = keep[i]
+                    cp = cs[i]
+                    # four partial sums: independent chains the compiler can pipeline and vectorise
+                    a0 = a1 = a2 = a3 = 0.0
+                    d4 = d - d % 4
+                    for k in range(0, d4, 4):
+                        w0 = kp * W[i, k] + cp * xp[k]
+                        w1 = kp * W[i, k + 1] + cp * xp[k + 1]
+                        w2 = kp * W[i, k + 2] + cp * xp[k + 2]
+                        w3 = kp * W[i, k + 3] + cp * xp[k + 3]
+                        W[i, k] = w0
+                        W[i, k + 1] = w1
+                        W[i, k + 2] = w2
+                        W[i, k + 3] = w3
+                        a0 += w0 * x[k]
+                        a1 += w1 * x[k + 1]
+                        a2 += w2 * x[k + 2]
+                        a3 += w3 * x[k + 3]
+                    for k in range(d4, d):
+                        w = kp * W[i, k] + cp * xp[k]
+                        W[i, k] = w
+                        a0 += w * x[k]
+                    acc = (a0 + a1) + (a2 + a3)
+                else:
+                    for k in range(d):
+                        acc += W[i, k] * x[k]
                 h[i] = acc
                 f += a[i] * sigma(acc)
+            pending = False
             e = y - f / m
             for i in range(m):
                 ca[i] = eta * inv_eps * e * sigma(h[i])
@@ -101,11 +135,12 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
                     hi = h[i]
                     # |u + c (x - h u)|^2 = 1 + c^2 (|x|^2 - h^2) for a unit u
                     scale = 1.0 / math.sqrt(1.0 + c * c * (x2 - hi * hi))
-                    keep = (1.0 - c * hi) * scale
-                    cs = c * scale
-                    for k in range(d):
-                        W[i, k] = keep * W[i, k] + cs * x[k]
+                    keep[i] = (1.0 - c * hi) * scale
+                    cs[i] = c * scale
                     a[i] += ca[i]
+                for k in range(d):
+                    xp[k] = x[k]
+                pending = True
             else:
                 for i in range(m):
                     GA[i] += ca[i] / batch
@@ -122,6 +157,10 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
                 n = math.sqrt(n)
                 for k in range(d):
                     W[i, k] /= n
+    if pending:
+        for i in range(m):
+            for k in range(d):
+                W[i, k] = keep[i] * W[i, k] + cs[i] * xp[k]
     renormalize(W)
 
 
