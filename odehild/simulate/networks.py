@@ -68,7 +68,8 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
 
     With one sample per step the update of W is applied lazily, inside the next step's pass that
     computes h = W x (u_i <- keep_i u_i + cs_i x_prev, then h_i = u_i . x): W is read and written
-    once per step instead of read twice and written once, with the same arithmetic per entry."""
+    once per step instead of read twice and written once, with the same arithmetic per entry of W
+    (h is summed in four partial sums, a rounding-level change of order)."""
     m, d = W.shape
     x = np.empty(d)
     xp = np.empty(d)
