@@ -86,7 +86,7 @@ def init_from_args(args):
                              args.nodes or "quadrature")
 
 
-def _stop_if_out_of_time(traj, args, time_name="t"):
+def stop_if_out_of_time(traj, args, time_name="t"):
     """The wall-time budget ran out: a partial result, not a result."""
     if traj.stats["status"] == 2:
         raise IntegrationError(f"stopped by --max-wall {args.max_wall:g} s at {time_name} = "
@@ -94,7 +94,7 @@ def _stop_if_out_of_time(traj, args, time_name="t"):
                                partial=traj, t_fail=traj.stats["t_reached"])
 
 
-def _solver_summary(st: dict) -> str:
+def solver_summary(st: dict) -> str:
     return (f"{st['nsteps']} steps, nfev {st['nfev']}, njev {st['njev']}, nlu {st['nlu']}, "
             f"solve {st['solve_seconds']:.2f} s (compile {st['compile_seconds']:.2f} s, "
             f"{'cached' if st['from_cache'] else 'generated'})")

@@ -31,6 +31,7 @@ class ModelKind:
     kind = ""
     cli_name = ""
     result_type = None
+    default_t_end = None  # None: solve() needs t_end
 
     def cache_key(self) -> str:
         """Content hash of everything the generated source depends on."""
@@ -117,8 +118,9 @@ def check_model(model):
 
 
 def __getattr__(name):
-    # the declarations, importable from here without importing every kind at package import
-    homes = {"MeanFieldModel": "meanfield", "FiniteWidthModel": "finite_width", "CommitteeModel": "committee"}
-    if name in homes:
-        return getattr(importlib.import_module(f"{__name__}.{homes[name]}"), name)
-    raise AttributeError(name)
+    # a declaration by its class name (``from odehild.models import MeanFieldModel``), found through
+    # the registry, so that a new kind needs no entry here
+    for cls in kinds().values():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -548,7 +548,7 @@ def unpack(Y: np.ndarray, K: int, M: int) -> tuple:
 def solve_committee_command(args):
     """``odehild solve --model committee``."""
     from ..checks import positive_float
-    from ..commands import _solver_summary, _stop_if_out_of_time, keep_partial
+    from ..commands import solver_summary, stop_if_out_of_time, keep_partial
     from ..config import merge_values
 
     unused = [f for f, v in (("--eps", args.eps), ("--gamma", args.gamma), ("--particles", args.particles),
@@ -575,14 +575,14 @@ def solve_committee_command(args):
         traj = solve_committee(model, init, args.t_end, lr=args.lr, lr2=args.lr2 or 0.0, noise=args.noise or 0.0,
                                points=args.points, t_min=args.t_min, method=args.method, rtol=args.rtol,
                                atol=args.atol, max_wall=args.max_wall, progress=False if args.quiet else None)
-        _stop_if_out_of_time(traj, args, "alpha")
+        stop_if_out_of_time(traj, args, "alpha")
     resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end,
                 "method": traj.meta["method"]}
     analysis = committee_analysis(traj)
     traj.meta.update(info, values=merge_values(args.values, resolved), analysis=analysis)
     path = traj.save(args.out)
     print(f"{path}: T = {len(traj)}, K = {init.K}, M = {init.M}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
-          + _solver_summary(traj.stats))
+          + solver_summary(traj.stats))
     for line in analysis["summary"]:
         print("  " + line)
     return [(path, resolved)]

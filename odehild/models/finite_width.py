@@ -216,7 +216,7 @@ def solve_finite_width(sigma, phi, init, eps: float, t_end: float = 5.0, *, gamm
 def solve_finite_width_command(args):
     """``odehild solve --model finite-width``: through the committee member, at rate --gamma."""
     from ..checks import positive_float
-    from ..commands import _solver_summary, _stop_if_out_of_time, keep_partial
+    from ..commands import solver_summary, stop_if_out_of_time, keep_partial
     from ..config import merge_values
     from ..io import load_npz
 
@@ -246,13 +246,13 @@ def solve_finite_width_command(args):
                                   noise=args.noise or 0.0, backend=args.backend or "auto", kmax=args.kmax,
                                   points=args.points, t_min=args.t_min, method=args.method, rtol=args.rtol,
                                   atol=args.atol, max_wall=args.max_wall, progress=False if args.quiet else None)
-        _stop_if_out_of_time(traj, args)
+        stop_if_out_of_time(traj, args)
     resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end,
                 "method": traj.meta["method"]}
     traj.meta.update(info, values=merge_values(args.values, resolved))
     path = traj.save(args.out)
     print(f"{path}: T = {len(traj)}, m = {init.N}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
-          + _solver_summary(traj.stats))
+          + solver_summary(traj.stats))
     return [(path, resolved)]
 
 

@@ -186,7 +186,7 @@ class MeanFieldModel(FoundingDeclaration):
 def solve_meanfield_command(args):
     """``odehild solve`` (--model meanfield)."""
     from ..checks import positive_float
-    from ..commands import _solver_summary, _stop_if_out_of_time, init_from_args, keep_partial
+    from ..commands import solver_summary, stop_if_out_of_time, init_from_args, keep_partial
     from ..config import merge_values
     from ..solve import solve
 
@@ -209,14 +209,14 @@ def solve_meanfield_command(args):
         traj = solve(model, init, args.t_end, points=args.points, t_min=args.t_min,
                      method=args.method or "Radau", rtol=args.rtol, atol=args.atol, max_wall=args.max_wall,
                      progress=False if args.quiet else None)
-        _stop_if_out_of_time(traj, args)
+        stop_if_out_of_time(traj, args)
     t_min = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end, "method": traj.meta["method"]}
     if not args.init:
         t_min.update(particles=init.N, a0=args.a0 or "normal", nodes=args.nodes or "quadrature")
     traj.meta.update(info, values=merge_values(args.values, t_min))
     path = traj.save(args.out)
     print(f"{path}: T = {len(traj)}, N = {traj.a.shape[1]}, risk {traj.risk[0]:.6g} -> {traj.risk[-1]:.3g}; "
-          + _solver_summary(traj.stats))
+          + solver_summary(traj.stats))
     if learn.learns_nothing:
         print(f"note: nothing beyond degree 0 was learnable; the risk ends on the floor {learn.floor:.6g} "
               "(learnability report above: what to change)")

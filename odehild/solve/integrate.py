@@ -179,6 +179,7 @@ class Integration:
     Y: np.ndarray
     stats: dict
     run: SolverRun
+    structured: bool
 
 
 def integrate(problem: OdeProblem, t_end: float, t_eval: np.ndarray, method: str, rtol: float, atol: float, *,
@@ -238,8 +239,8 @@ def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall,
              "ndense": int(getattr(solver, "ndense", 0)), "nsteps": run.nsteps, "status": run.status,
              "message": run.message, "t_reached": float(solver.t), "solve_seconds": run.solve_seconds,
              "wall_seconds": time.perf_counter() - wall0, "derive_seconds": compiled.derive_seconds,
-             "compile_seconds": compile_seconds, "from_cache": compiled.from_cache, "structured": structured}
-    return Integration(run.t, run.y, stats, run)
+             "compile_seconds": compile_seconds, "from_cache": compiled.from_cache}
+    return Integration(run.t, run.y, stats, run, structured)
 
 
 def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 200, t_min=None,
@@ -268,6 +269,8 @@ def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 2
     from ..models import check_model
 
     check_model(model)
+    if t_end is None and model.default_t_end is None:
+        raise InputError(f"{type(model).__name__} has no default t_end: give one")
     t_end = positive_float("t_end", model.default_t_end if t_end is None else t_end)
     threads = check_threads(threads)
     rtol, atol = check_tolerances(rtol, atol)
@@ -287,10 +290,9 @@ def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 2
 
     out = integrate(problem, t_end, t_eval, method, rtol, atol, first_step=first_step, max_wall=max_wall,
                     progress=progress, structured=structured, threads=threads)
-    stats = dict(out.stats)
-    meta = {**problem.meta, "method": method, "structured": stats.pop("structured"), "rtol": rtol, "atol": atol,
+    meta = {**problem.meta, "method": method, "structured": out.structured, "rtol": rtol, "atol": atol,
             "t_end": t_end, "odehild": __version__}
-    result = model.result(problem, out.t, out.Y, stats, meta)
+    result = model.result(problem, out.t, out.Y, out.stats, meta)
     run = out.run
     if run.status < 0:
         where = f"{problem.time_name} = {run.t_fail:.6g}" if run.t_fail is not None else "start"
