@@ -18,7 +18,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_hermite(args):
     from .symbolic import hermite
+    from .symbolic.parse import target_variables
 
+    if target_variables(args.expr):
+        return _hermite_multi(args)
     h = hermite(args.expr, args.kmax)
     if args.json:
         print(h.to_json())
@@ -35,6 +38,29 @@ def _cmd_hermite(args):
         print(f"numeric coefficients: max error bound {h.errors.max():.2g}")
 
 
+def _hermite_multi(args):
+    from .symbolic.multi_hermite import learning_order, monomial_name, multi_hermite
+
+    h = multi_hermite(args.expr, args.kmax)
+    if args.json:
+        import json
+
+        print(json.dumps(h.to_dict()))
+        return
+    print(f"Hermite coefficients phi_alpha = E[f(z) h_alpha(z)], h_alpha = prod_j He_(alpha_j)(z_j)/sqrt(alpha_j!), "
+          f"of f = {h.expression} (M = {h.M} directions, |alpha| <= {h.kmax}; zero terms omitted)")
+    print(f"{'alpha':>14}  {'term':>18}  {'phi_alpha':>22}  exact")
+    for alpha, c, e, err in zip(h.multi_indices, h.coefficients, h.exact, h.errors):
+        if alpha in h.support:
+            print(f"{str(alpha):>14}  {monomial_name(alpha):>18}  {c:>22.15g}  {'' if e is None else e}")
+    print(f"norm2 = E[f^2] = {h.norm2:.15g} ({h.method})")
+    print(f"tail  = norm2 - sum phi_alpha^2 = {h.tail:.6g}")
+    order = " then ".join("{" + ", ".join(f"z{j + 1}" for j in step) + "}" for step in learning_order(h.support))
+    print(f"leap complexity: {h.leap} (directions learned in the order {order or 'none'})")
+    if h.method == "quadrature" or h.errors.max() > 0:
+        print(f"numeric coefficients: max error bound {h.errors.max():.2g}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -43,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    h = sub.add_parser("hermite", help="normalized Hermite coefficients of an expression in z")
-    h.add_argument("expr", help="function of z, e.g. 'relu(z)' or 'h(1,z)+h(2,z)'")
+    h = sub.add_parser("hermite", help="normalized Hermite coefficients of an expression in z (or z1 .. z9)")
+    h.add_argument("expr", help="function of z, e.g. 'relu(z)' or 'h(1,z)+h(2,z)'; or a multi-index target in "
+                                "z1 .. z9, e.g. 'z1 + z1*z2' (JSON gains multi_indices)")
     h.add_argument("--kmax", type=int, default=8, help="largest degree K (default 8)")
     h.add_argument("--json", action="store_true", help="print one JSON object")
     h.set_defaults(func=_cmd_hermite)

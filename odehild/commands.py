@@ -18,7 +18,7 @@ BACKEND_CHOICES = ("auto", "erf", "polynomial", "relu", "hermite", "quadrature")
 
 def add_model_args(p, eps_required=True, eps_help="learning-rate ratio eps > 0"):
     p.add_argument("--sigma", required=True, help="activation, expression in z (e.g. 'relu(z)')")
-    p.add_argument("--phi", required=True, help="link function, expression in z")
+    p.add_argument("--phi", required=True, help="link function, expression in z (solve: or a multi-index target in z1 .. z9)")
     if eps_required:
         p.add_argument("--eps", type=float, required=True, help=eps_help)
     elif eps_help:
@@ -105,7 +105,18 @@ def _cmd_solve(args):
 
     if args.points < 2:
         raise InputError(f"--points must be at least 2, got {args.points}")
-    return kind_for_cli(args.model).solve_command(args)
+    model = args.model
+    if model == "meanfield" and _is_multi_index(args.phi):
+        model = "multi-index"  # the target names z1 .. zM: the mean-field model of M directions
+    if args.s0_dim is not None and model != "multi-index":
+        raise InputError("--s0-dim is the finite-d start of a multi-index target (phi in z1 .. zM)")
+    return kind_for_cli(model).solve_command(args)
+
+
+def _is_multi_index(phi) -> bool:
+    from .symbolic.parse import target_variables
+
+    return phi is not None and bool(target_variables(phi))
 
 
 def _cmd_plot(args):
@@ -428,12 +439,14 @@ def model_kinds() -> list:
 def register(sub):
     s = sub.add_parser("solve", help="integrate the mean-field dynamics, or a committee machine's overlaps")
     s.add_argument("--model", default="meanfield", choices=model_kinds(),
-                   help="meanfield (default): the founding model's particles; committee: K-unit student, "
+                   help="meanfield (default): the founding model's particles, or with --phi in z1 .. zM the "
+                        "multi-index model (s saved with shape (T, N, M)); committee: K-unit student, "
                         "M-unit teacher, online SGD at a finite learning rate (see --lr); finite-width: the "
                         "founding model's m neurons (--init with a0, s0, r0), at SGD rate --gamma")
     add_model_args(s, eps_required=False, eps_help="learning-rate ratio eps > 0 (mean-field model, required there)")
     g = s.add_argument_group("initial condition (s0 = 0 and a0 from a law, or a file)")
-    g.add_argument("--init", default=None, help="FILE.npz with arrays a0, s0 (optional weights); for --model "
+    g.add_argument("--init", default=None, help="FILE.npz with arrays a0, s0 (optional weights; s0 (N, M) for a "
+                                                "multi-index target); for --model "
                                                 "committee: Q (K, K), R (K, M), T (M, M), v (K,), A (M,); for "
                                                 "--model finite-width: a0 (m,), s0 (m,), r0 (m, m)")
     g.add_argument("--particles", type=int, default=None, help="number of particles N (default 200)")
@@ -442,6 +455,9 @@ def register(sub):
     g.add_argument("--nodes", default=None,
                    help="how a0's law becomes particles: quadrature (default: weighted nodes covering the tails) "
                         "or quantiles (equal weights, slow to converge in N)")
+    g.add_argument("--s0-dim", type=int, default=None,
+                   help="multi-index targets: start from s0 ~ N(0, 1/d) per coordinate, the alignment of a random "
+                        "unit vector in dimension d (default: s0 = 0); seeded by --seed (default 0)")
     c = s.add_argument_group("committee model (--model committee; time alpha = steps/d)")
     c.add_argument("--lr", type=float, default=None, help="first-layer learning rate eta (required)")
     c.add_argument("--lr2", type=float, default=None, help="second-layer learning rate (default 0: fixed)")

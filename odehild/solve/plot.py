@@ -219,3 +219,70 @@ def plot_committee(traj, path=None):
                  f"{meta.get('output')} outputs, {meta.get('geometry', 'free')} geometry, {meta.get('dynamics')}, "
                  f"lr = {meta.get('lr')}, {meta.get('backend')} expectations", fontsize=10)
     return finish_figure(fig, path)
+
+
+def plot_multi_index(traj, path=None, title=None):
+    """A multi-index trajectory: risk against log-time with each plateau labelled by the target's
+    monomials still unlearned there; the alignment of each direction; the residual of each term of
+    the target. Saved to ``path`` when given. Returns the figure."""
+    from ..symbolic.multi_hermite import monomial_name
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    pos = traj.t > 0
+    t = traj.t[pos]
+    times = traj.direction_times()
+    ax = axes[0]
+    ax.semilogx(t, traj.risk[pos], lw=1.8, color="k")
+    span = max(np.ptp(traj.risk), 1e-300)
+    for p in find_plateaus(traj.t, traj.risk, tol=0.05, min_decades=0.3):
+        ax.axvspan(p.t_start, p.t_end, color="C2", alpha=0.08)
+    # one label per phase between successive learning times: the terms still unlearned there
+    learned = sorted({tl for tl in traj.learning_times().values() if np.isfinite(tl)})
+    edges = [first_change_time(traj) / 10, *learned, float(t[-1])]
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        mid = float(np.sqrt(lo * hi))
+        k = min(int(np.searchsorted(traj.t, mid)), len(traj) - 1)
+        left = traj.unlearned(k)
+        label = ("unlearned:\n" + "\n".join(monomial_name(a) for a in left)) if left else "all learned"
+        ax.text(mid, traj.risk[k] + 0.03 * span, label, ha="center", va="bottom", fontsize=7)
+    for j, tj in enumerate(times):
+        if np.isfinite(tj):
+            ax.axvline(tj, color=f"C{j}", ls="--", lw=0.8)
+    ax.set_ylim(top=traj.risk.max() + 0.3 * span)
+    ax.set_xlabel("t")
+    ax.set_ylabel("population risk R(t)")
+    ax.set_title("risk against log-time (plateaus shaded; terms unlearned in each phase)", fontsize=10)
+    crop_flat_start(ax, [traj])
+
+    ax = axes[1]
+    align = traj.alignment()[pos]
+    for j in range(traj.M):
+        when = f", learned at t = {times[j]:.3g}" if np.isfinite(times[j]) else ", not learned"
+        ax.semilogx(t, align[:, j], color=f"C{j}", lw=1.6, label=f"direction z{j + 1}{when}")
+        if np.isfinite(times[j]):
+            ax.axvline(times[j], color=f"C{j}", ls="--", lw=0.8)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("t")
+    ax.set_ylabel("RMS alignment sqrt(sum_i w_i s_ij^2)")
+    ax.set_title("alignment with each direction", fontsize=10)
+    ax.legend(fontsize=7)
+    crop_flat_start(ax, [traj])
+
+    ax = axes[2]
+    support = [tuple(a) for a in traj.meta["support"]]
+    for n, alpha in enumerate(support):
+        col = traj.multi_indices.index(alpha)
+        r = np.abs(traj.residuals[pos, col])
+        ax.loglog(t, np.maximum(r, 1e-300), lw=1.4, label=f"|r| of {monomial_name(alpha)}")
+    ax.set_ylim(1e-12, 3 * max(np.abs(traj.residuals).max(), 1e-12))
+    ax.set_xlabel("t")
+    ax.set_ylabel("|r_alpha(t)|")
+    ax.set_title("residual of each term of the target", fontsize=10)
+    ax.legend(fontsize=7)
+    crop_flat_start(ax, [traj])
+    meta = traj.meta
+    fig.suptitle(title or f"sigma = {meta.get('sigma', '?')},  phi = {meta.get('phi', '?')} (M = {traj.M}, leap "
+                 f"{meta.get('leap_complexity', '?')}),  eps = {meta.get('eps', float('nan')):.3g}, K = "
+                 f"{meta.get('kmax', '?')}, N = {traj.a.shape[1]}", fontsize=10)
+    return finish_figure(fig, path)

@@ -1,19 +1,20 @@
 """Radau and BDF with the mean-field Jacobian kept in its structure.
 
-The mean-field Jacobian is J = D + A Vt: D holds one 2x2 block per particle (a_i and s_i coupled at
-fixed moments) and A Vt has rank at most K + 1 (every particle sees the others only through the
-moments M_k). SciPy's implicit solvers factor iteration matrices c I - J (Radau, c real or complex)
+The mean-field Jacobian is J = D + A Vt: D holds one block per particle (a_i and its alignment s_i
+coupled at fixed moments: 2x2 for a single-index target, (M+1) x (M+1) for M directions) and A Vt
+has the rank of the number of moments (every particle sees the others only through them). SciPy's
+implicit solvers factor iteration matrices c I - J (Radau, c real or complex)
 or I - c J (BDF) densely, O(N^3) per factorization. Here they are factored by the Woodbury identity,
 
-    (P - A Vt)^-1 = P^-1 + P^-1 A (I - Vt P^-1 A)^-1 Vt P^-1,    P = c I - D (2x2 blocks),
+    (P - A Vt)^-1 = P^-1 + P^-1 A (I - Vt P^-1 A)^-1 Vt P^-1,    P = c I - D (blocks),
 
 which costs O(N K) per solve and a (K+1) x (K+1) capacitance matrix per factorization. When the
 capacitance matrix is ill-conditioned (late in a run, when the residuals are near rounding), the
 identity loses accuracy; each solve is then refined against the structured matrix itself (residual
 b - (c I - J) x in O(N K), a correction by the same factorization) until it is accurate to
-rounding. Only when a 2x2 block is singular to working precision, or refinement stalls, is the
+rounding. Only when a block is singular to working precision, or refinement stalls, is the
 matrix assembled and factored densely (counted in ``ndense``), and only up to DENSE_MAX unknowns:
-beyond that a dense factor would not fit in memory (8 (2N)^2 bytes) and the refined solution is
+beyond that a dense factor would not fit in memory (8 (bN)^2 bytes) and the refined solution is
 used as it is, which Radau's and BDF's Newton iterations tolerate (they check their own
 convergence and shorten the step).
 """
@@ -34,29 +35,37 @@ DENSE_MAX = 4000  # unknowns: a dense fallback beyond this would take over 128 M
 
 
 class LowRankJacobian:
-    """J = D + A Vt for the state [a_0..a_(N-1), s_0..s_(N-1)].
+    """J = D + A Vt for a state of N particles with b = 1 + ndir unknowns each, laid out as
+    [a_0..a_(N-1), s_(0,0)..s_(0,ndir-1), s_(1,0), ...] (a first, then s row by row; the
+    single-index state [a; s] is ndir = 1).
 
-    ``D`` (4, N): rows jaa, jas, jsa, jss of the per-particle blocks; ``A`` (2N, r); ``Vt`` (r, 2N).
-    ``scale`` multiplies the whole matrix (BDF forms c J).
+    ``D``: the per-particle blocks, (N, b, b), or (4, N) rows aa, as, sa, ss for b = 2;
+    ``A`` (bN, r); ``Vt`` (r, bN). ``scale`` multiplies the whole matrix (BDF forms c J).
     """
 
     def __init__(self, D, A, Vt, scale=1.0):
+        if D.ndim == 2:  # the single-index rows (4, N)
+            D = np.ascontiguousarray(D.T.reshape(-1, 2, 2))
         self.D, self.A, self.Vt, self.scale = D, A, Vt, scale
-        self.N = D.shape[1]
-        self.shape = (2 * self.N, 2 * self.N)
+        self.N, self.b = D.shape[0], D.shape[1]
+        self.shape = (self.b * self.N, self.b * self.N)
 
     def __rmul__(self, c):
         return LowRankJacobian(self.D, self.A, self.Vt, self.scale * c)
 
     def toarray(self) -> np.ndarray:
-        N = self.N
         J = self.A @ self.Vt
-        i = np.arange(N)
-        J[i, i] += self.D[0]
-        J[i, N + i] += self.D[1]
-        J[N + i, i] += self.D[2]
-        J[N + i, N + i] += self.D[3]
+        idx = _block_indices(self.N, self.b)
+        J[idx[:, :, None], idx[:, None, :]] += self.D
         return self.scale * J
+
+
+def _block_indices(N, b):
+    """(N, b): the state indices of particle i's unknowns (a_i, s_i1, ..)."""
+    idx = np.empty((N, b), dtype=np.int64)
+    idx[:, 0] = np.arange(N)
+    idx[:, 1:] = N + np.arange(N * (b - 1)).reshape(N, b - 1)
+    return idx
 
 
 class ShiftedIdentity:
@@ -86,34 +95,48 @@ class IterationMatrix:
         return self.c * np.eye(self.J.shape[0]) - self.J.toarray()
 
 
+@njit(cache=True, inline="always")
+def _at(N, nd, i, p):
+    return i if p == 0 else N + i * nd + p - 1
+
+
 @njit(cache=True)
 def _pinv_rows(Pinv, B, scale, out):
-    """out = P^-1 (scale B) for the rows [a-block; s-block] of B (2N, r), P^-1 as 2x2 blocks (4, N)."""
-    N = Pinv.shape[1]
+    """out = P^-1 (scale B) for B (bN, r), P^-1 as blocks (N, b, b)."""
+    N, b = Pinv.shape[0], Pinv.shape[1]
+    nd = b - 1
+    v = np.empty(b, dtype=out.dtype)
     for i in range(N):
         for k in range(B.shape[1]):
-            ba, bs = scale * B[i, k], scale * B[N + i, k]
-            out[i, k] = Pinv[0, i] * ba + Pinv[1, i] * bs
-            out[N + i, k] = Pinv[2, i] * ba + Pinv[3, i] * bs
+            for p in range(b):
+                v[p] = scale * B[_at(N, nd, i, p), k]
+            for p in range(b):
+                acc = 0.0 * v[0]
+                for q in range(b):
+                    acc += Pinv[i, p, q] * v[q]
+                out[_at(N, nd, i, p), k] = acc
 
 
 @njit(cache=True)
 def _woodbury_solve(Pinv, Q, cap_inv, Vt, b, out):
     """out = y + Q cap^-1 Vt y, y = P^-1 b: one pass for y and Vt y, one for the rank-r update."""
-    N, r = Pinv.shape[1], Vt.shape[0]
+    N, nb, r = Pinv.shape[0], Pinv.shape[1], Vt.shape[0]
+    nd = nb - 1
     acc = np.zeros(r, dtype=out.dtype)
     for i in range(N):
-        ya = Pinv[0, i] * b[i] + Pinv[1, i] * b[N + i]
-        ys = Pinv[2, i] * b[i] + Pinv[3, i] * b[N + i]
-        out[i] = ya
-        out[N + i] = ys
-        for k in range(r):
-            acc[k] += Vt[k, i] * ya + Vt[k, N + i] * ys
+        for p in range(nb):
+            jp = _at(N, nd, i, p)
+            y = 0.0 * out[0]
+            for q in range(nb):
+                y += Pinv[i, p, q] * b[_at(N, nd, i, q)]
+            out[jp] = y
+            for k in range(r):
+                acc[k] += Vt[k, jp] * y
     z = np.zeros(r, dtype=out.dtype)
     for k in range(r):
         for l in range(r):
             z[k] += cap_inv[k, l] * acc[l]
-    for i in range(2 * N):
+    for i in range(nb * N):
         u = out[i]
         for k in range(r):
             u += Q[i, k] * z[k]
@@ -123,23 +146,44 @@ def _woodbury_solve(Pinv, Q, cap_inv, Vt, b, out):
 @njit(cache=True)
 def _residual(c, sc, D, A, Vt, x, b, out):
     """out = b - (c I - sc J) x with J = D + A Vt, in O(N r); returns max |out|."""
-    N, r = D.shape[1], Vt.shape[0]
+    N, nb, r = D.shape[0], D.shape[1], Vt.shape[0]
+    nd = nb - 1
     v = np.zeros(r, dtype=out.dtype)
     for k in range(r):
-        for j in range(2 * N):
+        for j in range(nb * N):
             v[k] += Vt[k, j] * x[j]
     top = 0.0
     for i in range(N):
-        xa, xs = x[i], x[N + i]
-        ja = D[0, i] * xa + D[1, i] * xs
-        js = D[2, i] * xa + D[3, i] * xs
-        for k in range(r):
-            ja += A[i, k] * v[k]
-            js += A[N + i, k] * v[k]
-        out[i] = b[i] - (c * xa - sc * ja)
-        out[N + i] = b[N + i] - (c * xs - sc * js)
-        top = max(top, abs(out[i]), abs(out[N + i]))
+        for p in range(nb):
+            jp = _at(N, nd, i, p)
+            jx = 0.0 * out[0]
+            for q in range(nb):
+                jx += D[i, p, q] * x[_at(N, nd, i, q)]
+            for k in range(r):
+                jx += A[jp, k] * v[k]
+            out[jp] = b[jp] - (c * x[jp] - sc * jx)
+            top = max(top, abs(out[jp]))
     return top
+
+
+def _block_inverses(P):
+    """P^-1 for blocks P (N, b, b) and whether each is singular to working precision. 2x2 blocks by
+    their adjugate; larger ones by LAPACK, their condition from the 1-norms."""
+    if P.shape[1] == 2:
+        det = P[:, 0, 0] * P[:, 1, 1] - P[:, 0, 1] * P[:, 1, 0]
+        size = (np.abs(P[:, 0, 0]) + np.abs(P[:, 0, 1])) * (np.abs(P[:, 1, 0]) + np.abs(P[:, 1, 1]))
+        singular = np.abs(det) * COND_LIMIT <= size
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = np.stack([np.stack([P[:, 1, 1], -P[:, 0, 1]], -1), np.stack([-P[:, 1, 0], P[:, 0, 0]], -1)], 1)
+            inv /= det[:, None, None]
+        return inv, singular
+    with np.errstate(all="ignore"):
+        try:
+            inv = np.linalg.inv(P)
+        except np.linalg.LinAlgError:
+            return None, np.ones(P.shape[0], dtype=bool)
+        norm = np.abs(P).sum(axis=1).max(axis=1) * np.abs(inv).sum(axis=1).max(axis=1)
+    return inv, ~(norm < COND_LIMIT)
 
 
 class WoodburyFactor:
@@ -150,17 +194,15 @@ class WoodburyFactor:
         c, J = M.c, M.J
         sc = J.scale
         self.c, self.sc, self.J = c, sc, J
-        p_aa, p_as = c - sc * J.D[0], -sc * J.D[1]
-        p_sa, p_ss = -sc * J.D[2], c - sc * J.D[3]
-        det = p_aa * p_ss - p_as * p_sa
-        size = (np.abs(p_aa) + np.abs(p_as)) * (np.abs(p_sa) + np.abs(p_ss))
+        P = (-sc * J.D).astype(np.result_type(c, sc, J.D))
+        P[:, np.arange(J.b), np.arange(J.b)] += c
         self.dense = None
-        self.n = 2 * J.N
-        if np.any(np.abs(det) * COND_LIMIT <= size) and self.n <= DENSE_MAX:
+        self.n = J.shape[0]
+        Pinv, singular = _block_inverses(P)
+        if np.any(singular) and self.n <= DENSE_MAX:
             self._factor_dense(M)
             return
-        # P^-1 blocks, stored as rows (aa, as, sa, ss)
-        self.Pinv = np.array([p_ss, -p_as, -p_sa, p_aa]) / det
+        self.Pinv = np.ascontiguousarray(Pinv)
         self.Q = np.empty(J.A.shape, dtype=self.Pinv.dtype)
         _pinv_rows(self.Pinv, np.ascontiguousarray(J.A), sc, self.Q)
         self.Vt = np.ascontiguousarray(J.Vt)

@@ -15,6 +15,10 @@ from ..errors import ExpressionError
 
 #: The one variable of every activation and link function.
 z = sp.Symbol("z", real=True)
+#: The variables of a multi-index target (docs/conventions.md): z1 .. z9, z_j = <u*_j, x>.
+MULTI_VARIABLES = tuple(sp.Symbol(f"z{j}", real=True) for j in range(1, 10))
+_SINGLE = {"z": z}
+_MULTI = {**_SINGLE, **{str(v): v for v in MULTI_VARIABLES}}
 
 MAX_LENGTH = 2000
 MAX_HERMITE_DEGREE = 200
@@ -110,30 +114,34 @@ def _number(value, text: str) -> sp.Expr:
     return sp.Rational(repr(value))
 
 
-def _build(node: ast.AST, text: str) -> sp.Expr:
+def _build(node: ast.AST, text: str, variables: dict = _SINGLE) -> sp.Expr:
     if isinstance(node, ast.Expression):
-        return _build(node.body, text)
+        return _build(node.body, text, variables)
     if isinstance(node, ast.Constant):
         return _number(node.value, text)
     if isinstance(node, ast.Name):
-        if node.id == "z":
-            return z
+        if node.id in variables:
+            return variables[node.id]
         if node.id in _CONSTANTS:
             return _CONSTANTS[node.id]
         if node.id in _FUNCTIONS or node.id in _HERMITE:
             raise _fail(f"function name {node.id!r} used without arguments", text)
-        raise _fail(f"unknown name {node.id!r} (allowed: {', '.join(ALLOWED_NAMES)})", text)
+        allowed = ALLOWED_NAMES if variables is _SINGLE else sorted([*variables, *_CONSTANTS, *_FUNCTIONS, *_HERMITE])
+        if variables is _SINGLE and node.id in _MULTI:
+            raise _fail(f"name {node.id!r}: z1 .. z9 are the variables of a multi-index target (MultiIndexModel; "
+                        "odehild solve picks it from --phi), here only z is allowed", text)
+        raise _fail(f"unknown name {node.id!r} (allowed: {', '.join(allowed)})", text)
     if isinstance(node, ast.UnaryOp):
         if isinstance(node.op, ast.USub):
-            return -_build(node.operand, text)
+            return -_build(node.operand, text, variables)
         if isinstance(node.op, ast.UAdd):
-            return _build(node.operand, text)
+            return _build(node.operand, text, variables)
         raise _fail(f"operator {_OP_TOKENS.get(type(node.op), type(node.op).__name__)!r} is not allowed", text)
     if isinstance(node, ast.BinOp):
         op = type(node.op)
         if op not in (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow):
             raise _fail(f"operator {_OP_TOKENS.get(op, op.__name__)!r} is not allowed", text)
-        left, right = _build(node.left, text), _build(node.right, text)
+        left, right = _build(node.left, text, variables), _build(node.right, text, variables)
         if op is ast.Add:
             return left + right
         if op is ast.Sub:
@@ -164,15 +172,15 @@ def _build(node: ast.AST, text: str) -> sp.Expr:
             if not (isinstance(k_node, ast.Constant) and type(k_node.value) is int
                     and 0 <= k_node.value <= MAX_HERMITE_DEGREE):
                 raise _fail(f"{name}(k, z) needs k a literal integer in [0, {MAX_HERMITE_DEGREE}]", text)
-            return _HERMITE[name](k_node.value, _build(node.args[1], text))
+            return _HERMITE[name](k_node.value, _build(node.args[1], text, variables))
         if name not in _FUNCTIONS:
             raise _fail(f"unknown function {name!r} (allowed: {', '.join(sorted([*_FUNCTIONS, *_HERMITE]))})", text)
         builder, nargs = _FUNCTIONS[name]
         if (nargs is None and len(node.args) < 2) or (nargs is not None and len(node.args) not in nargs):
             want = "2 or more" if nargs is None else str(nargs[0])
             raise _fail(f"function {name!r} takes {want} argument(s), got {len(node.args)}", text)
-        out = builder(*[_build(a, text) for a in node.args])
-        if out.is_number and not out.has(z):
+        out = builder(*[_build(a, text, variables) for a in node.args])
+        if out.is_number and not out.free_symbols:
             # a constant beyond double range (exp(1e10), sinh(1e10)) would make any function around it
             # evaluate with gigabytes of precision (tanh(sinh(1e10)): 3.8 GB, not interruptible)
             try:
@@ -194,12 +202,41 @@ def parse_expression(expr) -> sp.Expr:
     Strings follow the grammar of docs/conventions.md; anything else raises :class:`ExpressionError`
     naming the offending token. A SymPy expression may only depend on a symbol named ``z``.
     """
+    return _parse(expr, _SINGLE)
+
+
+def target_variables(expr) -> tuple:
+    """The multi-index variables z1 .. z9 an expression uses (empty for a function of z), without
+    building it twice for the caller: ``odehild solve`` picks the model kind from this."""
+    return parse_target(expr)[1]
+
+
+def parse_target(expr) -> tuple:
+    """``(expression, variables)`` for a link function of z or of z1 .. z9 (docs/conventions.md).
+
+    ``variables`` is () for a function of z alone, else the tuple (z1, .., zM) with M the largest
+    index used (the target's number of directions). Mixing z with z1 .. is refused, naming both.
+    """
+    out = _parse(expr, _MULTI)
+    used = out.free_symbols
+    multi = sorted((v for v in used if v in MULTI_VARIABLES), key=MULTI_VARIABLES.index)
+    if z in used and multi:
+        raise ExpressionError(f"expression {expr!r} mixes z with {', '.join(map(str, multi))}: a single-index "
+                              "target uses z, a multi-index target z1 .. z9 only")
+    if not multi:
+        return out, ()
+    M = max(MULTI_VARIABLES.index(v) for v in multi) + 1
+    return out, MULTI_VARIABLES[:M]
+
+
+def _parse(expr, variables: dict) -> sp.Expr:
     if isinstance(expr, sp.Basic):
         free = expr.free_symbols
-        bad = sorted(str(s) for s in free if str(s) != "z")
+        bad = sorted(str(s) for s in free if str(s) not in variables)
         if bad:
-            raise ExpressionError(f"expression {expr} depends on {', '.join(bad)}; only z is allowed")
-        out = expr.xreplace({s: z for s in free})
+            allowed = "z" if variables is _SINGLE else "z or z1 .. z9"
+            raise ExpressionError(f"expression {expr} depends on {', '.join(bad)}; only {allowed} allowed")
+        out = expr.xreplace({s: variables[str(s)] for s in free})
     elif isinstance(expr, (int, float)) and not isinstance(expr, bool):
         out = _number(expr, repr(expr))
     elif isinstance(expr, str):
@@ -216,7 +253,7 @@ def parse_expression(expr) -> sp.Expr:
         except (RecursionError, MemoryError, ValueError):
             raise ExpressionError(f"expression {text[:40]!r}... is nested too deeply or malformed") from None
         try:
-            out = _build(tree, text)
+            out = _build(tree, text, variables)
         except ExpressionError:
             raise
         except RecursionError:
