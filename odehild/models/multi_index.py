@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from functools import cached_property
 from typing import Optional
 
 import numpy as np
@@ -29,7 +28,7 @@ from ..solve.integrate import OdeProblem
 from ..solve.state import Block, StateMap
 from ..solve.structured import LowRankJacobian
 from ..symbolic.founding import CODEGEN_FORMAT, _digest, as_function, check_eps, check_kmax, eps_sym
-from ..symbolic.multi_hermite import MultiHermiteExpansion, as_target, monomial_name, multi_indices
+from ..symbolic.multi_hermite import MultiHermiteExpansion, as_target, monomial_name
 from . import ModelKind, register
 
 a_sym = sp.Symbol("a", real=True)
@@ -316,13 +315,12 @@ class MultiIndexModel(ModelKind):
         return [self.all_alphas.index(a) for a in self.active]
 
     @property
-    def values(self) -> dict:
-        d = self.derivation
+    def parameters(self) -> np.ndarray:
+        """The runtime numbers of the generated code: c_alpha and phi_alpha over the moments, then
+        the floor (the code itself depends only on M and the moments' multi-indices, so targets and
+        activations with the same structure share one compiled module)."""
         cols = self._active_columns()
-        sub = {d.floor: self.floor}
-        sub.update({ci: float(self.factors[k]) for ci, k in zip(d.c, cols)})
-        sub.update({pi: float(self.phi.coefficients[k]) for pi, k in zip(d.phi, cols)})
-        return sub
+        return np.concatenate([self.factors[cols], self.phi.coefficients[cols], [self.floor]])
 
     @property
     def support(self) -> list:
@@ -351,10 +349,8 @@ class MultiIndexModel(ModelKind):
                 "start from a finite-d alignment instead (--s0-dim d, or s0 in --init)")
 
     def cache_key(self) -> str:
-        return _digest({"kind": self.kind, "K": self.K, "M": self.M, "format": CODEGEN_FORMAT,
-                        "active": [list(a) for a in self.active],
-                        "c": [repr(float(c)) for c in self.factors],
-                        "phi": [repr(float(c)) for c in self.phi.coefficients], "floor": repr(self.floor)})
+        return _digest({"kind": self.kind, "M": self.M, "format": CODEGEN_FORMAT,
+                        "active": [list(a) for a in self.active]})
 
     def source(self) -> str:
         return multi_index_source(self)
@@ -385,17 +381,17 @@ class MultiIndexModel(ModelKind):
         state = self.state_map(init.N)
         y0 = state.pack({"a": init.a0, "s": init.s0})
         w, inv_eps, n, nm, b = init.weights, 1.0 / self.eps, y0.size, len(self.active), self.M + 1
-        rhs, jac, parts = compiled.rhs, compiled.jac, compiled.jac_parts
+        rhs, jac, parts, par = compiled.rhs, compiled.jac, compiled.jac_parts, self.parameters
 
         def jac_parts(t, y):
             D, A, Vt = np.empty((init.N, b, b)), np.empty((n, nm)), np.empty((nm, n))
-            parts(t, y, w, inv_eps, D, A, Vt)
+            parts(t, y, w, inv_eps, par, D, A, Vt)
             return LowRankJacobian(D, A, Vt)
 
         meta = {**self.meta(), "init": init.description, "N": init.N,
                 "stuck_directions": self.invariance_report(init.s0)}
-        return OdeProblem(y0, state, lambda t, y, out: rhs(t, y, w, inv_eps, out),
-                          lambda t, y, J: jac(t, y, w, inv_eps, J), compiled, meta, jac_parts=jac_parts,
+        return OdeProblem(y0, state, lambda t, y, out: rhs(t, y, w, inv_eps, par, out),
+                          lambda t, y, J: jac(t, y, w, inv_eps, par, J), compiled, meta, jac_parts=jac_parts,
                           fast_eps=self.eps, context={"weights": w})
 
     def result(self, problem, t, Y, stats, meta) -> MultiIndexTrajectory:
@@ -496,24 +492,27 @@ def _monomial_block(M, alphas, target, indent, prefix):
 def multi_index_source(model: MultiIndexModel) -> str:
     d = model.derivation
     M, n, b = d.M, len(d.alphas), d.M + 1
-    vals = model.values
-    local = {a_sym: sp.Symbol("ai"), eps_sym: 1 / sp.Symbol("inv_eps")}
+    local = {a_sym: sp.Symbol("ai"), eps_sym: 1 / sp.Symbol("inv_eps"), d.floor: sp.Symbol("tau")}
+    local.update({ci: sp.Symbol(f"c_{i}") for i, ci in enumerate(d.c)})
+    local.update({pi: sp.Symbol(f"phi_{i}") for i, pi in enumerate(d.phi)})
     local.update({sj: sp.Symbol(f"s{j + 1}") for j, sj in enumerate(d.s)})
     local.update({gi: sp.Symbol(f"g_{i}") for i, gi in enumerate(d.g)})
     local.update({mi: sp.Symbol(f"M_{i}") for i, mi in enumerate(d.moments)})
 
     def sub(e):
-        return sp.sympify(e).xreplace(vals).xreplace(local)
+        return sp.sympify(e).xreplace(local)
 
     load_s = "\n".join(f"        s{j + 1} = y[N + i * NDIR + {j}]" for j in range(M))
     load_s_obs = "\n".join(f"            s{j + 1} = s[t, i, {j}]" for j in range(M))
     unpack_M = "\n".join(f"    M_{i} = M[{i}]" for i in range(n))
     unpack_g = "\n".join(f"    g_{i} = g[{i}]" for i in range(n))
+    unpack_par = "\n".join([f"    c_{i} = par[{i}]" for i in range(n)] + [f"    phi_{i} = par[{n + i}]" for i in range(n)]
+                           + [f"    tau = par[{2 * n}]"])
     mono = _monomial_block(M, d.alphas, "m_{k}", 8, "xm")
     acc = "\n".join(f"        M[{i}] += wa * m_{i}" for i in range(n))
     grad = emit_block([(f"g[{i}]", sub(d.grad[i])) for i in range(n)], 4, "xg")
     hess = emit_block([(f"H[{i}, {j}]", sub(d.hess[i][j])) for i in range(n) for j in range(n)
-                       if sub(d.hess[i][j]) != 0], 4, "xh")
+                       if d.hess[i][j] != 0], 4, "xh")
     risk = emit_block([("val", sub(d.risk))], 4, "xk")
     rhs = emit_block([(f"f_{p}", sub(d.rhs[p])) for p in range(b)], 8, "xf")
     store_rhs = "\n".join(["        dy[i] = f_0"] + [f"        dy[N + i * NDIR + {j}] = f_{j + 1}" for j in range(M)])
@@ -546,33 +545,36 @@ def moments(y, w, M):
 
 
 @njit(cache=True)
-def grad_moments(M, g):
+def grad_moments(M, par, g):
 {unpack_M}
+{unpack_par}
 {grad}
 
 
 @njit(cache=True)
-def hess_moments(M, H):
+def hess_moments(M, par, H):
     H[:, :] = 0.0
 {unpack_M}
+{unpack_par}
 {hess}
 
 
 @njit(cache=True)
-def risk(M):
+def risk(M, par):
 {unpack_M}
+{unpack_par}
 {risk}
     return val
 
 
 @njit(cache=True)
-def rhs(t, y, w, inv_eps, dy):
+def rhs(t, y, w, inv_eps, par, dy):
     """dy/dt for y = [a_0..a_(N-1), s_(0,1..M), s_(1,1..M), ...]."""
     N = w.shape[0]
     M = np.empty(NM)
     g = np.empty(NM)
     moments(y, w, M)
-    grad_moments(M, g)
+    grad_moments(M, par, g)
 {unpack_g}
     for i in range(N):
         ai = y[i]
@@ -582,7 +584,7 @@ def rhs(t, y, w, inv_eps, dy):
 
 
 @njit(cache=True)
-def jac_parts(t, y, w, inv_eps, D, A, Vt):
+def jac_parts(t, y, w, inv_eps, par, D, A, Vt):
     """dF/dy = D + A Vt: D (N, M+1, M+1) the per-particle blocks at fixed moments, A = dF/dM and
     Vt = H dM/dy, of rank <= NM."""
     N = w.shape[0]
@@ -591,8 +593,8 @@ def jac_parts(t, y, w, inv_eps, D, A, Vt):
     H = np.empty((NM, NM))
     B = np.empty(((NDIR + 1) * N, NM))
     moments(y, w, M)
-    grad_moments(M, g)
-    hess_moments(M, H)
+    grad_moments(M, par, g)
+    hess_moments(M, par, H)
 {unpack_g}
     for i in range(N):
         ai = y[i]
@@ -603,13 +605,13 @@ def jac_parts(t, y, w, inv_eps, D, A, Vt):
 
 
 @njit(cache=True)
-def jac(t, y, w, inv_eps, J):
+def jac(t, y, w, inv_eps, par, J):
     """Dense dF/dy (the same parts, assembled)."""
     N = w.shape[0]
     D = np.empty((N, NDIR + 1, NDIR + 1))
     A = np.empty(((NDIR + 1) * N, NM))
     Vt = np.empty((NM, (NDIR + 1) * N))
-    jac_parts(t, y, w, inv_eps, D, A, Vt)
+    jac_parts(t, y, w, inv_eps, par, D, A, Vt)
     J[:, :] = A @ Vt
     for i in range(N):
         for p in range(NDIR + 1):

@@ -44,9 +44,15 @@ def _interp_log(t_src, values, t_dst):
 
 
 def sliced_wasserstein(x, y, wx=None, wy=None, n_dirs: int = 64, seed: int = 0) -> float:
-    """Sliced Wasserstein-1 distance between weighted point clouds in R^2 (averaged over directions)."""
-    ang = np.random.default_rng(seed).uniform(0, np.pi, n_dirs)
-    dirs = np.stack([np.cos(ang), np.sin(ang)], axis=1)
+    """Sliced Wasserstein-1 distance between weighted point clouds in R^n (averaged over directions;
+    in R^2 half-circle angles, beyond uniform directions on the sphere)."""
+    rng = np.random.default_rng(seed)
+    if x.shape[1] == 2:
+        ang = rng.uniform(0, np.pi, n_dirs)
+        dirs = np.stack([np.cos(ang), np.sin(ang)], axis=1)
+    else:
+        dirs = rng.standard_normal((n_dirs, x.shape[1]))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     return float(np.mean([wasserstein_distance(x @ v, y @ v, wx, wy) for v in dirs]))
 
 
