@@ -146,9 +146,13 @@ def test_generated_rhs_and_jacobian_against_numpy(rng):
     prob = model.problem(MultiIndexInit(a, S, w))
     out = np.empty(prob.y0.size)
     prob.rhs(0.0, prob.y0, out)
-    da, ds, _, _, _ = _numpy_flow(a, S, w, model)
+    da, ds, _, _, grad = _numpy_flow(a, S, w, model)
     assert np.allclose(out[:N], da, rtol=1e-10, atol=1e-12)
-    assert np.allclose(out[N:].reshape(N, 3), ds, rtol=1e-10, atol=1e-12)
+    slots = out[N:].reshape(N, 4)  # per particle s_1, s_2, s_3, then v = sqrt(1 - |s|^2)
+    assert np.allclose(slots[:, :3], ds, rtol=1e-10, atol=1e-12)
+    v = np.sqrt(1 - np.sum(S**2, axis=1))
+    assert np.allclose(prob.y0[N:].reshape(N, 4)[:, 3], v)
+    assert np.allclose(slots[:, 3], -a * v * np.sum(S * grad, axis=1), rtol=1e-10, atol=1e-12)
     J = np.empty((out.size, out.size))
     prob.jac(0.0, prob.y0, J)
     assert np.allclose(prob.jac_parts(0.0, prob.y0).toarray(), J, atol=1e-12)
@@ -215,6 +219,15 @@ def test_staircase_learns_in_order_energy_and_permutation():
     tp = solve(perm, init, 5.0, points=400, rtol=1e-10, atol=1e-12, progress=False)
     assert np.max(np.abs(tp.risk - tr.risk)) < 1e-8
     assert np.max(np.abs(tp.s[:, :, ::-1] - tr.s)) < 1e-6
+
+
+def test_particles_stay_in_the_unit_ball():
+    """N = 10, K = 4 at eps = 1e-8: integrating s alone, a particle overshot |s| = 1 and ran away to
+    |s| = 61 by t = 0.04; with v = sqrt(1 - |s|^2) carried along it cannot."""
+    model = MultiIndexModel("h(0,z)+h(1,z)+h(2,z)+h(3,z)+h(4,z)", STAIRCASE, K=4, eps=1e-8)
+    tr = solve(model, multi_index_start(10, 3), 5.0, points=40, progress=False)
+    assert np.linalg.norm(tr.s, axis=2).max() <= 1 + 1e-6
+    assert tr.stats["status"] == 0 and np.all(np.diff(tr.risk) <= 1e-12)
 
 
 def test_invariant_subspace_is_exact_and_reported():

@@ -5,9 +5,16 @@ Particles (a_j, s_j), s_j in R^M, interact only through the moments M_alpha = su
 over the multi-indices alpha whose Hermite factor c_alpha = sigma_|alpha| sqrt(|alpha|!/alpha!) is
 not zero. The risk R(M) = (1/2) sum_alpha (phi_alpha - c_alpha M_alpha)^2 + (1/2) floor is declared;
 the flow eps da/dt = -dR/d(w a), ds/dt = -(I - s s^T) dR/d(w s) is derived from it, and so is the
-Jacobian: one (M+1) x (M+1) block per particle plus a correction through the moments, of rank their
-number, which :mod:`odehild.solve.structured` solves by the Woodbury identity. M = 1 is the founding
-model (:mod:`odehild.models.meanfield`) with s integrated directly instead of through artanh.
+Jacobian: one block per particle plus a correction through the moments, of rank their number, which
+:mod:`odehild.solve.structured` solves by the Woodbury identity.
+
+Each particle also carries v = sqrt(1 - |s|^2), the size of its neuron's part orthogonal to the target
+directions: (s, v) is a unit vector of R^(M+1) moved by the sphere's tangent projection, written so
+that |s|^2 + v^2 is conserved exactly and the radial motion of s carries the factor v^2 >= 0
+(dv/dt = v (s . dR/ds) keeps the sign of v). Integrating s alone lets a particle that overshoots
+|s| = 1 by rounding run away outside the ball, where 1 - |s|^2 < 0 turns the flow around (N = 10,
+K = 4: |s| = 61 at t = 0.04); with v it cannot leave. This is the multi-direction form of the founding
+model's artanh chart (:mod:`odehild.models.meanfield`); M = 1 gives the same dynamics.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ class MultiIndexDerivation:
     M: int
     alphas: tuple
     s: tuple  # alignment symbols s1 .. sM
+    v: sp.Symbol  # sqrt(1 - |s|^2)
     c: tuple  # symbols c_alpha
     phi: tuple  # symbols phi_alpha
     floor: sp.Symbol  # E[phi^2] minus the squares of the phi_alpha moved by the dynamics
@@ -59,8 +67,8 @@ class MultiIndexDerivation:
     grad: tuple
     hess: tuple
     residuals: tuple
-    rhs: tuple  # (da/dt, ds_1/dt, ..): expressions in a, s, g, eps
-    local_jac: tuple  # d rhs / d(a, s) at fixed g, (M+1) x (M+1)
+    rhs: tuple  # (da/dt, ds_1/dt, .., dv/dt): expressions in a, s, v, g, eps
+    local_jac: tuple  # d rhs / d(a, s, v) at fixed g, (M+2) x (M+2)
     rhs_dg: tuple  # d rhs_p / d g_alpha
     moment_dy: tuple  # d m_alpha / d y_p
 
@@ -74,6 +82,7 @@ class MultiIndexDerivation:
 def derive_multi_index(M: int, alphas: tuple) -> MultiIndexDerivation:
     """Derive the particle flow of docs/multi-index.md section 3 from the risk in the moments."""
     s = sp.symbols(f"s1:{M + 1}", real=True)
+    v = sp.Symbol("v", nonnegative=True)
     n = len(alphas)
     c = sp.symbols(f"c_0:{n}", real=True)
     phi = sp.symbols(f"phi_0:{n}", real=True)
@@ -86,15 +95,18 @@ def derive_multi_index(M: int, alphas: tuple) -> MultiIndexDerivation:
     grad = tuple(sp.diff(risk, m) for m in Ms)
     hess = tuple(tuple(sp.diff(gi, m) for m in Ms) for gi in grad)
     # gradient of the per-particle risk through the moments, then the mobilities: 1/eps for a, the
-    # projection I - s s^T onto the sphere's tangent space for s
-    dR = [sp.Add(*[g[i] * sp.diff(moment_fns[i], v) for i in range(n)]) for v in (a_sym, *s)]
+    # projection I - p p^T onto the tangent space of the unit sphere for p = (s, v), with
+    # |s|^2 + v^2 = 1 written out where the projection needs it (module docstring)
+    dR = [sp.Add(*[g[i] * sp.diff(moment_fns[i], x) for i in range(n)]) for x in (a_sym, *s)]
     radial = sp.Add(*[sj * dj for sj, dj in zip(s, dR[1:])])
-    rhs = (sp.expand(-dR[0] / eps_sym),) + tuple(sp.expand(-(dj - sj * radial)) for sj, dj in zip(s, dR[1:]))
-    y = (a_sym, *s)
+    norm2 = sp.Add(*[sj**2 for sj in s]) + v**2
+    rhs = ((sp.expand(-dR[0] / eps_sym),) + tuple(sp.expand(-(dj * norm2 - sj * radial)) for sj, dj in zip(s, dR[1:]))
+           + (sp.expand(v * radial),))
+    y = (a_sym, *s, v)
     local_jac = tuple(tuple(sp.diff(f, v) for v in y) for f in rhs)
     rhs_dg = tuple(tuple(sp.diff(f, gi) for gi in g) for f in rhs)
     moment_dy = tuple(tuple(sp.diff(m, v) for m in moment_fns) for v in y)
-    return MultiIndexDerivation(M, alphas, s, c, phi, floor, Ms, g, moment_fns, risk, grad, hess, residuals,
+    return MultiIndexDerivation(M, alphas, s, v, c, phi, floor, Ms, g, moment_fns, risk, grad, hess, residuals,
                                 rhs, local_jac, rhs_dg, moment_dy)
 
 
@@ -356,8 +368,9 @@ class MultiIndexModel(ModelKind):
         return multi_index_source(self)
 
     def state_map(self, N: int) -> StateMap:
-        """a (N,), then s (N, M) row by row (the layout of :class:`~odehild.solve.structured.LowRankJacobian`)."""
-        return StateMap(Block("a", (N,)), Block("s", (N, self.M)))
+        """a (N,), then per particle (s_1 .. s_M, v), v = sqrt(1 - |s|^2) (module docstring), row by
+        row: the layout of :class:`~odehild.solve.structured.LowRankJacobian`."""
+        return StateMap(Block("a", (N,)), Block("s_v", (N, self.M + 1)))
 
     def meta(self) -> dict:
         return {"model": self.kind, "sigma": self.sigma.name, "phi": self.phi.expression,
@@ -379,8 +392,9 @@ class MultiIndexModel(ModelKind):
             raise InputError(f"s0 has {init.M} columns, the target {self.phi.expression!r} has M = {self.M} directions")
         compiled = compile_model(self)
         state = self.state_map(init.N)
-        y0 = state.pack({"a": init.a0, "s": init.s0})
-        w, inv_eps, n, nm, b = init.weights, 1.0 / self.eps, y0.size, len(self.active), self.M + 1
+        v0 = np.sqrt(np.maximum(1.0 - np.sum(init.s0**2, axis=1), 0.0))
+        y0 = state.pack({"a": init.a0, "s_v": np.column_stack([init.s0, v0])})
+        w, inv_eps, n, nm, b = init.weights, 1.0 / self.eps, y0.size, len(self.active), self.M + 2
         rhs, jac, parts, par = compiled.rhs, compiled.jac, compiled.jac_parts, self.parameters
 
         def jac_parts(t, y):
@@ -396,7 +410,7 @@ class MultiIndexModel(ModelKind):
 
     def result(self, problem, t, Y, stats, meta) -> MultiIndexTrajectory:
         values = problem.state.unpack(Y, consume=True)
-        a, s, w = values["a"], values["s"], problem.context["weights"]
+        a, s, w = values["a"], np.ascontiguousarray(values["s_v"][:, :, :self.M]), problem.context["weights"]
         mom = np.empty((t.size, len(self.all_alphas)))
         problem.compiled.all_moments(a, s, w, mom)
         res = self.phi.coefficients[None, :] - self.factors[None, :] * mom
@@ -491,8 +505,8 @@ def _monomial_block(M, alphas, target, indent, prefix):
 
 def multi_index_source(model: MultiIndexModel) -> str:
     d = model.derivation
-    M, n, b = d.M, len(d.alphas), d.M + 1
-    local = {a_sym: sp.Symbol("ai"), eps_sym: 1 / sp.Symbol("inv_eps"), d.floor: sp.Symbol("tau")}
+    M, n, b = d.M, len(d.alphas), d.M + 2
+    local = {a_sym: sp.Symbol("ai"), eps_sym: 1 / sp.Symbol("inv_eps"), d.floor: sp.Symbol("tau"), d.v: sp.Symbol("v")}
     local.update({ci: sp.Symbol(f"c_{i}") for i, ci in enumerate(d.c)})
     local.update({pi: sp.Symbol(f"phi_{i}") for i, pi in enumerate(d.phi)})
     local.update({sj: sp.Symbol(f"s{j + 1}") for j, sj in enumerate(d.s)})
@@ -502,7 +516,8 @@ def multi_index_source(model: MultiIndexModel) -> str:
     def sub(e):
         return sp.sympify(e).xreplace(local)
 
-    load_s = "\n".join(f"        s{j + 1} = y[N + i * NDIR + {j}]" for j in range(M))
+    load_s = "\n".join([f"        s{j + 1} = y[N + i * NSLOT + {j}]" for j in range(M)]
+                       + [f"        v = y[N + i * NSLOT + {M}]"])
     load_s_obs = "\n".join(f"            s{j + 1} = s[t, i, {j}]" for j in range(M))
     unpack_M = "\n".join(f"    M_{i} = M[{i}]" for i in range(n))
     unpack_g = "\n".join(f"    g_{i} = g[{i}]" for i in range(n))
@@ -515,8 +530,8 @@ def multi_index_source(model: MultiIndexModel) -> str:
                        if d.hess[i][j] != 0], 4, "xh")
     risk = emit_block([("val", sub(d.risk))], 4, "xk")
     rhs = emit_block([(f"f_{p}", sub(d.rhs[p])) for p in range(b)], 8, "xf")
-    store_rhs = "\n".join(["        dy[i] = f_0"] + [f"        dy[N + i * NDIR + {j}] = f_{j + 1}" for j in range(M)])
-    row = ["i"] + [f"N + i * NDIR + {j}" for j in range(M)]
+    store_rhs = "\n".join(["        dy[i] = f_0"] + [f"        dy[N + i * NSLOT + {j}] = f_{j + 1}" for j in range(M + 1)])
+    row = ["i"] + [f"N + i * NSLOT + {j}" for j in range(M + 1)]
     jac_local = emit_block(
         [(f"D[i, {p}, {q}]", sub(d.local_jac[p][q])) for p in range(b) for q in range(b)]
         + [(f"A[{row[p]}, {k}]", sub(d.rhs_dg[p][k])) for p in range(b) for k in range(n)]
@@ -527,6 +542,7 @@ def multi_index_source(model: MultiIndexModel) -> str:
 
     return HEADER.format(version=__version__, kind=model.kind, key=model.cache_key()) + f'''
 NDIR = {M}
+NSLOT = {M + 1}  # s_1 .. s_M, v per particle
 NM = {n}
 NALL = {P}
 
@@ -569,7 +585,7 @@ def risk(M, par):
 
 @njit(cache=True)
 def rhs(t, y, w, inv_eps, par, dy):
-    """dy/dt for y = [a_0..a_(N-1), s_(0,1..M), s_(1,1..M), ...]."""
+    """dy/dt for y = [a_0..a_(N-1), (s_1..s_M, v) of particle 0, of particle 1, ...]."""
     N = w.shape[0]
     M = np.empty(NM)
     g = np.empty(NM)
@@ -585,13 +601,13 @@ def rhs(t, y, w, inv_eps, par, dy):
 
 @njit(cache=True)
 def jac_parts(t, y, w, inv_eps, par, D, A, Vt):
-    """dF/dy = D + A Vt: D (N, M+1, M+1) the per-particle blocks at fixed moments, A = dF/dM and
+    """dF/dy = D + A Vt: D (N, M+2, M+2) the per-particle blocks at fixed moments, A = dF/dM and
     Vt = H dM/dy, of rank <= NM."""
     N = w.shape[0]
     M = np.empty(NM)
     g = np.empty(NM)
     H = np.empty((NM, NM))
-    B = np.empty(((NDIR + 1) * N, NM))
+    B = np.empty(((NSLOT + 1) * N, NM))
     moments(y, w, M)
     grad_moments(M, par, g)
     hess_moments(M, par, H)
@@ -608,16 +624,16 @@ def jac_parts(t, y, w, inv_eps, par, D, A, Vt):
 def jac(t, y, w, inv_eps, par, J):
     """Dense dF/dy (the same parts, assembled)."""
     N = w.shape[0]
-    D = np.empty((N, NDIR + 1, NDIR + 1))
-    A = np.empty(((NDIR + 1) * N, NM))
-    Vt = np.empty((NM, (NDIR + 1) * N))
+    D = np.empty((N, NSLOT + 1, NSLOT + 1))
+    A = np.empty(((NSLOT + 1) * N, NM))
+    Vt = np.empty((NM, (NSLOT + 1) * N))
     jac_parts(t, y, w, inv_eps, par, D, A, Vt)
     J[:, :] = A @ Vt
     for i in range(N):
-        for p in range(NDIR + 1):
-            rp = i if p == 0 else N + i * NDIR + p - 1
-            for q in range(NDIR + 1):
-                rq = i if q == 0 else N + i * NDIR + q - 1
+        for p in range(NSLOT + 1):
+            rp = i if p == 0 else N + i * NSLOT + p - 1
+            for q in range(NSLOT + 1):
+                rq = i if q == 0 else N + i * NSLOT + q - 1
                 J[rp, rq] += D[i, p, q]
 
 

@@ -36,7 +36,7 @@ from ..symbolic.founding import as_function, check_eps, check_kmax
 from ..symbolic.multi_hermite import multi_hermite
 from ..symbolic.parse import parse_expression, parse_target, z
 from ..threads import blas_threads
-from .networks import MAX_STEPS, _Bar, _check_noise, _check_sizes, record_steps, step_count
+from .networks import _Bar, _check_noise, _check_sizes, record_steps, step_count
 
 RISK_KMAX = 12
 ALGORITHMS = ("gf", "sgd", "gd")
@@ -448,5 +448,6 @@ def compare_multi_index(traj, sims) -> MultiIndexComparison:
         pts = np.concatenate([np.column_stack([s.a[keep][i], s.s[keep][i]]) for s in sims])
         law[i] = sliced_wasserstein(pts, np.column_stack([A[i], S[i]]), None, traj.weights)
     meta = {"n_simulations": len(sims), "width": sims[0].meta.get("width"), "dim": sims[0].meta.get("dim"),
-            "algo": sims[0].meta.get("algo"), "phi": traj.meta.get("phi"), "eps": traj.meta.get("eps")}
+            "algo": sims[0].meta.get("algo"), "phi": traj.meta.get("phi"), "eps": traj.meta.get("eps"),
+            "sigma": traj.meta.get("sigma"), "particles": int(traj.a.shape[1]), "M": traj.M}
     return MultiIndexComparison(tc, ode, mean, float(diff.max()), l2, float(law[-1]), law, meta)
