@@ -290,8 +290,6 @@ def _finite_width_odes(args, written, t_end):
 
 
 def _cmd_simulate(args):
-    from .simulate import simulate
-
     if args.model == "committee":
         return _cmd_simulate_committee(args)
     unused = [f for f, v in (("--teacher-width", args.teacher_width != 1 or None), ("--lr2", args.lr2),
@@ -327,6 +325,8 @@ def _cmd_simulate(args):
         if args.model != "meanfield":
             raise InputError(f"--model {args.model} simulates a target of z; {args.phi!r} is a multi-index target")
         from .simulate.multi_index import simulate_multi_index as simulate
+    else:
+        from .simulate import simulate
     out = Path(args.out)
     paths, written = [], []
     for k in range(args.seeds):

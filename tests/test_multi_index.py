@@ -326,3 +326,25 @@ def test_cli_solve_plot_and_hermite(tmp_path):
     run = subprocess.run([sys.executable, "-m", "odehild", "solve", "--sigma", SIGMA3, "--phi", "z + z1",
                           "--eps", "1e-3", "--out", str(tmp_path / "x.npz")], capture_output=True, text=True)
     assert run.returncode == 2 and "mixes z with z1" in run.stderr
+
+
+def test_cli_simulate_and_compare(tmp_path):
+    base = [sys.executable, "-m", "odehild", "simulate", "--sigma", SIGMA3, "--phi", "z1 + z1*z2", "--eps", "0.5",
+            "--kmax", "3", "--width", "8", "--dim", "16", "--t-end", "2", "--quiet", "--points", "12"]
+    run = subprocess.run(base + ["--algo", "gf", "--ode", str(tmp_path / "ode.npz"), "--particles", "30",
+                                 "--out", str(tmp_path / "gf.npz")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    run = subprocess.run(base + ["--algo", "gd", "--samples", "200", "--out", str(tmp_path / "gd.npz")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    from odehild.simulate.multi_index import MultiIndexSimulation
+
+    gd = MultiIndexSimulation.load(tmp_path / "gd.npz")
+    assert gd.s.shape[1:] == (8, 2) and gd.train_risk is not None and gd.risk[-1] < gd.risk[0]
+    run = subprocess.run([sys.executable, "-m", "odehild", "compare", str(tmp_path / "ode.npz"), str(tmp_path / "gf.npz"),
+                          "--report", str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert run.returncode == 0 and "sliced W1 of (a, s) laws" in run.stdout, run.stderr
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert 0 < report["sup_risk_distance"] < 1 and report["meta"]["M"] == 2

@@ -259,7 +259,7 @@ def render_multi_index(model) -> str:
         "",
         "## Target",
         "",
-        f"Hermite terms: " + ", ".join(f"`{monomial_name(a)}` ({model.phi.coefficient(a):.6g})" for a in model.support)
+        "Hermite terms: " + ", ".join(f"`{monomial_name(a)}` ({model.phi.coefficient(a):.6g})" for a in model.support)
         + f"; $E[\\varphi^2] = {model.phi.norm2:.6g}$, tail beyond K {model.phi.tail:.3g}.",
         f"Leap complexity {model.phi.leap}; a leap-minimising order learns the directions {order}.",
         "",
