@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,18 @@ def stop_if_out_of_time(traj, args, time_name="t"):
                                partial=traj, t_fail=traj.stats["t_reached"])
 
 
+def refuse_committee_flags(args, model_name: str):
+    """The committee's options given to a founding-family model: name them and where they belong."""
+    unused = [f for f, v in (("--gamma", args.gamma), ("--lr", args.lr), ("--lr2", args.lr2), ("--noise", args.noise),
+                             ("--output", args.output_scaling), ("--dynamics", args.dynamics),
+                             ("--backend", args.backend), ("--geometry", args.geometry)) if v is not None]
+    if unused:
+        raise InputError(f"{', '.join(unused)} {'belongs' if len(unused) == 1 else 'belong'} to --model committee, "
+                         f"not to the {model_name}")
+    if args.eps is None:
+        raise InputError(f"the {model_name} needs --eps (the learning-rate ratio eps > 0)")
+
+
 def solver_summary(st: dict) -> str:
     return (f"{st['nsteps']} steps, nfev {st['nfev']}, njev {st['njev']}, nlu {st['nlu']}, "
             f"solve {st['solve_seconds']:.2f} s (compile {st['compile_seconds']:.2f} s, "
@@ -129,6 +142,32 @@ def _cmd_plot(args):
     return [(args.output, {})]
 
 
+def _timescales_multi_index(args):
+    from .models.multi_index import MultiIndexModel, direction_sweep, multi_index_start
+
+    model = MultiIndexModel(args.sigma, args.phi, args.kmax, args.eps_list[0])
+    init = multi_index_start(args.particles, model.M, args.a0, args.seed, args.nodes)
+    stuck = model.invariance_report(init.s0)
+    if stuck:
+        print("warning: " + stuck, file=sys.stderr if args.json else sys.stdout)
+    sweep = direction_sweep(model, args.eps_list, init, args.t_end, method=args.method or "Radau", rtol=args.rtol,
+                            atol=args.atol, points=args.points, progress=False if args.quiet else None)
+    written = []
+    if args.plot:
+        sweep.plot(args.plot)
+        written.append((args.plot, {"method": args.method or "Radau"}))
+    if args.json:
+        print(json.dumps(json_safe(sweep.to_dict())))
+        return written
+    print(f"learning time of each direction (first term using it: |r| <= |r(0)|/2), N = {init.N}")
+    print(f"{'eps':<10}" + "".join(f"{'z' + str(j + 1):>14}" for j in range(model.M)))
+    for e, row in zip(sweep.eps, sweep.times):
+        print(f"{e:<10.3g}" + "".join(f"{x:>14.5g}" if np.isfinite(x) else f"{'-':>14}" for x in row))
+    print(f"{'slope':<10}" + "".join(f"{x:>14.4f}" if np.isfinite(x) else f"{'-':>14}" for x in sweep.slopes)
+          + "   (least squares of log t against log eps)")
+    return written
+
+
 def _cmd_timescales(args):
     import warnings
 
@@ -140,6 +179,8 @@ def _cmd_timescales(args):
     eps_list = args.eps_list
     if len(eps_list) < 2:
         raise InputError("--eps-list needs at least two values")
+    if _is_multi_index(args.phi):
+        return _timescales_multi_index(args)
     model = MeanFieldModel(args.sigma, args.phi, args.kmax, eps_list[0])
     init = initial_condition(args.particles, args.a0, args.seed, args.nodes)
     with warnings.catch_warnings():

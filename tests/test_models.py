@@ -16,7 +16,8 @@ from odehild.solve.state import Block, StateMap
 
 def test_every_kind_module_registers_one_kind_under_its_module_name():
     found = kinds()
-    assert sorted(c.cli_name for c in found.values()) == cli_names() == ["committee", "finite-width", "meanfield"]
+    assert sorted(c.cli_name for c in found.values()) == cli_names() == [
+        "committee", "finite-width", "meanfield", "multi-index"]
     for name, cls in found.items():
         assert cls.kind == name and kind_for_cli(cls.cli_name) is cls
         assert cls.__module__ == "odehild.models." + cls.cli_name.replace("-", "_")

@@ -348,3 +348,17 @@ def test_cli_simulate_and_compare(tmp_path):
 
     report = json.loads((tmp_path / "r.json").read_text())
     assert 0 < report["sup_risk_distance"] < 1 and report["meta"]["M"] == 2
+
+
+def test_cli_timescales(tmp_path):
+    import json
+
+    run = subprocess.run([sys.executable, "-m", "odehild", "timescales", "--sigma", SIGMA3, "--phi", STAIRCASE,
+                          "--kmax", "3", "--eps-list", "1e-3", "1e-5", "--particles", "40", "--quiet", "--json",
+                          "--points", "200"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout)
+    times = np.array(data["direction_times"], dtype=float)
+    assert times.shape == (2, 3) and np.all(times[1] < times[0])  # every direction learned sooner at smaller eps
+    assert np.all(np.diff(times, axis=1) > 0)  # and in order z1, z2, z3
+    assert set(data["term_times"]) == {"z1", "z1*z2", "z1*z2*z3"}

@@ -186,18 +186,11 @@ class MeanFieldModel(FoundingDeclaration):
 def solve_meanfield_command(args):
     """``odehild solve`` (--model meanfield)."""
     from ..checks import positive_float
-    from ..commands import solver_summary, stop_if_out_of_time, init_from_args, keep_partial
+    from ..commands import init_from_args, keep_partial, refuse_committee_flags, solver_summary, stop_if_out_of_time
     from ..config import merge_values
     from ..solve import solve
 
-    unused = [f for f, v in (("--gamma", args.gamma), ("--lr", args.lr), ("--lr2", args.lr2), ("--noise", args.noise),
-                             ("--output", args.output_scaling), ("--dynamics", args.dynamics),
-                             ("--backend", args.backend), ("--geometry", args.geometry)) if v is not None]
-    if unused:
-        raise InputError(f"{', '.join(unused)} {'belongs' if len(unused) == 1 else 'belong'} to --model committee, "
-                         "not to the mean-field model")
-    if args.eps is None:
-        raise InputError("the mean-field model needs --eps (the learning-rate ratio eps > 0)")
+    refuse_committee_flags(args, "mean-field model")
     args.t_end = 5.0 if args.t_end is None else args.t_end
     model = MeanFieldModel(args.sigma, args.phi, args.kmax, args.eps)
     init = init_from_args(args)

@@ -432,6 +432,62 @@ class MultiIndexModel(ModelKind):
                 f"eps={self.eps:g})")
 
 
+@dataclasses.dataclass
+class DirectionSweep:
+    """Learning times per direction (rows: eps) and their fitted exponents t ~ eps^slope."""
+
+    eps: np.ndarray
+    times: np.ndarray  # (n_eps, M)
+    slopes: np.ndarray  # (M,)
+    term_times: dict  # {monomial: (n_eps,)}
+    meta: dict
+
+    def to_dict(self) -> dict:
+        from ..simulate.compare import finite_list
+
+        return {"eps": finite_list(self.eps), "direction_times": [finite_list(r) for r in self.times],
+                "slopes": finite_list(self.slopes), "term_times": {k: finite_list(v) for k, v in self.term_times.items()},
+                "meta": self.meta}
+
+    def plot(self, path=None):
+        from ..solve.plot import finish_figure, pyplot
+
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for j in range(self.times.shape[1]):
+            ok = np.isfinite(self.times[:, j])
+            if ok.any():
+                ax.loglog(self.eps[ok], self.times[ok, j], "o-", label=f"direction z{j + 1}: slope {self.slopes[j]:.3f}")
+        ax.set_xlabel("eps")
+        ax.set_ylabel("learning time")
+        ax.legend(fontsize=8)
+        ax.set_title(f"phi = {self.meta.get('phi')}: learning time per direction", fontsize=10)
+        return finish_figure(fig, path)
+
+
+def direction_sweep(model: MultiIndexModel, eps_list, init=None, t_end: float = 5.0, progress=None,
+                    **solve_kw) -> DirectionSweep:
+    """Solve at each eps (the compiled code is shared) and fit log t_j against log eps per direction."""
+    from ..solve import solve
+
+    eps = np.array([check_eps(e) for e in eps_list])
+    rows, terms = [], {}
+    for e in eps:
+        tr = solve(model.with_eps(float(e)), init, t_end, progress=progress, **solve_kw)
+        rows.append(tr.direction_times())
+        for alpha, tl in tr.learning_times().items():
+            terms.setdefault(monomial_name(alpha), []).append(tl)
+    times = np.array(rows)
+    slopes = np.full(times.shape[1], np.nan)
+    for j in range(times.shape[1]):
+        ok = np.isfinite(times[:, j])
+        if ok.sum() >= 2:
+            slopes[j] = np.polyfit(np.log(eps[ok]), np.log(times[ok, j]), 1)[0]
+    return DirectionSweep(eps, times, slopes, {k: np.array(v) for k, v in terms.items()},
+                          {"phi": model.phi.expression, "sigma": model.sigma.name, "kmax": model.K,
+                           "N": None if init is None else init.N})
+
+
 def init_from_args(args, M: int) -> MultiIndexInit:
     from ..io import load_npz
 
@@ -451,18 +507,11 @@ def init_from_args(args, M: int) -> MultiIndexInit:
 def solve_multi_index_command(args):
     """``odehild solve`` with a target in z1 .. zM (or --model multi-index)."""
     from ..checks import positive_float
-    from ..commands import keep_partial, solver_summary, stop_if_out_of_time
+    from ..commands import keep_partial, refuse_committee_flags, solver_summary, stop_if_out_of_time
     from ..config import merge_values
     from ..solve import solve
 
-    unused = [f for f, v in (("--gamma", args.gamma), ("--lr", args.lr), ("--lr2", args.lr2), ("--noise", args.noise),
-                             ("--output", args.output_scaling), ("--dynamics", args.dynamics),
-                             ("--backend", args.backend), ("--geometry", args.geometry)) if v is not None]
-    if unused:
-        raise InputError(f"{', '.join(unused)} {'belongs' if len(unused) == 1 else 'belong'} to --model committee, "
-                         "not to the multi-index mean-field model")
-    if args.eps is None:
-        raise InputError("the multi-index model needs --eps (the learning-rate ratio eps > 0)")
+    refuse_committee_flags(args, "multi-index mean-field model")
     args.t_end = 5.0 if args.t_end is None else args.t_end
     model = MultiIndexModel(args.sigma, args.phi, args.kmax, args.eps)
     init = init_from_args(args, model.M)

@@ -56,6 +56,11 @@ def sliced_wasserstein(x, y, wx=None, wy=None, n_dirs: int = 64, seed: int = 0) 
     return float(np.mean([wasserstein_distance(x @ v, y @ v, wx, wy) for v in dirs]))
 
 
+def finite_list(x) -> list:
+    """Floats for JSON, None where not finite."""
+    return [None if not np.isfinite(v) else float(v) for v in np.ravel(x)]
+
+
 @dataclasses.dataclass
 class Comparison:
     t: np.ndarray
@@ -71,9 +76,7 @@ class Comparison:
     meta: dict
 
     def to_dict(self) -> dict:
-        def clean(x):
-            return [None if not np.isfinite(v) else float(v) for v in np.ravel(x)]
-
+        clean = finite_list
         return {"sup_risk_distance": self.sup_risk_distance, "l2_risk_distance": self.l2_risk_distance,
                 "law_distance": self.law_distance, "law_distance_t": clean(self.law_distance_t),
                 "ode_learning_times": clean(self.ode_learning_times),

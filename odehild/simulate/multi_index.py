@@ -31,12 +31,12 @@ from ..codegen import compile_source, digest, scalar_functions_source
 from ..codegen.numba_gen import emit_block
 from ..errors import InputError, IntegrationError
 from ..io import load_npz, save_npz
-from ..solve import a0_law, log_time_grid
+from ..solve import log_time_grid
 from ..symbolic.founding import as_function, check_eps, check_kmax
 from ..symbolic.multi_hermite import multi_hermite
 from ..symbolic.parse import parse_expression, parse_target, z
 from ..threads import blas_threads
-from .networks import _Bar, _check_noise, _check_sizes, record_steps, step_count
+from .networks import _Bar, _check_noise, _check_sizes, random_start, record_steps, step_count
 
 RISK_KMAX = 12
 ALGORITHMS = ("gf", "sgd", "gd")
@@ -274,14 +274,6 @@ class MultiIndexSimulation:
                 f"M={self.s.shape[2]}, T={self.t.size}, risk {self.risk[0]:.4g} -> {self.risk[-1]:.4g})")
 
 
-def random_start(m: int, d: int, seed, a0: str = "normal"):
-    """Rows of W uniform on S^(d-1), a_i from the a0 law."""
-    rng = np.random.default_rng(seed_value("seed", seed))
-    W = rng.standard_normal((m, d))
-    W /= np.linalg.norm(W, axis=1, keepdims=True)
-    return W, a0_law(a0, m, seed=int(rng.integers(2**31)))
-
-
 def _meta(net, algo, m, d, seed, a0, start, **extra):
     return {"model": "multi-index simulation", "algo": algo, "sigma": net.sigma, "phi": net.phi, "eps": net.eps,
             "kmax": net.kmax, "M": net.M, "width": m, "dim": d, "seed": seed, "a0": a0,
@@ -412,8 +404,7 @@ class MultiIndexComparison:
     meta: dict
 
     def to_dict(self) -> dict:
-        def clean(x):
-            return [None if not np.isfinite(v) else float(v) for v in np.ravel(x)]
+        from .compare import finite_list as clean
 
         return {"sup_risk_distance": self.sup_risk_distance, "l2_risk_distance": self.l2_risk_distance,
                 "law_distance": self.law_distance, "law_distance_t": clean(self.law_distance_t),
