@@ -245,6 +245,7 @@ def test_invariant_subspace_is_exact_and_reported():
     assert escaping_directions(set(), [(0, 1, 1)]) == set()
 
 
+@pytest.mark.slow  # notebook 05 runs the same leap from a finite-d start in the default run
 def test_leap_two_leaves_its_plateau_only_from_a_finite_d_start():
     model = MultiIndexModel(SIGMA3, "z1*z2", K=3, eps=1e-3)
     flat = solve(model, multi_index_start(40, 2), 50.0, points=60, progress=False)
@@ -329,6 +330,7 @@ def test_cli_solve_plot_and_hermite(tmp_path):
     assert run.returncode == 2 and "mixes z with z1" in run.stderr
 
 
+@pytest.mark.slow  # compiles the multi-index network kernels (the default run stays under 10 minutes)
 def test_cli_simulate_and_compare(tmp_path):
     base = [sys.executable, "-m", "odehild", "simulate", "--sigma", SIGMA3, "--phi", "z1 + z1*z2", "--eps", "0.5",
             "--kmax", "3", "--width", "8", "--dim", "16", "--t-end", "2", "--quiet", "--points", "12"]
