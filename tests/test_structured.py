@@ -17,7 +17,7 @@ def parts(model, rng, N):
     w = rng.uniform(0.5, 1.5, size=N)
     w /= w.sum()
     r = model.K + 1
-    D, A, Vt = np.empty((4, N)), np.empty((2 * N, r)), np.empty((r, 2 * N))
+    D, A, Vt = np.empty((N, 2, 2)), np.empty((2 * N, r)), np.empty((r, 2 * N))
     c.jac_parts(0.0, y, w, 1 / model.eps, D, A, Vt)
     J = np.empty((2 * N, 2 * N))
     c.jac(0.0, y, w, 1 / model.eps, J)
@@ -55,6 +55,7 @@ def test_singular_block_falls_back_to_dense(rng):
     N, r = 6, 2
     D = rng.normal(size=(4, N))
     D[:, 0] = [1.0, 2.0, 0.5, 1.0]  # shift 2: block [[1, -2], [-0.5, 1]] is singular
+    D = np.ascontiguousarray(D.T.reshape(N, 2, 2))  # rows aa, as, sa, ss -> one block per particle
     Js = LowRankJacobian(D, rng.normal(size=(2 * N, r)), rng.normal(size=(r, 2 * N)))
     F = WoodburyFactor(2.0 * ShiftedIdentity() - Js)
     assert F.dense is not None

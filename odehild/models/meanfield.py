@@ -156,7 +156,7 @@ class MeanFieldModel(FoundingDeclaration):
         rhs, jac, parts = compiled.rhs, compiled.jac, compiled.jac_parts
 
         def jac_parts(t, y):
-            D, A, Vt = np.empty((4, init.N)), np.empty((n, nm)), np.empty((nm, n))
+            D, A, Vt = np.empty((init.N, 2, 2)), np.empty((n, nm)), np.empty((nm, n))
             parts(t, y, w, inv_eps, D, A, Vt)
             return LowRankJacobian(D, A, Vt)
 
@@ -316,8 +316,8 @@ def rhs(t, y, w, inv_eps, dy):
 
 @njit(cache=True)
 def jac_parts(t, y, w, inv_eps, D, A, Vt):
-    """dF/dy = D + A Vt for the state (a, u): D the 2x2 blocks at fixed moments (rows jaa, jau,
-    jua, juu over particles), A = dF/dM (2N, NM) and Vt = H dM/dy (NM, 2N), of rank <= NM."""
+    """dF/dy = D + A Vt for the state (a, u): D (N, 2, 2) the blocks [[jaa, jau], [jua, juu]] at
+    fixed moments, A = dF/dM (2N, NM) and Vt = H dM/dy (NM, 2N), of rank <= NM."""
     N = w.shape[0]
     M = np.empty(NM)
     g = np.empty(NM)
@@ -335,10 +335,10 @@ def jac_parts(t, y, w, inv_eps, D, A, Vt):
         dsdu = 1.0 / (c * c)  # 1 - s^2 without cancellation; 0 once cosh overflows
         wi = w[i]
 {jac_local}
-        D[0, i] = jaa
-        D[1, i] = jau
-        D[2, i] = jua
-        D[3, i] = juu
+        D[i, 0, 0] = jaa
+        D[i, 0, 1] = jau
+        D[i, 1, 0] = jua
+        D[i, 1, 1] = juu
     Vt[:, :] = H @ B.T
 
 
@@ -346,16 +346,16 @@ def jac_parts(t, y, w, inv_eps, D, A, Vt):
 def jac(t, y, w, inv_eps, J):
     """Dense dF/dy (the same parts, assembled)."""
     N = w.shape[0]
-    D = np.empty((4, N))
+    D = np.empty((N, 2, 2))
     A = np.empty((2 * N, NM))
     Vt = np.empty((NM, 2 * N))
     jac_parts(t, y, w, inv_eps, D, A, Vt)
     J[:, :] = A @ Vt
     for i in range(N):
-        J[i, i] += D[0, i]
-        J[i, N + i] += D[1, i]
-        J[N + i, i] += D[2, i]
-        J[N + i, N + i] += D[3, i]
+        J[i, i] += D[i, 0, 0]
+        J[i, N + i] += D[i, 0, 1]
+        J[N + i, i] += D[i, 1, 0]
+        J[N + i, N + i] += D[i, 1, 1]
 
 
 @njit(cache=True)

@@ -37,6 +37,7 @@ from ..solve.structured import LowRankJacobian
 from ..symbolic.founding import CODEGEN_FORMAT, _digest, as_function, check_eps, check_kmax, eps_sym
 from ..symbolic.multi_hermite import MultiHermiteExpansion, as_target, monomial_name
 from . import ModelKind, register
+from ._founding import FoundingDeclaration
 
 a_sym = sp.Symbol("a", real=True)
 HALF = 0.5  # a multi-index is learned when |r_alpha| falls below this fraction of its start
@@ -254,12 +255,10 @@ class MultiIndexTrajectory:
     def direction_times(self, fraction: float = HALF) -> np.ndarray:
         """Per direction j, the earliest learning time of a multi-index of the target that contains j
         (the staircase z1 + z1 z2 + z1 z2 z3: direction 2 with z1 z2); NaN when none is learned."""
-        times = self.learning_times(fraction)
         out = np.full(self.M, np.nan)
-        for alpha, tl in times.items():
-            for j, k in enumerate(alpha):
-                if k and np.isfinite(tl) and not tl >= out[j]:
-                    out[j] = tl
+        for alpha, tl in self.learning_times(fraction).items():
+            used = np.array(alpha) > 0
+            out[used] = np.fmin(out[used], tl)  # fmin ignores NaN: not learned, or no time yet
         return out
 
     def alignment(self) -> np.ndarray:
@@ -313,11 +312,7 @@ class MultiIndexModel(ModelKind):
         phi_active = self.phi.coefficients[idx]
         self.floor = max(self.phi.norm2 - float(np.sum(phi_active**2)), 0.0)
 
-    def with_eps(self, eps):
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        new.eps = check_eps(eps)
-        return new
+    with_eps = FoundingDeclaration.with_eps  # the same declaration at another eps (shares the compiled code)
 
     @property
     def derivation(self) -> MultiIndexDerivation:
@@ -410,7 +405,7 @@ class MultiIndexModel(ModelKind):
 
     def result(self, problem, t, Y, stats, meta) -> MultiIndexTrajectory:
         values = problem.state.unpack(Y, consume=True)
-        a, s, w = values["a"], np.ascontiguousarray(values["s_v"][:, :, :self.M]), problem.context["weights"]
+        a, s, w = values["a"], values["s_v"][:, :, :self.M], problem.context["weights"]  # views: no (T, N, M) copy
         mom = np.empty((t.size, len(self.all_alphas)))
         problem.compiled.all_moments(a, s, w, mom)
         res = self.phi.coefficients[None, :] - self.factors[None, :] * mom
@@ -477,12 +472,14 @@ def direction_sweep(model: MultiIndexModel, eps_list, init=None, t_end: float = 
         rows.append(tr.direction_times())
         for alpha, tl in tr.learning_times().items():
             terms.setdefault(monomial_name(alpha), []).append(tl)
+    from ..simulate.compare import fit_slope
+
     times = np.array(rows)
     slopes = np.full(times.shape[1], np.nan)
     for j in range(times.shape[1]):
         ok = np.isfinite(times[:, j])
         if ok.sum() >= 2:
-            slopes[j] = np.polyfit(np.log(eps[ok]), np.log(times[ok, j]), 1)[0]
+            slopes[j] = fit_slope(eps[ok], times[ok, j])[0]
     return DirectionSweep(eps, times, slopes, {k: np.array(v) for k, v in terms.items()},
                           {"phi": model.phi.expression, "sigma": model.sigma.name, "kmax": model.K,
                            "N": None if init is None else init.N})

@@ -49,6 +49,41 @@ def set_seed(seed):
 
 
 @njit(cache=True)
+def accumulate(W, a, x, y, h, GA, GW):
+    """Add one sample's update directions to GA, GW: e = y - f, e sigma(h_i) for a_i and
+    e a_i sigma'(h_i) (x - h_i u_i) for u_i (h is scratch)."""
+    m, d = W.shape
+    f = 0.0
+    for i in range(m):
+        acc = 0.0
+        for k in range(d):
+            acc += W[i, k] * x[k]
+        h[i] = acc
+        f += a[i] * sigma(acc)
+    e = y - f / m
+    for i in range(m):
+        GA[i] += e * sigma(h[i])
+        c = e * a[i] * dsigma(h[i])
+        for k in range(d):
+            GW[i, k] += c * (x[k] - h[i] * W[i, k])
+
+
+@njit(cache=True)
+def apply(W, a, GA, GW, eta, inv_eps, n):
+    """a += (eta/eps) GA/n; u_i <- normalize(u_i + eta GW_i/n)."""
+    m, d = W.shape
+    for i in range(m):
+        a[i] += eta * inv_eps * GA[i] / n
+        nn = 0.0
+        for k in range(d):
+            W[i, k] += eta * GW[i, k] / n
+            nn += W[i, k] * W[i, k]
+        nn = math.sqrt(nn)
+        for k in range(d):
+            W[i, k] /= nn
+
+
+@njit(cache=True)
 def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
     """Online SGD on fresh Gaussian samples, u*_j = e_j. Per sample: e = y - f;
     a_i += (eta/eps) e sigma(h_i); u_i <- normalize(u_i + eta e a_i sigma'(h_i) (x - h_i u_i)),
@@ -65,62 +100,23 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
             for k in range(d):
                 x[k] = np.random.standard_normal()
             y = target(x) + noise * np.random.standard_normal()
-            f = 0.0
-            for i in range(m):
-                acc = 0.0
-                for k in range(d):
-                    acc += W[i, k] * x[k]
-                h[i] = acc
-                f += a[i] * sigma(acc)
-            e = y - f / m
-            for i in range(m):
-                GA[i] += e * sigma(h[i])
-                c = e * a[i] * dsigma(h[i])
-                for k in range(d):
-                    GW[i, k] += c * (x[k] - h[i] * W[i, k])
-        for i in range(m):
-            a[i] += eta * inv_eps * GA[i] / batch
-            n = 0.0
-            for k in range(d):
-                W[i, k] += eta * GW[i, k] / batch
-                n += W[i, k] * W[i, k]
-            n = math.sqrt(n)
-            for k in range(d):
-                W[i, k] /= n
+            accumulate(W, a, x, y, h, GA, GW)
+        apply(W, a, GA, GW, eta, inv_eps, batch)
 
 
 @njit(cache=True)
 def gd_steps(W, a, X, y, nsteps, eta, inv_eps):
     """Full-batch gradient descent on fixed samples (X (n, d), y (n,)), the same update averaged."""
     m, d = W.shape
-    n = X.shape[0]
-    H = np.empty((n, m))
+    h = np.empty(m)
+    GA = np.empty(m)
+    GW = np.empty((m, d))
     for step in range(nsteps):
-        GA = np.zeros(m)
-        GW = np.zeros((m, d))
-        for s in range(n):
-            f = 0.0
-            for i in range(m):
-                acc = 0.0
-                for k in range(d):
-                    acc += W[i, k] * X[s, k]
-                H[s, i] = acc
-                f += a[i] * sigma(acc)
-            e = y[s] - f / m
-            for i in range(m):
-                GA[i] += e * sigma(H[s, i])
-                c = e * a[i] * dsigma(H[s, i])
-                for k in range(d):
-                    GW[i, k] += c * (X[s, k] - H[s, i] * W[i, k])
-        for i in range(m):
-            a[i] += eta * inv_eps * GA[i] / n
-            nn = 0.0
-            for k in range(d):
-                W[i, k] += eta * GW[i, k] / n
-                nn += W[i, k] * W[i, k]
-            nn = math.sqrt(nn)
-            for k in range(d):
-                W[i, k] /= nn
+        GA[:] = 0.0
+        GW[:, :] = 0.0
+        for s in range(X.shape[0]):
+            accumulate(W, a, X[s], y[s], h, GA, GW)
+        apply(W, a, GA, GW, eta, inv_eps, X.shape[0])
 
 
 @njit(cache=True)

@@ -39,13 +39,11 @@ class LowRankJacobian:
     [a_0..a_(N-1), s_(0,0)..s_(0,ndir-1), s_(1,0), ...] (a first, then s row by row; the
     single-index state [a; s] is ndir = 1).
 
-    ``D``: the per-particle blocks, (N, b, b), or (4, N) rows aa, as, sa, ss for b = 2;
-    ``A`` (bN, r); ``Vt`` (r, bN). ``scale`` multiplies the whole matrix (BDF forms c J).
+    ``D``: the per-particle blocks (N, b, b); ``A`` (bN, r); ``Vt`` (r, bN). ``scale`` multiplies
+    the whole matrix (BDF forms c J).
     """
 
     def __init__(self, D, A, Vt, scale=1.0):
-        if D.ndim == 2:  # the single-index rows (4, N)
-            D = np.ascontiguousarray(D.T.reshape(-1, 2, 2))
         self.D, self.A, self.Vt, self.scale = D, A, Vt, scale
         self.N, self.b = D.shape[0], D.shape[1]
         self.shape = (self.b * self.N, self.b * self.N)
@@ -210,7 +208,7 @@ class WoodburyFactor:
         c, J = M.c, M.J
         sc = J.scale
         self.c, self.sc, self.J = c, sc, J
-        P = (-sc * J.D).astype(np.result_type(c, sc, J.D))
+        P = np.multiply(-sc, J.D, dtype=np.result_type(c, sc, J.D))
         P[:, np.arange(J.b), np.arange(J.b)] += c
         self.dense = None
         self.n = J.shape[0]

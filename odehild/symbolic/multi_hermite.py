@@ -158,7 +158,7 @@ def _polynomial_coefficients(poly: sp.Poly, M: int) -> dict:
         for ks in itertools.product(*(f.items() for f in factors)):
             alpha = tuple(k for k, _ in ks)
             out[alpha] = out.get(alpha, 0) + c * sp.Mul(*[v for _, v in ks])
-    return {a: sp.nsimplify(sp.simplify(v)) if v.has(sp.Float) else sp.simplify(v) for a, v in out.items()}
+    return {a: sp.simplify(v) for a, v in out.items()}
 
 
 def _factor_by_variable(term, variables):
