@@ -2,12 +2,13 @@
 
 The case of issue 14: sigma = h0+h1+h2+h3, phi = h1+h2+h3, K = 3, eps = 1e-12, t in [0, 5],
 rtol 1e-8, quadrature nodes of the normal a0 law, Radau with the structured (Woodbury) Jacobian.
-Each N runs in a fresh process (its peak resident memory is that process's), after one warm-up
-solve that loads the compiled code. With ``--dense-upto`` the dense-LU Radau runs too, where it fits,
-for the ratio in the same conditions.
+Each N and solver runs in a fresh process (its peak resident memory is that process's), after one
+warm-up solve that loads the compiled code. Solvers: ``compiled`` (odehild's Radau, the default),
+``scipy`` (SciPy's Radau step with the same Woodbury solves: the baseline), ``dense`` (SciPy's Radau
+with dense LU, only up to ``--dense-upto``).
 
-    python benchmarks/bench_particles.py                      # N = 1e3, 1e4, 1e5
-    python benchmarks/bench_particles.py --n 1000 1000000     # up to 1e6 (about 15 minutes)
+    python benchmarks/bench_particles.py                           # N = 1e3, 1e4, 1e5; compiled and scipy
+    python benchmarks/bench_particles.py --n 1000000 --solvers compiled --max-wall 120
 """
 
 from __future__ import annotations
@@ -20,48 +21,58 @@ import sys
 CHILD = r"""
 import json, resource, sys, time
 from odehild.models import MeanFieldModel
-from odehild.solve import initial_condition, solve
-N, structured = int(sys.argv[1]), sys.argv[2] == "1"
+from odehild.solve import initial_condition, integrate, solve
+from odehild.solve.structured import StructuredRadau
+N, solver, max_wall = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+if solver == "scipy":
+    integrate.STRUCTURED["Radau"] = StructuredRadau
+structured = solver != "dense"
 model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)", K=3, eps=1e-12)
 solve(model, initial_condition(10), 5.0, points=3, progress=False, structured=structured)
 init = initial_condition(N)
 t0 = time.perf_counter()
-tr = solve(model, init, 5.0, rtol=1e-8, atol=1e-10, progress=False, structured=structured)
+tr = solve(model, init, 5.0, rtol=1e-8, atol=1e-10, progress=False, structured=structured,
+           max_wall=max_wall if max_wall > 0 else None)
 wall = time.perf_counter() - t0
 print(json.dumps({"N": N, "wall": wall, "steps": tr.stats["nsteps"], "nlu": tr.stats["nlu"],
-                  "ndense": tr.stats["ndense"], "risk": float(tr.risk[-1]),
+                  "ndense": tr.stats["ndense"], "risk": float(tr.risk[-1]), "t": tr.stats["t_reached"],
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def run(N, structured):
-    out = subprocess.run([sys.executable, "-c", CHILD, str(N), "1" if structured else "0"], capture_output=True,
+def run(N, solver, max_wall):
+    out = subprocess.run([sys.executable, "-c", CHILD, str(N), solver, str(max_wall)], capture_output=True,
                          text=True)
     if out.returncode:
         return {"N": N, "error": (out.stderr.strip().splitlines() or ["killed"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(ns, dense_upto):
+def main(ns, solvers, dense_upto, max_wall):
     print("mean-field staircase K = 3, eps = 1e-12, t in [0, 5], rtol 1e-8, Radau")
-    print(f"{'N':>8} {'solver':>10} {'wall s':>8} {'steps':>6} {'ms/step':>8} {'peak MB':>8} {'nlu':>5} "
-          f"{'dense LU':>8}")
+    print(f"{'N':>8} {'solver':>9} {'wall s':>8} {'steps':>6} {'ms/step':>8} {'peak MB':>8} {'t reached':>9} "
+          f"{'ratio':>6}")
     for N in ns:
-        for structured in (True, False):
-            if not structured and N > dense_upto:
+        base = None
+        for solver in solvers:
+            if solver == "dense" and N > dense_upto:
                 continue
-            r = run(N, structured)
-            name = "Woodbury" if structured else "dense LU"
+            r = run(N, solver, max_wall)
             if "error" in r:
-                print(f"{N:>8} {name:>10} failed: {r['error']}")
+                print(f"{N:>8} {solver:>9} failed: {r['error']}")
                 continue
-            print(f"{N:>8} {name:>10} {r['wall']:8.2f} {r['steps']:6d} {1e3 * r['wall'] / r['steps']:8.2f} "
-                  f"{r['rss_mb']:8.0f} {r['nlu']:5d} {r['ndense']:8d}", flush=True)
+            per_step = 1e3 * r["wall"] / r["steps"]
+            base = base or per_step
+            print(f"{N:>8} {solver:>9} {r['wall']:8.2f} {r['steps']:6d} {per_step:8.2f} {r['rss_mb']:8.0f} "
+                  f"{r['t']:9.3g} {per_step / base:6.2f}", flush=True)
+    print("ratio: time per step against the first solver of the same N")
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, nargs="+", default=[1000, 10000, 100000])
-    p.add_argument("--dense-upto", type=int, default=0, help="also run dense LU up to this N (default: none)")
+    p.add_argument("--solvers", nargs="+", choices=("compiled", "scipy", "dense"), default=["compiled", "scipy"])
+    p.add_argument("--dense-upto", type=int, default=4000, help="run the dense solver only up to this N")
+    p.add_argument("--max-wall", type=float, default=0, help="stop each solve after this many seconds (0: never)")
     a = p.parse_args()
-    main(a.n, a.dense_upto)
+    main(a.n, a.solvers, a.dense_upto, a.max_wall)

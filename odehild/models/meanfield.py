@@ -237,7 +237,10 @@ def meanfield_source(model: MeanFieldModel) -> str:
     unpack_M = "\n".join(f"    M_{k} = M[{k}]" for k in range(n))
     unpack_g = "\n".join(f"    g_{k} = g[{k}]" for k in range(n))
     mom = emit_block([(f"m_{k}", sub(d.moment_fns[k])) for k in range(n)], 8, "xm")
-    acc = "\n".join(f"        M[{k}] += wi * m_{k}" for k in range(n))
+    # scalar accumulators: M[k] += .. would store and reload M every particle (M may alias the inputs)
+    zero = "\n".join(f"    M_{k} = 0.0" for k in range(n))
+    acc = "\n".join(f"        M_{k} += wi * m_{k}" for k in range(n))
+    store = "\n".join(f"    M[{k}] = M_{k}" for k in range(n))
     grad = emit_block([(f"g[{k}]", sub(d.grad[k])) for k in range(n)], 4, "xg")
     hess = emit_block([(f"H[{k}, {l}]", sub(d.hess[k][l])) for k in range(n) for l in range(n)], 4, "xh")
     resid = emit_block([(f"out[{k}]", sub(d.residuals[k])) for k in range(n)], 4, "xr")
@@ -259,14 +262,14 @@ NM = {n}
 @njit(cache=True)
 def moments(a, s, w, M):
     """M_k = sum_j w_j m_k(a_j, s_j)."""
-    for k in range(NM):
-        M[k] = 0.0
+{zero}
     for i in range(a.shape[0]):
         ai = a[i]
         si = s[i]
         wi = w[i]
 {mom}
 {acc}
+{store}
 
 
 @njit(cache=True)

@@ -570,7 +570,10 @@ def multi_index_source(model: MultiIndexModel) -> str:
     unpack_par = "\n".join([f"    c_{i} = par[{i}]" for i in range(n)] + [f"    phi_{i} = par[{n + i}]" for i in range(n)]
                            + [f"    tau = par[{2 * n}]"])
     mono = _monomial_block(M, d.alphas, "m_{k}", 8, "xm")
-    acc = "\n".join(f"        M[{i}] += wa * m_{i}" for i in range(n))
+    # scalar accumulators: M[k] += .. would store and reload M every particle (M may alias y)
+    zero = "\n".join(f"    M_{i} = 0.0" for i in range(n))
+    acc = "\n".join(f"        M_{i} += wa * m_{i}" for i in range(n))
+    store = "\n".join(f"    M[{i}] = M_{i}" for i in range(n))
     grad = emit_block([(f"g[{i}]", sub(d.grad[i])) for i in range(n)], 4, "xg")
     hess = emit_block([(f"H[{i}, {j}]", sub(d.hess[i][j])) for i in range(n) for j in range(n)
                        if d.hess[i][j] != 0], 4, "xh")
@@ -597,13 +600,13 @@ NALL = {P}
 def moments(y, w, M):
     """M_alpha = sum_j w_j a_j s_j^alpha over the moved multi-indices."""
     N = w.shape[0]
-    for k in range(NM):
-        M[k] = 0.0
+{zero}
     for i in range(N):
         wa = w[i] * y[i]
 {load_s}
 {mono}
 {acc}
+{store}
 
 
 @njit(cache=True)

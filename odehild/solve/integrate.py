@@ -20,11 +20,12 @@ from ..checks import positive_float, positive_int
 from ..errors import InputError, IntegrationError, StiffnessWarning
 from ..threads import blas_threads, check_threads
 from .state import StateMap
-from .structured import StructuredBDF, StructuredRadau
+from .radau import CompiledRadau
+from .structured import StructuredBDF
 
 METHODS = {"Radau": Radau, "BDF": BDF, "LSODA": LSODA, "RK45": RK45}
 STIFF_EPS = 1e-3  # below this an explicit method needs more than ~1e3 steps per unit time
-STRUCTURED = {"Radau": StructuredRadau, "BDF": StructuredBDF}
+STRUCTURED = {"Radau": CompiledRadau, "BDF": StructuredBDF}
 IMPLICIT = ("Radau", "BDF", "LSODA")
 RTOL_MIN = 100 * np.finfo(float).eps
 
@@ -231,8 +232,11 @@ def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall,
     if structured:
         kw["jac"] = jac_structured
         solver_class = STRUCTURED[method]
-    solver = solver_class(fun, 0.0, problem.y0, t_end, **kw)
+    # the compiled Radau calls the generated rhs(t, y, out) into its own buffers and counts its calls
+    solver = solver_class(problem.rhs if solver_class is CompiledRadau else fun, 0.0, problem.y0, t_end, **kw)
     run = step_through(solver, problem.y0, t_eval, t_end, max_wall, progress)
+    if solver_class is CompiledRadau:
+        counters["nfev"] = solver.nfev
 
     compiled = problem.compiled
     stats = {"nfev": counters["nfev"], "njev": counters["njev"], "nlu": int(getattr(solver, "nlu", 0)),

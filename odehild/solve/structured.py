@@ -130,12 +130,15 @@ def _woodbury_solve(Pinv, Q, cap_inv, Vt, b, out):
     acc = np.zeros(r, dtype=out.dtype)
     if nb == 2:  # the single-index layout [a; s], written out (the general loop costs 25% there)
         for i in range(N):
-            ya = Pinv[i, 0, 0] * b[i] + Pinv[i, 0, 1] * b[N + i]
-            ys = Pinv[i, 1, 0] * b[i] + Pinv[i, 1, 1] * b[N + i]
-            out[i] = ya
-            out[N + i] = ys
-            for k in range(r):
-                acc[k] += Vt[k, i] * ya + Vt[k, N + i] * ys
+            ba, bs = b[i], b[N + i]
+            out[i] = Pinv[i, 0, 0] * ba + Pinv[i, 0, 1] * bs
+            out[N + i] = Pinv[i, 1, 0] * ba + Pinv[i, 1, 1] * bs
+        # one dot product per row of Vt, with a scalar accumulator (30% faster than r at once)
+        for k in range(r):
+            sk = 0.0 * out[0]
+            for j in range(2 * N):
+                sk += Vt[k, j] * out[j]
+            acc[k] = sk
     else:
         for i in range(N):
             for p in range(nb):
@@ -180,6 +183,35 @@ def _residual(c, sc, D, A, Vt, x, b, out):
     return top
 
 
+@njit(cache=True)
+def _shifted_inverses_2x2(D, c, sc, Pinv):
+    """Pinv = (c I - sc D_i)^-1 for 2x2 blocks by the adjugate; returns how many blocks are singular
+    to working precision (|det| COND_LIMIT <= the product of the row 1-norms)."""
+    singular = 0
+    for i in range(D.shape[0]):
+        p00, p01 = c - sc * D[i, 0, 0], -sc * D[i, 0, 1]
+        p10, p11 = -sc * D[i, 1, 0], c - sc * D[i, 1, 1]
+        det = p00 * p11 - p01 * p10
+        if abs(det) * COND_LIMIT <= (abs(p00) + abs(p01)) * (abs(p10) + abs(p11)) or det == 0:
+            singular += 1
+            det = 1.0 + 0.0 * det
+        Pinv[i, 0, 0], Pinv[i, 0, 1] = p11 / det, -p01 / det
+        Pinv[i, 1, 0], Pinv[i, 1, 1] = -p10 / det, p00 / det
+    return singular
+
+
+@njit(cache=True)
+def _capacitance(Vt, Q, out):
+    """out = I - Vt Q."""
+    r = Vt.shape[0]
+    for k in range(r):
+        for l in range(r):
+            acc = 0.0 * Q[0, 0]
+            for j in range(Vt.shape[1]):
+                acc += Vt[k, j] * Q[j, l]
+            out[k, l] = (1.0 if k == l else 0.0) - acc
+
+
 def _block_inverses(P):
     """P^-1 for blocks P (N, b, b) and whether each is singular to working precision. 2x2 blocks by
     their adjugate; larger ones by LAPACK, their condition from the 1-norms."""
@@ -208,20 +240,28 @@ class WoodburyFactor:
         c, J = M.c, M.J
         sc = J.scale
         self.c, self.sc, self.J = c, sc, J
-        P = np.multiply(-sc, J.D, dtype=np.result_type(c, sc, J.D))
-        P[:, np.arange(J.b), np.arange(J.b)] += c
+        dtype = np.result_type(c, sc, J.D)
         self.dense = None
         self.n = J.shape[0]
-        Pinv, singular = _block_inverses(P)
-        if np.any(singular) and self.n <= DENSE_MAX:
+        if J.b == 2:
+            Pinv = np.empty(J.D.shape, dtype=dtype)
+            singular = _shifted_inverses_2x2(np.ascontiguousarray(J.D), dtype.type(c), float(sc), Pinv)
+        else:
+            P = np.multiply(-sc, J.D, dtype=dtype)
+            P[:, np.arange(J.b), np.arange(J.b)] += c
+            Pinv, singular = _block_inverses(P)
+            singular = int(np.sum(singular))
+        if singular and self.n <= DENSE_MAX:
             self._factor_dense(M)
             return
         self.Pinv = np.ascontiguousarray(Pinv)
         self.Q = np.empty(J.A.shape, dtype=self.Pinv.dtype)
         _pinv_rows(self.Pinv, np.ascontiguousarray(J.A), sc, self.Q)
         self.Vt = np.ascontiguousarray(J.Vt)
-        cap = np.eye(J.Vt.shape[0]) - self.Vt @ self.Q
-        self.refine = np.linalg.cond(cap) > COND_LIMIT
+        cap = np.empty((J.Vt.shape[0], J.Vt.shape[0]), dtype=self.Q.dtype)
+        _capacitance(self.Vt, self.Q, cap)
+        # a singular block beyond DENSE_MAX was replaced by a finite stand-in: refinement corrects it
+        self.refine = singular > 0 or np.linalg.cond(cap) > COND_LIMIT
         self.cap_inv = np.linalg.inv(cap)
 
     def _factor_dense(self, M):
