@@ -22,10 +22,9 @@ CHILD = r"""
 import json, resource, sys, time
 from odehild.models import MeanFieldModel
 from odehild.solve import initial_condition, integrate, solve
-from odehild.solve.structured import StructuredRadau
 N, solver, max_wall = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 if solver == "scipy":
-    integrate.STRUCTURED["Radau"] = StructuredRadau
+    integrate.STRUCTURED_RADAU = "scipy"
 structured = solver != "dense"
 model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)", K=3, eps=1e-12)
 solve(model, initial_condition(10), 5.0, points=3, progress=False, structured=structured)

@@ -12,20 +12,19 @@ import time
 from typing import Callable, Optional
 
 import numpy as np
-from scipy.integrate import BDF, LSODA, RK45, Radau
-
-
 from .. import __version__
 from ..checks import positive_float, positive_int
 from ..errors import InputError, IntegrationError, StiffnessWarning
 from ..threads import blas_threads, check_threads
 from .state import StateMap
 from .radau import CompiledRadau
-from .structured import StructuredBDF
 
-METHODS = {"Radau": Radau, "BDF": BDF, "LSODA": LSODA, "RK45": RK45}
+METHODS = ("Radau", "BDF", "LSODA", "RK45")  # SciPy's classes of these names, imported when used
 STIFF_EPS = 1e-3  # below this an explicit method needs more than ~1e3 steps per unit time
-STRUCTURED = {"Radau": CompiledRadau, "BDF": StructuredBDF}
+STRUCTURED = ("Radau", "BDF")
+# the structured Radau step: "compiled" (odehild.solve.radau) or "scipy" (SciPy's step with the same
+# Woodbury solves, the baseline of benchmarks/bench_particles.py)
+STRUCTURED_RADAU = "compiled"
 IMPLICIT = ("Radau", "BDF", "LSODA")
 RTOL_MIN = 100 * np.finfo(float).eps
 
@@ -172,6 +171,18 @@ class OdeProblem:
     context: dict = dataclasses.field(default_factory=dict)  # kind-private values its result needs
 
 
+def _solver_class(method, structured):
+    if structured and method == "Radau" and STRUCTURED_RADAU == "compiled":
+        return CompiledRadau
+    if structured:
+        from . import structured_scipy
+
+        return {"Radau": structured_scipy.StructuredRadau, "BDF": structured_scipy.StructuredBDF}[method]
+    import scipy.integrate
+
+    return getattr(scipy.integrate, method)
+
+
 @dataclasses.dataclass
 class Integration:
     """The outputs and counters of one integration (status as in :class:`SolverRun`)."""
@@ -226,12 +237,11 @@ def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall,
     kw = dict(rtol=rtol, atol=atol)
     if first_step is not None:
         kw["first_step"] = first_step
-    solver_class = METHODS[method]
+    solver_class = _solver_class(method, structured)
     if method in IMPLICIT and problem.jac is not None:
         kw["jac"] = jac
     if structured:
         kw["jac"] = jac_structured
-        solver_class = STRUCTURED[method]
     # the compiled Radau calls the generated rhs(t, y, out) into its own buffers and counts its calls
     solver = solver_class(problem.rhs if solver_class is CompiledRadau else fun, 0.0, problem.y0, t_end, **kw)
     run = step_through(solver, problem.y0, t_eval, t_end, max_wall, progress)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
-from scipy.integrate import OdeSolver
-from scipy.integrate._ivp.base import DenseOutput
 
 from .structured import IterationMatrix, WoodburyFactor
 
@@ -155,36 +153,44 @@ def _rms(x):
     return float(np.sqrt(np.mean(np.square(x))))
 
 
-class CollocationOutput(DenseOutput):
-    """The step's collocation polynomial, evaluated in compiled code."""
+class CollocationOutput:
+    """The step's collocation polynomial on [t_old, t], evaluated in compiled code; called with a
+    time gives (n,), with an array of times (n, T), as SciPy's dense outputs."""
 
     def __init__(self, t_old, t, y_old, Q):
-        super().__init__(t_old, t)
-        self.h = t - t_old
+        self.t_old, self.t, self.h = t_old, t, t - t_old
         self.y_old, self.Q = y_old, Q
 
-    def _call_impl(self, t):
-        t = np.atleast_1d(np.asarray(t, dtype=float))
-        out = np.empty((t.size, self.y_old.size))
-        _evaluate_polynomial(self.y_old, self.Q, (t - self.t_old) / self.h, out)
-        return out.T if t.size > 1 else out[0]
+    def __call__(self, t):
+        t = np.asarray(t, dtype=float)
+        x = np.atleast_1d(t)
+        out = np.empty((x.size, self.y_old.size))
+        _evaluate_polynomial(self.y_old, self.Q, (x - self.t_old) / self.h, out)
+        return out.T if t.ndim else out[0]
 
 
-class CompiledRadau(OdeSolver):
-    """Radau IIA of order 5 (SciPy's interface: ``step()``, ``dense_output()``, ``nfev``, ``njev``,
-    ``nlu``) for ``rhs(t, y, out)`` and a structured ``jac(t, y)`` returning a
-    :class:`~odehild.solve.structured.LowRankJacobian`."""
+class CompiledRadau:
+    """Radau IIA of order 5 for ``rhs(t, y, out)`` and a structured ``jac(t, y)`` returning a
+    :class:`~odehild.solve.structured.LowRankJacobian`, forward in time.
+
+    SciPy's ``OdeSolver`` interface (``step()``, ``status``, ``t``, ``y``, ``t_old``,
+    ``dense_output()``, ``nfev``, ``njev``, ``nlu``) without importing ``scipy.integrate``, which
+    costs a warm start 0.35 s of imports this solver does not use."""
+
+    TOO_SMALL_STEP = "Required step size is less than spacing between numbers."
 
     def __init__(self, rhs, t0, y0, t_bound, jac, rtol=1e-3, atol=1e-6, first_step=None,
                  max_step=np.inf, **extraneous):
         if extraneous:
             raise TypeError(f"unexpected options {sorted(extraneous)}")
+        if not t_bound > t0:
+            raise ValueError(f"CompiledRadau integrates forward in time only (t0 = {t0}, t_bound = {t_bound})")
         self._rhs = rhs
-        super().__init__(self._fun, t0, y0, t_bound, vectorized=False)
-        if self.direction < 0:
-            raise ValueError("CompiledRadau integrates forward in time only")
-        self.y = np.ascontiguousarray(self.y, dtype=float)
-        n = self.n
+        self.t, self.t_bound, self.t_old = float(t0), float(t_bound), None
+        self.y = np.array(y0, dtype=float)
+        self.n = n = self.y.size
+        self.status = "running"
+        self.nfev = 0
         self.rtol, self.atol, self.max_step = float(rtol), float(atol), max_step
         self._jac = jac
         self.nlu = self.njev = self.ndense = 0
@@ -202,9 +208,25 @@ class CompiledRadau(OdeSolver):
         self.f_real, self.f_complex = np.empty(n), np.empty(n, dtype=complex)
         self.inv_scale, self.err_rhs, self.buf = np.empty(n), np.empty(n), np.empty(n)
 
-    # SciPy's OdeSolver calls fun(t, y) for nothing but the optional checks; the steps call _eval
-    def _fun(self, t, y):
-        return self._eval(t, y)
+    def step(self):
+        """One step (retried with smaller steps until accepted); returns None or, on failure, why."""
+        if self.status != "running":
+            raise RuntimeError("attempt to step on a failed or finished solver")
+        if self.n == 0 or self.t == self.t_bound:
+            self.t_old, self.t = self.t, self.t_bound
+            self.status = "finished"
+            return None
+        success, message = self._step_impl()
+        if not success:
+            self.status = "failed"
+        elif self.t >= self.t_bound:
+            self.status = "finished"
+        return message
+
+    def dense_output(self):
+        if self.t_old is None:
+            raise RuntimeError("dense output is available after a successful step")
+        return self.sol
 
     def _eval(self, t, y, out=None):
         self.nfev += 1
@@ -352,5 +374,3 @@ class CompiledRadau(OdeSolver):
         self.sol = CollocationOutput(t, t_new, y, Q)
         return True, None
 
-    def _dense_output_impl(self):
-        return self.sol

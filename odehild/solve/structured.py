@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
-from scipy.integrate import BDF, Radau
-from scipy.linalg import lu_factor, lu_solve
-from scipy.sparse import csc_matrix
 
 # A 2x2 block worse conditioned than this is not inverted by its adjugate; a capacitance matrix worse
 # conditioned than this gets iterative refinement.
@@ -265,10 +262,14 @@ class WoodburyFactor:
         self.cap_inv = np.linalg.inv(cap)
 
     def _factor_dense(self, M):
+        from scipy.linalg import lu_factor
+
         self.dense = lu_factor(M.toarray(), overwrite_a=True, check_finite=False)
 
     def solve(self, b):
         if self.dense is not None:
+            from scipy.linalg import lu_solve
+
             return lu_solve(self.dense, b, check_finite=False)
         b = np.ascontiguousarray(b, dtype=self.Pinv.dtype)
         x = np.empty_like(b)
@@ -284,40 +285,3 @@ class WoodburyFactor:
             _woodbury_solve(self.Pinv, self.Q, self.cap_inv, self.Vt, r, dx)
             x += dx
         return x
-
-
-class _Structured:
-    """Mixin for a SciPy implicit solver: ``jac(t, y)`` returns a :class:`LowRankJacobian`."""
-
-    def __init__(self, fun, t0, y0, t_bound, *, jac, **kw):
-        self.ndense = 0
-        super().__init__(fun, t0, y0, t_bound, jac=jac, **kw)
-        self.J = self._J0
-        self.I = ShiftedIdentity()
-        self.lu = self._lu
-        self.solve_lu = lambda LU, b: LU.solve(b)
-
-    def _validate_jac(self, jac, sparsity):
-        def jac_wrapped(t, y, _=None):
-            self.njev += 1
-            return jac(t, y)
-
-        self._J0 = jac(self.t, self.y)
-        self.njev = 1
-        # SciPy's __init__ sees a sparse J and builds a sparse identity; a dense one would take
-        # 8 (2N)^2 bytes (3.2 GB at N = 10^4). Both are replaced right after.
-        return jac_wrapped, csc_matrix((self.n, self.n))
-
-    def _lu(self, M):
-        self.nlu += 1
-        F = WoodburyFactor(M)
-        self.ndense += F.dense is not None
-        return F
-
-
-class StructuredRadau(_Structured, Radau):
-    """scipy.integrate.Radau with Woodbury solves for the mean-field Jacobian."""
-
-
-class StructuredBDF(_Structured, BDF):
-    """scipy.integrate.BDF with Woodbury solves for the mean-field Jacobian."""

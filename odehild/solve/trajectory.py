@@ -6,7 +6,6 @@ import dataclasses
 from typing import Optional
 
 import numpy as np
-from scipy.special import ndtri
 
 from ..checks import check_memory, seed_value
 from ..errors import InputError
@@ -127,6 +126,8 @@ def a0_law(law: str, N: int, seed=None) -> np.ndarray:
     else:
         q = np.random.default_rng(seed).random(N)
     if law == "normal":
+        from scipy.special import ndtri
+
         a = ndtri(q)  # the N(0, 1) quantile function
     elif law == "uniform":
         a = np.sqrt(3) * (2 * q - 1)
