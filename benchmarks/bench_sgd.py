@@ -10,6 +10,9 @@ bandwidth / (16 m d) steps per second. A kernel that reads W for h and then read
 the update moves 24 m d bytes; its bound is two thirds of that.
 
     python benchmarks/bench_sgd.py --dim 16384 --width 1024 --steps 100   # sizes papers use
+
+Also measured: float32 weights (bound: 8 m d bytes per step), the GEMM mini-batch step in samples
+per second against one-sample steps, and float32's effect on a risk curve against float64.
 """
 
 import argparse
@@ -17,8 +20,9 @@ import time
 
 import numpy as np
 
-from odehild.simulate import Network
+from odehild.simulate import Network, online_sgd
 from odehild.simulate.networks import random_start
+from odehild.threads import blas_threads
 
 SIG, PHI = "h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)"
 
@@ -53,29 +57,56 @@ def _timed(f):
     return time.perf_counter() - t
 
 
+def risk_curve_difference(precision, dim=512, width=64, t_end=2.0):
+    """Largest relative difference of the recorded risk between float64 and ``precision`` weights,
+    same seed and samples."""
+    kw = dict(sigma=SIG, phi=PHI, eps=0.1, width=width, dim=dim, t_end=t_end, kmax=3, points=30)
+    r64 = online_sgd(**kw).risk
+    r = online_sgd(precision=precision, **kw).risk
+    return float(np.max(np.abs(r - r64) / r64)), float(r64[-1])
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--dim", type=int, default=4096)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch", type=int, default=32, help="mini-batch size of the GEMM row (default 32)")
     args = p.parse_args()
     d, m = args.dim, args.width
     eps, eta = 0.01, 0.01 / d
     k = Network(SIG, PHI, eps, kmax=3).compiled()
     W, a = random_start(m, d, 0)
     k.set_seed(0)
-    k.sgd_steps(W.copy(), a.copy(), 2, eta, 1 / eps, 1, 0.0)  # compile / load
-    t_numba = min(_timed(lambda: k.sgd_steps(W, a, args.steps, eta, 1 / eps, 1, 0.0)) for _ in range(3))
-    rng = np.random.default_rng(0)
-    W2, a2 = random_start(m, d, 0)
-    t_numpy = min(_timed(lambda: numpy_steps(W2, a2, args.steps // 4, eta, 1 / eps, rng)) for _ in range(3)) * 4
+    rates = {}
+    with blas_threads(1):
+        for name, dtype in (("float64", np.float64), ("float32", np.float32)):
+            Wp = W.astype(dtype)
+            k.sgd_steps(Wp.copy(), a.copy(), 2, eta, 1 / eps, 1, 0.0)  # compile / load
+            t = min(_timed(lambda: k.sgd_steps(Wp, a.copy(), args.steps, eta, 1 / eps, 1, 0.0)) for _ in range(3))
+            rates[name] = args.steps / t
+        nb = max(2, args.steps // args.batch)
+        k.sgd_steps(W.copy(), a.copy(), 1, eta, 1 / eps, args.batch, 0.0)
+        t_batch = min(_timed(lambda: k.sgd_steps(W.copy(), a.copy(), nb, eta, 1 / eps, args.batch, 0.0))
+                      for _ in range(3))
+        rng = np.random.default_rng(0)
+        W2, a2 = random_start(m, d, 0)
+        t_numpy = min(_timed(lambda: numpy_steps(W2, a2, args.steps // 4, eta, 1 / eps, rng)) for _ in range(3)) * 4
     bw = bandwidth()
-    bound = bw / (16 * m * d)
-    sps_numba, sps_numpy = args.steps / t_numba, args.steps / t_numpy
-    print(f"online SGD, d = {d}, m = {m}: generated Numba {sps_numba:.0f} steps/s, NumPy {sps_numpy:.0f} "
-          f"steps/s -> ratio {sps_numba / sps_numpy:.1f}x")
-    print(f"memory bandwidth {bw / 1e9:.1f} GB/s -> bound {bound:.0f} steps/s; Numba reaches "
-          f"{100 * sps_numba / bound:.0f}% of it")
+    bound = {"float64": bw / (16 * m * d), "float32": bw / (8 * m * d)}
+    sps_numpy = args.steps / t_numpy
+    print(f"online SGD, d = {d}, m = {m}, one sample per step")
+    print(f"  NumPy baseline {sps_numpy:.0f} steps/s; memory bandwidth {bw / 1e9:.1f} GB/s (np.copyto)")
+    for name, sps in rates.items():
+        print(f"  {name} weights: {sps:.0f} steps/s = {sps / sps_numpy:.1f}x NumPy, {100 * sps / bound[name]:.0f}% "
+              f"of the bound {bound[name]:.0f} steps/s (one read and one write of W per step)")
+    print(f"  float32 / float64: {rates['float32'] / rates['float64']:.2f}x")
+    per_sample = nb * args.batch / t_batch
+    print(f"  mini-batch {args.batch} through GEMM: {per_sample:.0f} samples/s = "
+          f"{per_sample / rates['float64']:.1f}x the one-sample steps' samples/s")
+    diff, final = risk_curve_difference("float32")
+    print(f"  float32 accuracy (d = 512, m = 64, eps = 0.1, t in [0, 2], same seed): largest relative "
+          f"difference of the risk curve from float64 {diff:.1e} (final risk {final:.3g})")
 
 
 if __name__ == "__main__":

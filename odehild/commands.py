@@ -262,7 +262,7 @@ def _cmd_simulate_committee(args):
     from .models.committee import solve_committee
 
     unused = [f for f, v in (("--eps", args.eps), ("--batch", args.batch), ("--samples", args.samples),
-                             ("--steps", args.steps)) if v is not None]
+                             ("--steps", args.steps), ("--precision", args.precision)) if v is not None]
     if args.algo != "sgd":
         unused.append("--algo " + args.algo)
     if unused:
@@ -357,11 +357,17 @@ def _cmd_simulate(args):
             t_end = args.steps * args.lr
         if args.algo == "sgd":
             kw["batch"] = args.batch
+            if args.precision is not None:
+                kw["precision"] = args.precision
         else:
             if args.samples is None:
                 raise InputError("--algo gd needs --samples N")
             kw["samples"] = args.samples
+    if args.precision is not None and args.algo != "sgd":
+        raise InputError(f"--precision applies to online SGD (--algo sgd), not --algo {args.algo}")
     multi = _is_multi_index(args.phi)
+    if multi and args.precision is not None:
+        raise InputError("--precision applies to the founding network's online SGD, not to multi-index targets")
     if multi:
         if args.model != "meanfield":
             raise InputError(f"--model {args.model} simulates a target of z; {args.phi!r} is a multi-index target")
@@ -602,6 +608,9 @@ def register(sub):
     m.add_argument("--algo", default="sgd", help="gf (population gradient flow), sgd (online), gd (full batch)")
     m.add_argument("--lr", type=float, default=None, help="step size (sgd default 0.01/d, gd 0.05 eps)")
     m.add_argument("--batch", type=int, default=None, help="mini-batch size for sgd (default 1)")
+    m.add_argument("--precision", default=None, choices=("float64", "float32"),
+                   help="storage of the first-layer weights in online SGD of the founding network (default "
+                        "float64; float32 halves the memory traffic at large m d, the update stays in double)")
     m.add_argument("--samples", type=int, default=None, help="number of fixed samples for gd")
     m.add_argument("--noise", type=float, default=0.0, help="label noise standard deviation (default 0)")
     m.add_argument("--t-end", type=float, default=None,

@@ -70,6 +70,44 @@ def test_one_sgd_step_by_hand():
     np.testing.assert_allclose(W2, U, rtol=1e-12, atol=1e-14)
 
 
+def test_one_minibatch_step_by_hand():
+    """The GEMM mini-batch step against the per-sample formula in NumPy, with the same draws."""
+    net = Network("tanh(z)", "relu(z)", 0.2, kmax=4)
+    k = net.compiled()
+    rng = np.random.default_rng(6)
+    m, d, eta, noise, batch = 3, 6, 0.01, 0.3, 5
+    W = rng.normal(size=(m, d))
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    a = rng.normal(size=m)
+    k.set_seed(321)
+    draws = k.normals(batch * (d + 1)).reshape(batch, d + 1)
+    ga, gw = np.zeros(m), np.zeros((m, d))
+    for x, xi in zip(draws[:, :d], draws[:, d]):
+        h = W @ x
+        e = max(x[0], 0) + noise * xi - np.mean(a * np.tanh(h))
+        ga += eta / 0.2 * e * np.tanh(h) / batch
+        gw += (eta * e * a * (1 - np.tanh(h) ** 2))[:, None] * (x[None, :] - h[:, None] * W) / batch
+    U = W + gw
+    U /= np.linalg.norm(U, axis=1, keepdims=True)
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-6)):
+        W2, a2 = W.astype(dtype), a.copy()
+        k.set_seed(321)
+        k.sgd_steps(W2, a2, 1, eta, 1 / 0.2, batch, noise)
+        assert W2.dtype == dtype
+        np.testing.assert_allclose(a2, a + ga, rtol=tol)
+        np.testing.assert_allclose(W2, U, rtol=tol, atol=tol)
+
+
+def test_single_precision_weights_follow_the_double_precision_run():
+    kw = dict(sigma=SIG, phi=PHI, eps=0.1, width=4, dim=32, t_end=0.5, kmax=2, points=8)
+    s64, s32 = online_sgd(**kw), online_sgd(precision="float32", **kw)
+    assert s32.meta["precision"] == "float32" and s64.meta["precision"] == "float64"
+    assert not np.array_equal(s32.s, s64.s)  # the weights really were rounded
+    np.testing.assert_allclose(s32.risk, s64.risk, rtol=1e-4)
+    with pytest.raises(InputError, match="precision 'float16'"):
+        online_sgd(precision="float16", **kw)
+
+
 def test_expected_sgd_step_is_population_gradient():
     """Mean of many single-sample steps from one state, against the overlap ODE (2a)."""
     eps, eta = 0.5, 1e-4

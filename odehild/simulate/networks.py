@@ -74,95 +74,109 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
     x = np.empty(d)
     xp = np.empty(d)
     h = np.empty(m)
-    ca = np.empty(m)
-    cu = np.empty(m)
     keep = np.ones(m)
     cs = np.zeros(m)
     pending = False
     if batch > 1:
-        GA = np.empty(m)
-        GW = np.empty((m, d))
+        _minibatch_steps(W, a, nsteps, eta, inv_eps, batch, noise)
+        return
     for step in range(nsteps):
-        if batch > 1:
-            GA[:] = 0.0
-            GW[:, :] = 0.0
-        for b in range(batch):
-            for k in range(d):
-                x[k] = np.random.standard_normal()
-            y = phi(x[0]) + noise * np.random.standard_normal()
-            f = 0.0
-            for i in range(m):
-                acc = 0.0
-                if pending:
-                    kp = keep[i]
-                    cp = cs[i]
-                    # four partial sums: independent chains the compiler can pipeline and vectorise
-                    a0 = a1 = a2 = a3 = 0.0
-                    d4 = d - d % 4
-                    for k in range(0, d4, 4):
-                        w0 = kp * W[i, k] + cp * xp[k]
-                        w1 = kp * W[i, k + 1] + cp * xp[k + 1]
-                        w2 = kp * W[i, k + 2] + cp * xp[k + 2]
-                        w3 = kp * W[i, k + 3] + cp * xp[k + 3]
-                        W[i, k] = w0
-                        W[i, k + 1] = w1
-                        W[i, k + 2] = w2
-                        W[i, k + 3] = w3
-                        a0 += w0 * x[k]
-                        a1 += w1 * x[k + 1]
-                        a2 += w2 * x[k + 2]
-                        a3 += w3 * x[k + 3]
-                    for k in range(d4, d):
-                        w = kp * W[i, k] + cp * xp[k]
-                        W[i, k] = w
-                        a0 += w * x[k]
-                    acc = (a0 + a1) + (a2 + a3)
-                else:
-                    for k in range(d):
-                        acc += W[i, k] * x[k]
-                h[i] = acc
-                f += a[i] * sigma(acc)
-            pending = False
-            e = y - f / m
-            for i in range(m):
-                ca[i] = eta * inv_eps * e * sigma(h[i])
-                cu[i] = eta * e * a[i] * dsigma(h[i])
-            if batch == 1:
-                x2 = 0.0
-                for k in range(d):
-                    x2 += x[k] * x[k]
-                for i in range(m):
-                    c = cu[i]
-                    hi = h[i]
-                    # |u + c (x - h u)|^2 = 1 + c^2 (|x|^2 - h^2) for a unit u
-                    scale = 1.0 / math.sqrt(1.0 + c * c * (x2 - hi * hi))
-                    keep[i] = (1.0 - c * hi) * scale
-                    cs[i] = c * scale
-                    a[i] += ca[i]
-                for k in range(d):
-                    xp[k] = x[k]
-                pending = True
+        for k in range(d):
+            x[k] = np.random.standard_normal()
+        y = phi(x[0]) + noise * np.random.standard_normal()
+        f = 0.0
+        for i in range(m):
+            acc = 0.0
+            if pending:
+                kp = keep[i]
+                cp = cs[i]
+                # four partial sums: independent chains the compiler can pipeline and vectorise
+                a0 = a1 = a2 = a3 = 0.0
+                d4 = d - d % 4
+                for k in range(0, d4, 4):
+                    w0 = kp * W[i, k] + cp * xp[k]
+                    w1 = kp * W[i, k + 1] + cp * xp[k + 1]
+                    w2 = kp * W[i, k + 2] + cp * xp[k + 2]
+                    w3 = kp * W[i, k + 3] + cp * xp[k + 3]
+                    W[i, k] = w0
+                    W[i, k + 1] = w1
+                    W[i, k + 2] = w2
+                    W[i, k + 3] = w3
+                    a0 += w0 * x[k]
+                    a1 += w1 * x[k + 1]
+                    a2 += w2 * x[k + 2]
+                    a3 += w3 * x[k + 3]
+                for k in range(d4, d):
+                    w = kp * W[i, k] + cp * xp[k]
+                    W[i, k] = w
+                    a0 += w * x[k]
+                acc = (a0 + a1) + (a2 + a3)
             else:
-                for i in range(m):
-                    GA[i] += ca[i] / batch
-                    c = cu[i] / batch
-                    for k in range(d):
-                        GW[i, k] += c * (x[k] - h[i] * W[i, k])
-        if batch > 1:
-            for i in range(m):
-                a[i] += GA[i]
-                n = 0.0
                 for k in range(d):
-                    W[i, k] += GW[i, k]
-                    n += W[i, k] * W[i, k]
-                n = math.sqrt(n)
-                for k in range(d):
-                    W[i, k] /= n
+                    acc += W[i, k] * x[k]
+            h[i] = acc
+            f += a[i] * sigma(acc)
+        e = y - f / m
+        x2 = 0.0
+        for k in range(d):
+            x2 += x[k] * x[k]
+        for i in range(m):
+            c = eta * e * a[i] * dsigma(h[i])
+            hi = h[i]
+            # |u + c (x - h u)|^2 = 1 + c^2 (|x|^2 - h^2) for a unit u
+            scale = 1.0 / math.sqrt(1.0 + c * c * (x2 - hi * hi))
+            keep[i] = (1.0 - c * hi) * scale
+            cs[i] = c * scale
+            a[i] += eta * inv_eps * e * sigma(hi)
+        for k in range(d):
+            xp[k] = x[k]
+        pending = True
     if pending:
         for i in range(m):
             for k in range(d):
                 W[i, k] = keep[i] * W[i, k] + cs[i] * xp[k]
     renormalize(W)
+
+
+@njit(cache=True)
+def _minibatch_steps(W, a, nsteps, eta, inv_eps, batch, noise):
+    """Mini-batch SGD: the batch's pre-activations H = X W^T and the update C^T X are two GEMMs
+    (BLAS), the rest O(batch m). Samples are drawn in the order of the one-sample loop (each x,
+    then its label noise)."""
+    m, d = W.shape
+    X = np.empty((batch, d), dtype=W.dtype)
+    yb = np.empty(batch)
+    C = np.empty((batch, m), dtype=W.dtype)
+    for step in range(nsteps):
+        for b in range(batch):
+            for k in range(d):
+                X[b, k] = np.random.standard_normal()
+            yb[b] = phi(np.float64(X[b, 0])) + noise * np.random.standard_normal()
+        H = X @ W.T
+        GA = np.zeros(m)
+        S = np.zeros(m)
+        for b in range(batch):
+            f = 0.0
+            for i in range(m):
+                f += a[i] * sigma(np.float64(H[b, i]))
+            e = yb[b] - f / m
+            for i in range(m):
+                hi = np.float64(H[b, i])
+                GA[i] += eta * inv_eps * e * sigma(hi) / batch
+                c = eta * e * a[i] * dsigma(hi) / batch
+                C[b, i] = c
+                S[i] += c * hi
+        GW = C.T @ X
+        for i in range(m):
+            a[i] += GA[i]
+            n = 0.0
+            for k in range(d):
+                w = W[i, k] + GW[i, k] - S[i] * W[i, k]
+                W[i, k] = w
+                n += np.float64(w) * np.float64(w)
+            n = math.sqrt(n)
+            for k in range(d):
+                W[i, k] = W[i, k] / n
 
 
 @njit(cache=True)
@@ -375,6 +389,7 @@ def record_steps(nsteps: int, points: int) -> np.ndarray:
 def _risks(net: Network, W, a):
     model = net.overlap_model
     c = compile_model(model)
+    W = W.astype(float, copy=False)  # single-precision weights: the overlaps in double
     R = W @ W.T
     return c.risk(a.copy(), W[:, 0].copy(), R, model.phi.norm2, model.sigma.norm2), \
         risk_truncation_bound(model, a, W[:, 0], R)
@@ -427,9 +442,19 @@ def _check_sizes(m, d):
     return m, d
 
 
+PRECISIONS = {"float64": np.float64, "float32": np.float32}
+
+
 def online_sgd(sigma, phi, eps, width, dim, lr=None, t_end=5.0, batch=1, noise=0.0, seed=0,
-               a0="normal", points=60, kmax=6, quiet=True) -> Simulation:
-    """Online SGD with step ``lr`` (default 0.01/d: the ODE needs lr * d << 1), a fresh sample per step (or a mini-batch)."""
+               a0="normal", points=60, kmax=6, quiet=True, precision="float64") -> Simulation:
+    """Online SGD with step ``lr`` (default 0.01/d: the ODE needs lr * d << 1), a fresh sample per step
+    (or a mini-batch of ``batch``, through BLAS GEMMs).
+
+    ``precision="float32"`` stores the first-layer weights in single precision (half the memory
+    traffic per step at sizes beyond the cache); the arithmetic of each update stays in double. Its
+    effect on the risk curve is measured in ``benchmarks/bench_sgd.py``."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r} (allowed: {', '.join(PRECISIONS)})")
     net = Network(sigma, phi, eps, kmax)
     net.check_differentiable("online SGD")
     m, d = _check_sizes(width, dim)
@@ -446,10 +471,12 @@ def online_sgd(sigma, phi, eps, width, dim, lr=None, t_end=5.0, batch=1, noise=0
     nsteps = step_count(t_end, eta)
     k = net.compiled()
     W, a = random_start(m, d, seed, a0)
+    W = W.astype(PRECISIONS[precision])
     k.set_seed(int(seed) % (2**32))
     steps = record_steps(nsteps, points)
+    extra = {"algo": "sgd", "lr": eta, "batch": batch, "noise": noise, "precision": precision}
     return _run_chunks(net, W, a, steps, eta, lambda W, a, n: k.sgd_steps(W, a, n, eta, 1 / net.eps, batch, noise),
-                       {"algo": "sgd", "lr": eta, "batch": batch, "noise": noise}, seed, a0, quiet)
+                       extra, seed, a0, quiet)
 
 
 def batch_gd(sigma, phi, eps, width, dim, samples, lr=None, t_end=5.0, noise=0.0, seed=0, a0="normal",
@@ -489,7 +516,7 @@ CHUNK_SECONDS = 0.2
 
 def _run_chunks(net, W, a, steps, eta, advance, extra, seed, a0, quiet, on_record=None):
     m, d = W.shape
-    r0 = W @ W.T
+    r0 = W.astype(float) @ W.astype(float).T
     rec_a, rec_s, rec_r, rec_b = [], [], [], []
     start = time.perf_counter()
     bar = _Bar(int(steps[-1]), f"{extra['algo']} seed {seed}", quiet)
@@ -540,7 +567,7 @@ def _train(net, W, a, steps, eta, advance, extra, bar, rec_a, rec_s, rec_r, rec_
             raise IntegrationError(msg, t_fail=done * eta, state=None,
                                    partial=result(len(rec_r), {"partial": True, "failure": msg}) if rec_r else None)
         rec_a.append(a.copy())
-        rec_s.append(W[:, 0].copy())
+        rec_s.append(W[:, 0].astype(float))
         rec_r.append(risk)
         rec_b.append(bound)
         if on_record is not None:
