@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -156,6 +158,10 @@ def _timescales_multi_index(args):
     if args.plot:
         sweep.plot(args.plot)
         written.append((args.plot, {"method": args.method or "Radau"}))
+    if args.report:
+        from .io import write_text_atomic
+
+        written.append((write_text_atomic(args.report, json.dumps(json_safe(sweep.to_dict()), indent=1)), {}))
     if args.json:
         print(json.dumps(json_safe(sweep.to_dict())))
         return written
@@ -196,9 +202,14 @@ def _cmd_timescales(args):
         plot_sweep(fit, trajs, args.plot)
         written.append((args.plot, {"method": args.method or "Radau"}))
     learn = model.learnability(s0_zero=not init.s0.any())
+    report = {**fit.to_dict(), "learnability": learn.to_dict(),
+              "predicted_slope": [predicted_exponent(k) for k in range(model.K + 1)]}
+    if args.report:
+        from .io import write_text_atomic
+
+        written.append((write_text_atomic(args.report, json.dumps(json_safe(report), indent=1)), {}))
     if args.json:
-        print(json.dumps(json_safe({**fit.to_dict(), "learnability": learn.to_dict(),
-                                    "predicted_slope": [predicted_exponent(k) for k in range(model.K + 1)]})))
+        print(json.dumps(json_safe(report)))
         return written
     print(learn.summary())
     degrees = fit.degrees
@@ -595,6 +606,7 @@ def register(sub):
     t.set_defaults(points=2000)
     t.add_argument("--json", action="store_true", help="print one JSON object on stdout (messages go to stderr)")
     t.add_argument("--plot", default=None, help="write the sweep figure here (FILE.png, .pdf, .svg, ...)")
+    t.add_argument("--report", default=None, help="write the fit and learning times here (FILE.json)")
     t.set_defaults(func=_cmd_timescales)
 
     m = sub.add_parser("simulate", help="train finite networks (gradient flow, online SGD, batch GD)")
@@ -652,3 +664,71 @@ def register(sub):
     d.add_argument("--quick", action="store_true", help="small sizes (for tests)")
     d.add_argument("--quiet", action="store_true", help="no progress messages")
     d.set_defaults(func=_cmd_demo)
+
+    w = sub.add_parser("sweep", help="run a grid of solve / simulate / timescales runs on Dask into a result store",
+                       description="Run every combination a sweep file describes (a base run as for 'odehild "
+                                   "run', a [grid] of lists crossed, optional [[points]], optional [sweep] "
+                                   "settings) as Dask tasks, by default on a local cluster of one single-threaded "
+                                   "worker per core. Results go to a store folder, one file per run named by "
+                                   "the hash of its configuration, with an index; running the same file again "
+                                   "resumes. Details: docs/sweeps.md.")
+    w.add_argument("file", help="sweep FILE.toml")
+    w.add_argument("--dry-run", action="store_true", help="print the resolved runs and their count, run nothing")
+    w.add_argument("--summary", action="store_true", help="summarize the store (table and figures), run nothing")
+    w.add_argument("--store", default=None, help="result folder (default: [sweep] store, else FILE-store next to FILE)")
+    w.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler (tcp://host:8786)")
+    w.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: [sweep] workers, else one per core; 0: in this process)")
+    w.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.set_defaults(func=_cmd_sweep)
+
+    rp = sub.add_parser("report", help="summarize a sweep's result store: table and figures per swept parameter")
+    rp.add_argument("store", help="the store folder of a sweep")
+    rp.add_argument("--figures", default=None, help="folder for the figures (default STORE/summary)")
+    rp.set_defaults(func=_cmd_report)
+
+
+def _cmd_sweep(args):
+    from .sweep import load_sweep, run_sweep
+
+    if args.workers is not None and args.workers < 0:
+        raise InputError(f"--workers must be 0 (in this process) or more, got {args.workers}")
+    sweep = load_sweep(args.file, store=args.store, scheduler=args.scheduler, workers=args.workers)
+    if args.dry_run:
+        from .sweep.spec import resolved_argv
+
+        for run in sweep.runs:
+            params = ", ".join(f"{k} = {v!r}" for k, v in run.params.items())
+            print(f"{run.key}  {params}")
+            print("    odehild " + shlex.join(resolved_argv(run.config, sweep.command, sweep.store / "runs" / run.key)))
+        print(f"{len(sweep.runs)} runs of '{sweep.command}' into {sweep.store}")
+        return
+    if not args.summary:
+        engine = (f"Dask scheduler {sweep.scheduler}" if sweep.scheduler else
+                  "this process" if sweep.workers == 0 else
+                  f"a local Dask cluster of {sweep.workers or os.cpu_count()} single-threaded workers")
+        print(f"{len(sweep.runs)} runs of '{sweep.command}' into {sweep.store} on {engine}", file=sys.stderr)
+        rows = run_sweep(sweep, retry_failed=args.retry_failed, progress=False if args.quiet else None)
+        done = sum(r["status"] == "done" for r in rows)
+        failed = [r for r in rows if r["status"] == "failed"]
+        print(f"{done} done, {len(failed)} failed; index: {sweep.store / 'index.csv'}")
+        for r in failed:
+            print(f"  failed {r['key']} ({', '.join(f'{k} = {r.get(k)!r}' for k in sweep.swept)}): {r['message']}")
+        if failed and not args.retry_failed:
+            print("  (run again with --retry-failed to retry them)")
+        return
+    _print_summary(sweep.store, None)
+
+
+def _cmd_report(args):
+    _print_summary(args.store, args.figures)
+
+
+def _print_summary(store, figures):
+    from .sweep import summarize
+
+    text, paths = summarize(store, figures)
+    print(text)
+    for p in paths:
+        print(f"figure: {p}")

@@ -54,12 +54,19 @@ def _table(fit, K):
     return rows
 
 
+def _sgd_seed(eps, m, d, t_end, quiet, seed):
+    from .simulate import online_sgd
+
+    return online_sgd(SIM_SIGMA, SIM_PHI, eps, m, d, t_end=t_end, seed=seed, kmax=2, quiet=quiet)
+
+
 def run_demo(args):
     import warnings
+    from functools import partial
 
     from .errors import ResolutionWarning
     from .io import write_text_atomic
-    from .simulate import online_sgd
+    from .sweep.engine import map_tasks
     from .simulate.compare import compare, plot_comparison
     from .solve import initial_condition, solve
     from .solve.analysis import timescale_sweep
@@ -115,8 +122,8 @@ def run_demo(args):
          f"eps = {sim_eps}, {seeds} seeds", quiet)
     ode = solve(MeanFieldModel(SIM_SIGMA, SIM_PHI, 2, sim_eps), initial_condition(400), sim_t_end, progress=False)
     ode.meta.update({"sigma_expr_input": SIM_SIGMA, "phi_expr_input": SIM_PHI})
-    sims = [online_sgd(SIM_SIGMA, SIM_PHI, sim_eps, sim_m, sim_d, t_end=sim_t_end, seed=s, kmax=2, quiet=quiet)
-            for s in range(seeds)]
+    # the seeds go through the engine of `odehild sweep` (in this process: a few seconds each)
+    sims = map_tasks(partial(_sgd_seed, sim_eps, sim_m, sim_d, sim_t_end, quiet), range(seeds), progress=False)
     cmp = compare(ode, sims)
     plot_comparison(cmp, out / "ode_vs_sgd.png")
     write_text_atomic(out / "comparison.json", json.dumps(cmp.to_dict(), indent=1))

@@ -174,27 +174,41 @@ DISTANCES = ("sup_risk_distance", "l2_risk_distance", "law_distance", "law_dista
 
 
 def convergence_study(sigma, phi, eps, dims, width_of_d=lambda d: max(2, d // 16), seeds=(0,), algo="gf",
-                      t_end=3.0, particles=400, kmax=None, **sim_kw):
+                      t_end=3.0, particles=400, kmax=None, workers=0, scheduler=None, **sim_kw):
     """Run one configuration at several d (width m = width_of_d(d)), compare each with the ODE and
-    fit the slope of log(distance) against log(d). Returns (rows, slopes)."""
+    fit the slope of log(distance) against log(d). Returns (rows, slopes).
+
+    The (d, seed) simulations are tasks of :func:`odehild.sweep.engine.map_tasks`, the engine of
+    ``odehild sweep``: in this process by default (``workers=0``), else on Dask (``scheduler``, or a
+    local cluster of ``workers`` processes, None: one per core)."""
+    from functools import partial
+
     from ..solve import initial_condition, solve
     from ..models.meanfield import MeanFieldModel
-    from .networks import simulate
+    from ..sweep.engine import map_tasks
 
     kmax = kmax or 6
     model = MeanFieldModel(sigma, phi, kmax, eps)
     traj = solve(model, initial_condition(particles), t_end, progress=False)
     traj.meta.update({"sigma_expr_input": sigma, "phi_expr_input": phi})
+    runs = [(d, width_of_d(d), s) for d in dims for s in seeds]
+    task = partial(_simulate_one, algo, dict(sigma=sigma, phi=phi, eps=eps, t_end=t_end, kmax=kmax, **sim_kw))
+    sims = dict(zip(runs, map_tasks(task, runs, workers=workers, scheduler=scheduler, desc="simulations")))
     rows = []
     for d in dims:
-        sims = [simulate(algo, sigma=sigma, phi=phi, eps=eps, width=width_of_d(d), dim=d, t_end=t_end,
-                         seed=s, kmax=kmax, **sim_kw) for s in seeds]
-        c = compare(traj, sims)
+        c = compare(traj, [sims[(d, width_of_d(d), s)] for s in seeds])
         rows.append({"dim": d, "width": width_of_d(d), "sup_risk_distance": c.sup_risk_distance,
                      "l2_risk_distance": c.l2_risk_distance, "law_distance": c.law_distance,
                      "law_distance_start": float(c.law_distance_t[0])})
     slopes = {k: fit_slope([r["dim"] for r in rows], [r[k] for r in rows])[0] for k in DISTANCES}
     return rows, slopes
+
+
+def _simulate_one(algo, kw, run):
+    from .networks import simulate
+
+    d, m, seed = run
+    return simulate(algo, width=m, dim=d, seed=seed, **kw)
 
 
 def plot_convergence(rows, slopes, path=None):

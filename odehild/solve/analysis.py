@@ -297,7 +297,7 @@ LEARNING_TIME_POINTS = 2000
 
 def timescale_sweep(model, eps_list, init=None, t_end: float = 5.0, fraction: float = 0.5,
                     progress=None, check_resolution: bool = True, resolution_tol: float = 0.01,
-                    separation: float = 2.0, **solve_kw):
+                    separation: float = 2.0, workers: int = 0, scheduler=None, **solve_kw):
     """Solve ``model`` at every eps, measure the learning time of each reachable target degree and
     fit the exponents. Returns (fit, trajectories).
 
@@ -310,12 +310,15 @@ def timescale_sweep(model, eps_list, init=None, t_end: float = 5.0, fraction: fl
     is issued where it exceeds ``resolution_tol`` relative to t. The plateaus of every run
     (``fit.plateaus``, meta ``plateaus``) carry the same estimate for their levels, with a warning
     where it exceeds ``resolution_tol`` of the risk's total drop.
+
+    The eps values are tasks of :func:`odehild.sweep.engine.map_tasks`, the engine of ``odehild
+    sweep``: one after the other in this process by default (``workers=0``), or on Dask
+    (``scheduler``, or a local cluster of ``workers`` processes, None: one per core).
     """
     import warnings
 
     from ..errors import ResolutionWarning
     from ..symbolic.learnability import learnability
-    from .integrate import solve
     from .trajectory import initial_condition
 
     eps_list = [float(e) for e in eps_list]
@@ -329,25 +332,18 @@ def timescale_sweep(model, eps_list, init=None, t_end: float = 5.0, fraction: fl
                          s0_zero=not np.any(init.s0))
     degrees = tuple(k for k in learn.reachable)
     coarse = init.at_resolution(init.N // 2) if check_resolution and init.N >= 4 else None
-    trajs, times, errors, plateaus = [], [], [], []
-    for e in eps_list:
-        tr = solve(model.with_eps(e), init, t_end, progress=progress, **solve_kw)
-        lt = _restrict(learning_times(tr.t, tr.residuals, fraction), degrees)
-        err = np.full_like(lt, np.nan)
-        coarse_risk = None
-        if coarse is not None:
-            trc = solve(model.with_eps(e), coarse, t_end, progress=False, **solve_kw)
-            err = np.abs(lt - _restrict(learning_times(trc.t, trc.residuals, fraction), degrees))
-            coarse_risk = trc.risk
-        found = find_plateaus(tr.t, tr.risk, coarse_risk=coarse_risk, levels=learn.levels)
-        tr.meta["learning_times"] = [None if not np.isfinite(v) else float(v) for v in lt]
-        tr.meta["learning_time_errors"] = [None if not np.isfinite(v) else float(v) for v in err]
-        tr.meta["plateaus"] = [p.to_dict() for p in found]
-        tr.meta["learnability"] = learn.to_dict()
-        trajs.append(tr)
-        times.append(lt)
-        errors.append(err)
-        plateaus.append(found)
+    from functools import partial
+
+    from ..sweep.engine import map_tasks
+
+    task = partial(_eps_run, model, init, coarse, t_end, fraction, degrees, learn,
+                   progress if workers == 0 and not scheduler else False, solve_kw)
+    runs = map_tasks(task, eps_list, workers=workers, scheduler=scheduler,
+                     progress=False if workers == 0 and not scheduler else progress, desc="eps sweep")
+    trajs = [r[0] for r in runs]
+    times = [r[1] for r in runs]
+    errors = [r[2] for r in runs]
+    plateaus = [r[3] for r in runs]
     fit = fit_timescales(eps_list, np.array(times), np.array(errors), degrees, separation)
     fit.plateaus = plateaus
     fit.resolution = (init.N, coarse.N) if coarse is not None else (init.N,)
@@ -381,6 +377,27 @@ def timescale_sweep(model, eps_list, init=None, t_end: float = 5.0, fraction: fl
         fit.notes.append("warning: " + msg)
         warnings.warn(msg, ResolutionWarning, stacklevel=2)
     return fit, trajs
+
+
+def _eps_run(model, init, coarse, t_end, fraction, degrees, learn, progress, solve_kw, e):
+    """One eps of :func:`timescale_sweep`: the solve, its learning times and plateaus, and the
+    same at N/2 for their discretisation error."""
+    from .integrate import solve
+
+    tr = solve(model.with_eps(e), init, t_end, progress=progress, **solve_kw)
+    lt = _restrict(learning_times(tr.t, tr.residuals, fraction), degrees)
+    err = np.full_like(lt, np.nan)
+    coarse_risk = None
+    if coarse is not None:
+        trc = solve(model.with_eps(e), coarse, t_end, progress=False, **solve_kw)
+        err = np.abs(lt - _restrict(learning_times(trc.t, trc.residuals, fraction), degrees))
+        coarse_risk = trc.risk
+    found = find_plateaus(tr.t, tr.risk, coarse_risk=coarse_risk, levels=learn.levels)
+    tr.meta["learning_times"] = [None if not np.isfinite(v) else float(v) for v in lt]
+    tr.meta["learning_time_errors"] = [None if not np.isfinite(v) else float(v) for v in err]
+    tr.meta["plateaus"] = [p.to_dict() for p in found]
+    tr.meta["learnability"] = learn.to_dict()
+    return tr, lt, err, found
 
 
 def _restrict(times, degrees):
