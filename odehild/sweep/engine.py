@@ -182,6 +182,7 @@ def dask_client(scheduler=None, workers=None):
     except ImportError:  # declared in pyproject.toml; a broken install says so
         raise InputError("odehild sweep needs dask.distributed (pip install 'dask[distributed]')") from None
     if scheduler:
+        _check_reachable(scheduler)
         try:
             client = Client(scheduler, timeout=30)
         except (OSError, TimeoutError) as exc:
@@ -253,6 +254,20 @@ def map_tasks(fn, items, *, workers=0, scheduler=None, progress=None, desc="runs
         finally:
             tally.close()
     return results
+
+
+def _check_reachable(address: str):
+    """A refused or unresolvable tcp:// address fails in a second, not after Dask's 30 s of retries."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else "tcp://" + address)
+    if parts.scheme != "tcp" or parts.port is None:
+        return  # tls://, ucx:// and the like: left to Dask
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=5).close()
+    except OSError as exc:
+        raise InputError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
 
 
 def run_sweep(sweep: Sweep, retry_failed: bool = False, progress=None, scheduler=None, workers=None,

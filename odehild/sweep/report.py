@@ -137,8 +137,14 @@ def _plot(param, panels, slopes, path):
                 xx = np.geomspace(x.min(), x.max(), 20)
                 ax.plot(xx, 10 ** (icpt + s * np.log10(xx)), "k--", lw=0.8, label=f"slope {s:.2f}")
         if loglog:
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
             ax.set_yscale("log")
+            xs = sorted({float(v) for x, *_ in c.values() for v in x})
+            if len(xs) <= 8:  # the swept values themselves, not crowded minor labels
+                ax.xaxis.set_minor_formatter(NullFormatter())
+                ax.set_xticks(xs, [f"{v:g}" for v in xs])
         ax.set_xlabel(param)
         ax.set_ylabel(f)
         ax.legend(fontsize=7)
