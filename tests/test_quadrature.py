@@ -168,6 +168,7 @@ def test_trajectory_against_the_exact_back_end():
     assert gap < 1e-5
 
 
+@pytest.mark.slow  # 16 s; the kernels it drives are checked against closed forms in the default run
 def test_command_line_relu_against_erf(tmp_path, monkeypatch, capsys):
     """The free geometry with relu against erf (no exact back end): auto picks quadrature, says so
     with its accuracy, and the run finds the symmetric plateau."""

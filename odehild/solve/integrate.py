@@ -273,8 +273,9 @@ def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 2
 
     With ``structured=True`` (default) Radau and BDF use a kind's block-plus-low-rank Jacobian where
     it has one (the mean-field particles: 2x2 blocks plus a rank-(K+1) term, solved by the Woodbury
-    identity in O(N K) instead of O(N^3); see :mod:`odehild.solve.structured`); ``False`` factors
-    it densely.
+    identity in O(N K) instead of O(N^3); see :mod:`odehild.solve.structured`), and Radau's step is
+    compiled (:mod:`odehild.solve.radau`: SciPy's method and step control, the Newton iterations in
+    fused Numba passes); ``False`` takes SciPy's solvers with the dense Jacobian.
 
     ``threads``: BLAS threads for the solver's linear algebra (default 1: for the mean-field staircase
     at N = 1000 two threads gained nothing on a quiet 2-core machine and cost 2.9x beside two busy
