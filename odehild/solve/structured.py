@@ -199,14 +199,19 @@ def _shifted_inverses_2x2(D, c, sc, Pinv):
 
 @njit(cache=True)
 def _capacitance(Vt, Q, out):
-    """out = I - Vt Q."""
+    """out = I - Vt Q for a small rank (one pass over Q's rows; no complex copy of a real Vt)."""
     r = Vt.shape[0]
+    out[:, :] = 0.0
+    for j in range(Vt.shape[1]):
+        for k in range(r):
+            v = Vt[k, j]
+            for l in range(r):
+                out[k, l] -= v * Q[j, l]
     for k in range(r):
-        for l in range(r):
-            acc = 0.0 * Q[0, 0]
-            for j in range(Vt.shape[1]):
-                acc += Vt[k, j] * Q[j, l]
-            out[k, l] = (1.0 if k == l else 0.0) - acc
+        out[k, k] += 1.0
+
+
+CAPACITANCE_LOOP_MAX = 8  # rank up to which the loop beats a (complex) GEMM
 
 
 def _block_inverses(P):
@@ -255,8 +260,12 @@ class WoodburyFactor:
         self.Q = np.empty(J.A.shape, dtype=self.Pinv.dtype)
         _pinv_rows(self.Pinv, np.ascontiguousarray(J.A), sc, self.Q)
         self.Vt = np.ascontiguousarray(J.Vt)
-        cap = np.empty((J.Vt.shape[0], J.Vt.shape[0]), dtype=self.Q.dtype)
-        _capacitance(self.Vt, self.Q, cap)
+        r = J.Vt.shape[0]
+        if r <= CAPACITANCE_LOOP_MAX:
+            cap = np.empty((r, r), dtype=self.Q.dtype)
+            _capacitance(self.Vt, self.Q, cap)
+        else:
+            cap = np.eye(r) - self.Vt @ self.Q
         # a singular block beyond DENSE_MAX was replaced by a finite stand-in: refinement corrects it
         self.refine = singular > 0 or np.linalg.cond(cap) > COND_LIMIT
         self.cap_inv = np.linalg.inv(cap)
