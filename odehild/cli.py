@@ -167,6 +167,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"odehild {args.command if args else 'run'}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `odehild ... | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

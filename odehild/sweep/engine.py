@@ -194,7 +194,7 @@ def dask_client(scheduler=None, workers=None):
     saved = {k: os.environ.get(k) for k in PINNED}
     os.environ.update(PINNED)  # inherited by the worker processes
     try:
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                           silence_logs=50) as cluster, Client(cluster) as client:
             yield client
     finally:
