@@ -140,7 +140,7 @@ def load_sweep(path, store=None, scheduler=None, workers=None) -> Sweep:
     runs, seen = [], set()
     for params in combos:
         config = {**raw, **params, "quiet": True}
-        _check_run(config, command, subparsers)
+        resolved_argv(config, command, Path("check"), subparsers)  # refused here as `odehild run` would
         key = run_key(config)
         if key in seen:
             continue  # the same run twice (a point repeating a grid combination)
@@ -155,11 +155,6 @@ def load_sweep(path, store=None, scheduler=None, workers=None) -> Sweep:
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise InputError(f"[sweep] workers must be 0 (in the driver's process) or a positive integer, got {workers!r}")
     return Sweep(path, command, raw, grid, points, runs, store, scheduler or settings.get("scheduler"), workers)
-
-
-def _check_run(config, command, subparsers):
-    """The run's argv as ``odehild run`` would build it, with placeholder output paths."""
-    resolved_argv(config, command, Path("check"), subparsers)
 
 
 def resolved_argv(config: dict, command: str, stem: Path, subparsers=None) -> list:
