@@ -16,7 +16,7 @@ import numpy as np
 import sympy as sp
 
 from .. import __version__
-from ..codegen.numba_gen import HEADER, compile_model, emit_block
+from ..codegen.numba_gen import HEADER, compile_model, emit_block, moment_sums
 from ..errors import InputError
 from ..solve.integrate import OdeProblem
 from ..solve.state import Block, StateMap
@@ -237,10 +237,7 @@ def meanfield_source(model: MeanFieldModel) -> str:
     unpack_M = "\n".join(f"    M_{k} = M[{k}]" for k in range(n))
     unpack_g = "\n".join(f"    g_{k} = g[{k}]" for k in range(n))
     mom = emit_block([(f"m_{k}", sub(d.moment_fns[k])) for k in range(n)], 8, "xm")
-    # scalar accumulators: M[k] += .. would store and reload M every particle (M may alias the inputs)
-    zero = "\n".join(f"    M_{k} = 0.0" for k in range(n))
-    acc = "\n".join(f"        M_{k} += wi * m_{k}" for k in range(n))
-    store = "\n".join(f"    M[{k}] = M_{k}" for k in range(n))
+    zero, acc, store = moment_sums(n, "wi")
     grad = emit_block([(f"g[{k}]", sub(d.grad[k])) for k in range(n)], 4, "xg")
     hess = emit_block([(f"H[{k}, {l}]", sub(d.hess[k][l])) for k in range(n) for l in range(n)], 4, "xh")
     resid = emit_block([(f"out[{k}]", sub(d.residuals[k])) for k in range(n)], 4, "xr")

@@ -28,7 +28,7 @@ import numpy as np
 import sympy as sp
 
 from .. import __version__
-from ..codegen.numba_gen import HEADER, compile_model, emit_block
+from ..codegen.numba_gen import HEADER, compile_model, emit_block, moment_sums
 from ..errors import InputError
 from ..io import load_npz, save_npz
 from ..solve.integrate import OdeProblem
@@ -570,10 +570,7 @@ def multi_index_source(model: MultiIndexModel) -> str:
     unpack_par = "\n".join([f"    c_{i} = par[{i}]" for i in range(n)] + [f"    phi_{i} = par[{n + i}]" for i in range(n)]
                            + [f"    tau = par[{2 * n}]"])
     mono = _monomial_block(M, d.alphas, "m_{k}", 8, "xm")
-    # scalar accumulators: M[k] += .. would store and reload M every particle (M may alias y)
-    zero = "\n".join(f"    M_{i} = 0.0" for i in range(n))
-    acc = "\n".join(f"        M_{i} += wa * m_{i}" for i in range(n))
-    store = "\n".join(f"    M[{i}] = M_{i}" for i in range(n))
+    zero, acc, store = moment_sums(n, "wa")
     grad = emit_block([(f"g[{i}]", sub(d.grad[i])) for i in range(n)], 4, "xg")
     hess = emit_block([(f"H[{i}, {j}]", sub(d.hess[i][j])) for i in range(n) for j in range(n)
                        if d.hess[i][j] != 0], 4, "xh")

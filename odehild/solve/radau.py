@@ -133,12 +133,6 @@ def _inverse_scale(y, rtol, atol, out):
 
 
 @njit(cache=True)
-def _polynomial_coefficients(Z, P, Q):
-    """Q = P Z (3, n): the dense-output polynomial's coefficients of x, x^2, x^3."""
-    _transform(P, Z, Q)
-
-
-@njit(cache=True)
 def _evaluate_polynomial(y_old, Q, x, out):
     """out[m] = y_old + sum_k Q_k x_m^(k+1) for each x_m."""
     for m in range(x.shape[0]):
@@ -369,7 +363,7 @@ class CompiledRadau:
         self.t, self.y, self.f = t_new, y_new, f_new
         self.LU_real, self.LU_complex = LU_real, LU_complex
         Q = np.empty((3, self.n))
-        _polynomial_coefficients(Z, P, Q)
+        _transform(P, Z, Q)  # the dense output's coefficients of x, x^2, x^3
         self.t_old = t
         self.sol = CollocationOutput(t, t_new, y, Q)
         return True, None
