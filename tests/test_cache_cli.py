@@ -161,3 +161,19 @@ def test_unwritable_cache_entry_falls_back_with_a_warning(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "cannot write the code cache" in out.stderr
     assert json.loads(out.stdout)["dy"] == first["dy"]
+
+
+@pytest.mark.parametrize("argv, code", [(["hermite", "tanh(z)", "--kmax", "12", "--json"], 0),
+                                         (["hermite", "tanh(z)", "--kmax", "-1"], 2)])
+def test_console_fast_exit_keeps_exit_code_output_and_exit_handlers(argv, code):
+    script = ("import atexit; from odehild.cli import console; "
+              "atexit.register(lambda: print('exit handler ran', flush=True)); "
+              f"console({argv!r})")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == code, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[-1] == "exit handler ran"
+    if code == 0:
+        assert len(json.loads("\n".join(lines[:-1]))["coefficients"]) == 13
+    else:
+        assert "kmax" in res.stderr and "Traceback" not in res.stderr
