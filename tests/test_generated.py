@@ -46,6 +46,17 @@ def test_meanfield_rhs_matches_numpy(mf_models, rng):
             np.testing.assert_allclose(dy[N:] * (1 - s**2), ds, rtol=1e-11, atol=1e-12)
 
 
+def test_meanfield_tanh_chart_is_within_two_ulp_of_libm(mf_models, rng):
+    tanh_chart = compile_model(mf_models[0]).module.tanh_chart
+    u = np.concatenate([rng.normal(size=2000) * 10.0 ** rng.integers(-12, 2, size=2000),
+                        [0.0, -0.0, 5e-324, 1e-300, 0.5, 19.0, 19.1, 400.0, 1e308, np.inf, -np.inf]])
+    got = np.array([tanh_chart(x) for x in u])
+    ulp = np.spacing(np.abs(np.tanh(u)))
+    assert np.all(np.abs(got - np.tanh(u)) <= 2 * ulp)
+    assert np.array_equal(np.signbit(got), np.signbit(np.tanh(u)))
+    assert np.isnan(tanh_chart(np.nan))
+
+
 def test_meanfield_jacobian_matches_finite_differences(mf_models, rng):
     for model in mf_models:
         c = compile_model(model)

@@ -46,7 +46,25 @@ class LowRankJacobian:
         self.shape = (self.b * self.N, self.b * self.N)
 
     def __rmul__(self, c):
-        return LowRankJacobian(self.D, self.A, self.Vt, self.scale * c)
+        J = LowRankJacobian(self.D, self.A, self.Vt, self.scale * c)
+        J._VtT = self._VtT
+        return J
+
+    _VtT = None
+
+    @property
+    def VtT(self) -> np.ndarray:
+        """Vt transposed, (bN, r) row-major: the solves read it one particle at a time. Made once
+        per Jacobian and shared by the real and complex factorizations."""
+        if self._VtT is None:
+            self._VtT = np.ascontiguousarray(self.Vt.T)
+        return self._VtT
+
+    @property
+    def A_contiguous(self) -> np.ndarray:
+        if not self.A.flags.c_contiguous:
+            self.A = np.ascontiguousarray(self.A)
+        return self.A
 
     def toarray(self) -> np.ndarray:
         J = self.A @ self.Vt
@@ -100,13 +118,6 @@ def _pinv_rows(Pinv, B, scale, out):
     """out = P^-1 (scale B) for B (bN, r), P^-1 as blocks (N, b, b)."""
     N, b = Pinv.shape[0], Pinv.shape[1]
     nd = b - 1
-    if b == 2:
-        for i in range(N):
-            for k in range(B.shape[1]):
-                ba, bs = scale * B[i, k], scale * B[N + i, k]
-                out[i, k] = Pinv[i, 0, 0] * ba + Pinv[i, 0, 1] * bs
-                out[N + i, k] = Pinv[i, 1, 0] * ba + Pinv[i, 1, 1] * bs
-        return
     v = np.empty(b, dtype=out.dtype)
     for i in range(N):
         for k in range(B.shape[1]):
@@ -120,41 +131,90 @@ def _pinv_rows(Pinv, B, scale, out):
 
 
 @njit(cache=True)
-def _woodbury_solve(Pinv, Q, cap_inv, Vt, b, out):
-    """out = y + Q cap^-1 Vt y, y = P^-1 b: one pass for y and Vt y, one for the rank-r update."""
-    N, nb, r = Pinv.shape[0], Pinv.shape[1], Vt.shape[0]
+def _capacitance(Pinv, A, scale, VtT, out):
+    """out = I - Vt P^-1 (scale A), with P^-1 A formed one particle at a time and never stored (a
+    (bN, r) complex array is the largest a factorization would otherwise keep)."""
+    N, nb, r = Pinv.shape[0], Pinv.shape[1], VtT.shape[1]
+    nd = nb - 1
+    acc = np.zeros((r, r), dtype=out.dtype)
+    if nb == 2:
+        for i in range(N):
+            p00, p01, p10, p11 = Pinv[i, 0, 0], Pinv[i, 0, 1], Pinv[i, 1, 0], Pinv[i, 1, 1]
+            for l in range(r):
+                a0, a1 = A[i, l], A[N + i, l]
+                q0, q1 = p00 * a0 + p01 * a1, p10 * a0 + p11 * a1
+                for k in range(r):
+                    acc[k, l] += VtT[i, k] * q0 + VtT[N + i, k] * q1
+    else:
+        q = np.empty(nb, dtype=out.dtype)
+        for i in range(N):
+            for l in range(r):
+                for p in range(nb):
+                    v = 0.0 * q[0]
+                    for m in range(nb):
+                        v += Pinv[i, p, m] * A[_at(N, nd, i, m), l]
+                    q[p] = v
+                for p in range(nb):
+                    jp = _at(N, nd, i, p)
+                    for k in range(r):
+                        acc[k, l] += VtT[jp, k] * q[p]
+    for k in range(r):
+        for l in range(r):
+            out[k, l] = (1.0 if k == l else 0.0) - scale * acc[k, l]
+
+
+@njit(cache=True)
+def _woodbury_solve(Pinv, A, scale, VtT, cap_inv, b, out):
+    """out = P^-1 (b + scale A z), z = cap^-1 Vt P^-1 b: one pass for Vt P^-1 b, one for the
+    solution; reads P^-1, A, Vt (as its transpose, row by row) and b, stores nothing else."""
+    N, nb, r = Pinv.shape[0], Pinv.shape[1], VtT.shape[1]
     nd = nb - 1
     acc = np.zeros(r, dtype=out.dtype)
     if nb == 2:  # the single-index layout [a; s], written out (the general loop costs 25% there)
         for i in range(N):
             ba, bs = b[i], b[N + i]
-            out[i] = Pinv[i, 0, 0] * ba + Pinv[i, 0, 1] * bs
-            out[N + i] = Pinv[i, 1, 0] * ba + Pinv[i, 1, 1] * bs
-        # one dot product per row of Vt, with a scalar accumulator (30% faster than r at once)
-        for k in range(r):
-            sk = 0.0 * out[0]
-            for j in range(2 * N):
-                sk += Vt[k, j] * out[j]
-            acc[k] = sk
+            ya = Pinv[i, 0, 0] * ba + Pinv[i, 0, 1] * bs
+            ys = Pinv[i, 1, 0] * ba + Pinv[i, 1, 1] * bs
+            for k in range(r):
+                acc[k] += VtT[i, k] * ya + VtT[N + i, k] * ys
     else:
+        y = np.empty(nb, dtype=out.dtype)
         for i in range(N):
             for p in range(nb):
-                jp = _at(N, nd, i, p)
-                y = 0.0 * out[0]
+                v = 0.0 * y[0]
                 for q in range(nb):
-                    y += Pinv[i, p, q] * b[_at(N, nd, i, q)]
-                out[jp] = y
+                    v += Pinv[i, p, q] * b[_at(N, nd, i, q)]
+                y[p] = v
+            for p in range(nb):
+                jp = _at(N, nd, i, p)
                 for k in range(r):
-                    acc[k] += Vt[k, jp] * y
+                    acc[k] += VtT[jp, k] * y[p]
     z = np.zeros(r, dtype=out.dtype)
     for k in range(r):
         for l in range(r):
-            z[k] += cap_inv[k, l] * acc[l]
-    for i in range(nb * N):
-        u = out[i]
-        for k in range(r):
-            u += Q[i, k] * z[k]
-        out[i] = u
+            z[k] += scale * cap_inv[k, l] * acc[l]
+    if nb == 2:
+        for i in range(N):
+            va, vs = b[i], b[N + i]
+            for k in range(r):
+                va += A[i, k] * z[k]
+                vs += A[N + i, k] * z[k]
+            out[i] = Pinv[i, 0, 0] * va + Pinv[i, 0, 1] * vs
+            out[N + i] = Pinv[i, 1, 0] * va + Pinv[i, 1, 1] * vs
+        return
+    v = np.empty(nb, dtype=out.dtype)
+    for i in range(N):
+        for p in range(nb):
+            jp = _at(N, nd, i, p)
+            u = b[jp]
+            for k in range(r):
+                u += A[jp, k] * z[k]
+            v[p] = u
+        for p in range(nb):
+            x = 0.0 * v[0]
+            for q in range(nb):
+                x += Pinv[i, p, q] * v[q]
+            out[_at(N, nd, i, p)] = x
 
 
 @njit(cache=True)
@@ -180,35 +240,28 @@ def _residual(c, sc, D, A, Vt, x, b, out):
     return top
 
 
+@njit(cache=True, inline="always")
+def _mag(z):
+    return abs(z.real) + abs(z.imag)
+
+
 @njit(cache=True)
 def _shifted_inverses_2x2(D, c, sc, Pinv):
     """Pinv = (c I - sc D_i)^-1 for 2x2 blocks by the adjugate; returns how many blocks are singular
-    to working precision (|det| COND_LIMIT <= the product of the row 1-norms)."""
+    to working precision (|det| COND_LIMIT <= the product of the row 1-norms, complex moduli
+    taken as |re| + |im|: within a factor sqrt 2, without a square root per entry)."""
     singular = 0
     for i in range(D.shape[0]):
         p00, p01 = c - sc * D[i, 0, 0], -sc * D[i, 0, 1]
         p10, p11 = -sc * D[i, 1, 0], c - sc * D[i, 1, 1]
         det = p00 * p11 - p01 * p10
-        if abs(det) * COND_LIMIT <= (abs(p00) + abs(p01)) * (abs(p10) + abs(p11)) or det == 0:
+        if _mag(det) * COND_LIMIT <= (_mag(p00) + _mag(p01)) * (_mag(p10) + _mag(p11)) or det == 0:
             singular += 1
             det = 1.0 + 0.0 * det
-        Pinv[i, 0, 0], Pinv[i, 0, 1] = p11 / det, -p01 / det
-        Pinv[i, 1, 0], Pinv[i, 1, 1] = -p10 / det, p00 / det
+        inv = 1.0 / det  # one complex division instead of four
+        Pinv[i, 0, 0], Pinv[i, 0, 1] = p11 * inv, -p01 * inv
+        Pinv[i, 1, 0], Pinv[i, 1, 1] = -p10 * inv, p00 * inv
     return singular
-
-
-@njit(cache=True)
-def _capacitance(Vt, Q, out):
-    """out = I - Vt Q for a small rank (one pass over Q's rows; no complex copy of a real Vt)."""
-    r = Vt.shape[0]
-    out[:, :] = 0.0
-    for j in range(Vt.shape[1]):
-        for k in range(r):
-            v = Vt[k, j]
-            for l in range(r):
-                out[k, l] -= v * Q[j, l]
-    for k in range(r):
-        out[k, k] += 1.0
 
 
 CAPACITANCE_LOOP_MAX = 8  # rank up to which the loop beats a (complex) GEMM
@@ -236,7 +289,8 @@ def _block_inverses(P):
 
 class WoodburyFactor:
     """Factorization of an :class:`IterationMatrix`; ``solve(b)`` returns (c I - J)^-1 b. The O(N r)
-    passes are compiled (Numba): each solve reads P^-1, Q and b once or twice, with no temporaries."""
+    passes are compiled (Numba): each solve reads P^-1, A, Vt and b, with no temporaries; nothing of
+    size N r is stored beyond the Jacobian itself."""
 
     def __init__(self, M: IterationMatrix):
         c, J = M.c, M.J
@@ -257,15 +311,16 @@ class WoodburyFactor:
             self._factor_dense(M)
             return
         self.Pinv = np.ascontiguousarray(Pinv)
-        self.Q = np.empty(J.A.shape, dtype=self.Pinv.dtype)
-        _pinv_rows(self.Pinv, np.ascontiguousarray(J.A), sc, self.Q)
-        self.Vt = np.ascontiguousarray(J.Vt)
-        r = J.Vt.shape[0]
+        self.A, self.VtT = J.A_contiguous, J.VtT
+        r = self.VtT.shape[1]
         if r <= CAPACITANCE_LOOP_MAX:
-            cap = np.empty((r, r), dtype=self.Q.dtype)
-            _capacitance(self.Vt, self.Q, cap)
+            cap = np.empty((r, r), dtype=self.Pinv.dtype)
+            _capacitance(self.Pinv, self.A, sc, self.VtT, cap)
         else:
-            cap = np.eye(r) - self.Vt @ self.Q
+            Q = np.empty(self.A.shape, dtype=self.Pinv.dtype)  # transient: P^-1 A for one GEMM
+            _pinv_rows(self.Pinv, self.A, sc, Q)
+            cap = np.eye(r) - np.ascontiguousarray(J.Vt) @ Q
+            del Q
         # a singular block beyond DENSE_MAX was replaced by a finite stand-in: refinement corrects it
         self.refine = singular > 0 or np.linalg.cond(cap) > COND_LIMIT
         self.cap_inv = np.linalg.inv(cap)
@@ -282,15 +337,15 @@ class WoodburyFactor:
             return lu_solve(self.dense, b, check_finite=False)
         b = np.ascontiguousarray(b, dtype=self.Pinv.dtype)
         x = np.empty_like(b)
-        _woodbury_solve(self.Pinv, self.Q, self.cap_inv, self.Vt, b, x)
+        _woodbury_solve(self.Pinv, self.A, self.sc, self.VtT, self.cap_inv, b, x)
         if not self.refine:
             return x
         scale = np.max(np.abs(b))
         r, dx = np.empty_like(b), np.empty_like(b)
         J = self.J
         for _ in range(REFINE_STEPS):
-            if _residual(self.c, self.sc, J.D, J.A, self.Vt, x, b, r) <= 1e-13 * scale:
+            if _residual(self.c, self.sc, J.D, self.A, J.Vt, x, b, r) <= 1e-13 * scale:
                 break
-            _woodbury_solve(self.Pinv, self.Q, self.cap_inv, self.Vt, r, dx)
+            _woodbury_solve(self.Pinv, self.A, self.sc, self.VtT, self.cap_inv, r, dx)
             x += dx
         return x
