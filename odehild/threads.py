@@ -17,7 +17,7 @@ from .errors import InputError
 
 def check_threads(threads) -> int:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise InputError(f"threads must be a positive integer (BLAS threads for the solver's linear algebra), "
+        raise InputError(f"threads must be a positive integer (threads for the solver's passes and linear algebra), "
                          f"got {threads!r}")
     return threads
 
@@ -29,3 +29,58 @@ def blas_threads(threads: int = 1):
 
     with threadpool_limits(limits=check_threads(threads), user_api="blas"):
         yield
+
+
+def check_compiled_threads(threads: int) -> int:
+    """``threads`` for Numba's parallel passes, refused beyond the pool this process started with
+    (NUMBA_NUM_THREADS: the CPU count, or 1 inside odehild's sweep workers)."""
+    import numba
+
+    threads = check_threads(threads)
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        raise InputError(f"threads = {threads} exceeds this process's Numba pool of {numba.config.NUMBA_NUM_THREADS} "
+                         "(NUMBA_NUM_THREADS; a sweep's workers run one thread each)")
+    return threads
+
+
+@contextlib.contextmanager
+def compiled_threads(threads: int = 1):
+    """Numba's parallel passes on ``threads`` inside the block, BLAS on one thread: the solver's
+    BLAS calls are a few small products, and a second pool of spinning threads next to Numba's
+    made a 2-thread solve slower than the serial one."""
+    import numba
+
+    threads = check_compiled_threads(threads)
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        with blas_threads(1):
+            yield
+    finally:
+        numba.set_num_threads(before)
+
+
+_parallel = {}
+
+
+def parallel_variant(dispatcher, **callees):
+    """``dispatcher``'s function compiled with ``parallel=True``: its ``prange`` loops (plain loops in
+    the serial dispatcher) split across Numba's threads. ``callees`` replaces globals the function
+    calls, by their own parallel variants. Cached on disk under its own name: Numba keys a cache
+    entry by the function's name and bytecode, not by its flags, so the serial and parallel builds
+    of one function would overwrite each other."""
+    import types
+
+    from numba import njit
+
+    key = (id(dispatcher), tuple(sorted((name, id(f)) for name, f in callees.items())))
+    if key not in _parallel:
+        f = dispatcher.py_func
+        name = f.__name__ + "_parallel"
+        code = f.__code__.replace(co_name=name, co_qualname=f.__qualname__ + "_parallel")
+        glb = {**f.__globals__, **callees} if callees else f.__globals__
+        g = types.FunctionType(code, glb, name, f.__defaults__, f.__closure__)
+        g.__qualname__, g.__module__, g.__doc__ = f.__qualname__ + "_parallel", f.__module__, f.__doc__
+        # the dispatcher and callees are kept alive with their variant, so their ids stay unique
+        _parallel[key] = (njit(cache=True, parallel=True)(g), dispatcher, callees)
+    return _parallel[key][0]

@@ -1,5 +1,11 @@
 """Woodbury solves of the structured mean-field Jacobian against dense linear algebra."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numba
 import numpy as np
 import pytest
 
@@ -7,6 +13,10 @@ from odehild.codegen import compile_model
 from odehild.solve import initial_condition, solve
 from odehild.solve.structured import IterationMatrix, LowRankJacobian, ShiftedIdentity, WoodburyFactor
 from odehild.models.meanfield import MeanFieldModel
+from odehild.errors import InputError
+from odehild.threads import compiled_threads
+
+two_threads = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="Numba's pool has one thread here")
 
 STAIR = ("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)")
 
@@ -24,10 +34,16 @@ def parts(model, rng, N):
     return LowRankJacobian(D, A, Vt), J
 
 
+@pytest.mark.parametrize("threads", [1, pytest.param(2, marks=two_threads)])
 @pytest.mark.parametrize("model", [MeanFieldModel(*STAIR, K=3, eps=1e-8),
                                    MeanFieldModel("relu(z)", "tanh(z)", K=6, eps=0.3)])
-def test_woodbury_solves_match_dense(model, rng):
-    N = 30
+def test_woodbury_solves_match_dense(model, threads, rng):
+    with compiled_threads(threads):
+        _woodbury_against_dense(model, threads, rng)
+
+
+def _woodbury_against_dense(model, threads, rng):
+    N = 31
     Js, J = parts(model, rng, N)
     np.testing.assert_allclose(Js.toarray(), J, rtol=1e-13, atol=1e-13 * np.abs(J).max())
     I = ShiftedIdentity()
@@ -46,83 +62,103 @@ def test_woodbury_solves_match_dense(model, rng):
         for mu in (3.6378, 2.6811 + 3.0504j):
             M = mu / h * I - Js
             assert isinstance(M, IterationMatrix)
-            check(WoodburyFactor(M).solve(b.astype(complex) if isinstance(mu, complex) else b),
+            check(WoodburyFactor(M, threads).solve(b.astype(complex) if isinstance(mu, complex) else b),
                   mu / h * np.eye(2 * N) - J)
-        check(WoodburyFactor(I - (h / 1.5) * Js).solve(b), np.eye(2 * N) - (h / 1.5) * J)
+        check(WoodburyFactor(I - (h / 1.5) * Js, threads).solve(b), np.eye(2 * N) - (h / 1.5) * J)
 
 
-def test_singular_block_falls_back_to_dense(rng):
-    N, r = 6, 2
-    D = rng.normal(size=(4, N))
-    D[:, 0] = [1.0, 2.0, 0.5, 1.0]  # shift 2: block [[1, -2], [-0.5, 1]] is singular
-    D = np.ascontiguousarray(D.T.reshape(N, 2, 2))  # rows aa, as, sa, ss -> one block per particle
-    Js = LowRankJacobian(D, rng.normal(size=(2 * N, r)), rng.normal(size=(r, 2 * N)))
-    F = WoodburyFactor(2.0 * ShiftedIdentity() - Js)
-    assert F.dense is not None
-    b = rng.normal(size=2 * N)
-    np.testing.assert_allclose(F.solve(b), np.linalg.solve(2.0 * np.eye(2 * N) - Js.toarray(), b), rtol=1e-9)
+@pytest.mark.parametrize("threads", [1, pytest.param(2, marks=two_threads)])
+@pytest.mark.parametrize("r", [3, 11])  # the capacitance by the per-particle loop, and by GEMM
+def test_woodbury_solves_of_larger_blocks_match_dense(r, threads, rng):
+    """Blocks of 3 unknowns per particle (the multi-index layout), real and complex shifts."""
+    N, b = 41, 3
+    D = rng.normal(size=(N, b, b))
+    Js = LowRankJacobian(D, rng.normal(size=(b * N, r)), rng.normal(size=(r, b * N)) / N)
+    J = Js.toarray()
+    rhs = rng.normal(size=b * N)
+    with compiled_threads(threads):
+        for c in (4.0, 2.5 + 3.0j):
+            x = WoodburyFactor(IterationMatrix(c, Js), threads).solve(rhs.astype(type(c)))
+            np.testing.assert_allclose(x, np.linalg.solve(c * np.eye(b * N) - J, rhs), rtol=1e-11, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["Radau", "BDF"])
-def test_structured_solve_equals_dense_solve(method):
-    model = MeanFieldModel(*STAIR, K=3, eps=1e-8)
-    init = initial_condition(50)
-    a = solve(model, init, 5.0, method=method, rtol=1e-9, atol=1e-11)
-    b = solve(model, init, 5.0, method=method, rtol=1e-9, atol=1e-11, structured=False)
-    assert a.meta["structured"] and not b.meta["structured"]
-    assert a.stats["nlu"] > 0 and a.stats["njev"] > 0
-    np.testing.assert_allclose(a.risk, b.risk, atol=1e-6)
-    np.testing.assert_allclose(a.s, b.s, atol=1e-6)
+@two_threads
+def test_parallel_step_passes_equal_the_serial_ones(rng):
+    from odehild.solve import radau
+
+    n = 1001
+    y, f, inv = rng.normal(size=n), rng.normal(size=n), rng.uniform(0.5, 2, size=n)
+    Z, W, F = (rng.normal(size=(3, n)) for _ in range(3))
+    dwr, dwc = rng.normal(size=n), rng.normal(size=n) + 1j * rng.normal(size=n)
+    args = {"stage_states": (y, Z, np.empty((3, n))),
+            "newton_residual": (F, W, radau.TI, 2.0, 1.0 + 2.0j, np.empty(n), np.empty(n, complex)),
+            "increment_norm": (dwr, dwc, inv), "apply_increment": (dwr, dwc, radau.T, W, np.empty((3, n))),
+            "transform": (radau.TI, Z, np.empty((3, n))), "error_rhs": (f, Z, radau.E, 0.1, np.empty(n)),
+            "weighted_rms": (f, y, y + 1, 1e-8, 1e-10), "add": (y, f, np.empty(n)),
+            "inverse_scale": (y, 1e-8, 1e-10, np.empty(n)),
+            "evaluate_polynomial": (y, Z, np.array([0.1, 0.5, 0.9]), np.empty((3, n)))}
+    serial, parallel = radau.step_passes(False), radau.step_passes(True)
+    with compiled_threads(2):
+        for name, a in args.items():
+            b = tuple(v.copy() if isinstance(v, np.ndarray) else v for v in a)
+            got1, got2 = getattr(serial, name)(*a), getattr(parallel, name)(*b)
+            for u, v in zip(a + (got1,), b + (got2,)):
+                if isinstance(u, np.ndarray) or isinstance(u, float):
+                    np.testing.assert_allclose(v, u, rtol=1e-13, atol=0, err_msg=name)
+                elif u is not None:
+                    assert u == v, name
+    F[1, 7] = np.nan  # a non-finite stage is seen by every thread's share
+    with compiled_threads(2):
+        assert not parallel.newton_residual(F, W, radau.TI, 2.0, 1.0 + 2.0j, np.empty(n), np.empty(n, complex))
 
 
-def test_compiled_radau_solves_a_linear_low_rank_system_exactly(rng):
-    """y' = (D + A Vt) y has the solution expm(J t) y0: the compiled Radau's steps and its dense
-    output against SciPy's matrix exponential."""
-    from scipy.linalg import expm
-
-    from odehild.solve.radau import CompiledRadau
-
-    N, r = 20, 3
-    D = np.empty((N, 2, 2))
-    D[:, 0, 0] = -rng.uniform(1e2, 1e4, N)  # a stiff fast component, as the fast second layer
-    D[:, 0, 1] = rng.normal(size=N)
-    D[:, 1, 0] = rng.normal(size=N)
-    D[:, 1, 1] = -rng.uniform(0.1, 1.0, N)
-    A, Vt = 0.1 * rng.normal(size=(2 * N, r)), 0.1 * rng.normal(size=(r, 2 * N))
-    J = LowRankJacobian(D, A, Vt)
-    Jd = J.toarray()
-    y0 = rng.normal(size=2 * N)
-
-    def rhs(t, y, out):
-        out[:] = Jd @ y
-
-    solver = CompiledRadau(rhs, 0.0, y0, 3.0, jac=lambda t, y: J, rtol=1e-10, atol=1e-12)
-    checked = 0
-    while solver.status == "running":
-        solver.step()
-        np.testing.assert_allclose(solver.y, expm(Jd * solver.t) @ y0, rtol=0, atol=1e-8)
-        tm = 0.5 * (solver.t_old + solver.t)
-        np.testing.assert_allclose(solver.dense_output()(tm), expm(Jd * tm) @ y0, rtol=0, atol=1e-7)
-        checked += 1
-    assert solver.status == "finished" and checked > 10
-    assert solver.nlu > 0 and solver.njev >= 1 and solver.nfev > 3 * checked
-
-
-def test_compiled_radau_takes_scipys_steps():
-    """The same method and step-size control as SciPy's Radau (with the same Woodbury solves): the
-    step counts agree within 1% and the risk curves to the tolerance."""
-    from odehild.solve import integrate
+@two_threads
+def test_solve_on_two_threads_matches_one_thread():
+    from odehild.solve.analysis import learning_times
 
     model = MeanFieldModel(*STAIR, K=3, eps=1e-8)
-    init = initial_condition(60)
-    runs = {}
-    try:
-        for engine in ("scipy", "compiled"):
-            integrate.STRUCTURED_RADAU = engine
-            runs[engine] = solve(model, init, 5.0, rtol=1e-8, atol=1e-10, progress=False)
-    finally:
-        integrate.STRUCTURED_RADAU = "compiled"
-    a, b = runs["scipy"], runs["compiled"]
-    assert a.stats["nsteps"] > 100
-    assert abs(a.stats["nsteps"] - b.stats["nsteps"]) <= 0.01 * a.stats["nsteps"]
-    np.testing.assert_allclose(a.risk, b.risk, atol=1e-7)
+    init = initial_condition(300)
+    before = numba.get_num_threads()
+    one = solve(model, init, 5.0, rtol=1e-9, atol=1e-11, progress=False)
+    two = solve(model, init, 5.0, rtol=1e-9, atol=1e-11, progress=False, threads=2)
+    assert numba.get_num_threads() == before
+    assert abs(one.stats["nsteps"] - two.stats["nsteps"]) <= 0.01 * one.stats["nsteps"]
+    np.testing.assert_allclose(learning_times(two.t, two.residuals), learning_times(one.t, one.residuals),
+                               rtol=1e-6)
+    np.testing.assert_allclose(two.risk, one.risk, atol=1e-7)
+    with pytest.raises(InputError, match="threads = 100000 exceeds"):
+        solve(model, init, 5.0, threads=100000)
+
+
+PROBE_THREADS = """
+import json, sys
+import numpy as np
+from odehild.models.meanfield import MeanFieldModel
+from odehild.solve import initial_condition, solve, radau
+from odehild.threads import parallel_variant
+model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)", "h(1,z)+h(2,z)", K=2, eps=1e-6)
+init = initial_condition(40)
+runs = [solve(model, init, 3.0, progress=False, threads=t) for t in (2, 1)]
+passes = (radau._stage_states, parallel_variant(radau._stage_states))
+print(json.dumps({"misses": [sum(p.stats.cache_misses.values()) for p in passes],
+                  "hits": [sum(p.stats.cache_hits.values()) for p in passes],
+                  "index": [p._cache._cache_file._index_path for p in passes], "risk1": runs[1].risk.tolist()}))
+"""
+
+
+@two_threads
+def test_parallel_variants_are_cached_apart_from_the_serial_passes():
+    """Numba keys a cache entry by name and bytecode, not flags: the parallel variant has its own
+    index file, a second process loads both without compiling, and the serial pass it loads is the
+    serial one (the same risk curve as in this process)."""
+    out = []
+    for _ in range(2):
+        res = subprocess.run([sys.executable, "-c", PROBE_THREADS], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        out.append(json.loads(res.stdout))
+    serial_index, parallel_index = out[1]["index"]
+    assert serial_index != parallel_index and Path(parallel_index).name.startswith("radau._stage_states_parallel")
+    assert out[1]["misses"] == [0, 0] and min(out[1]["hits"]) > 0
+    model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)", "h(1,z)+h(2,z)", K=2, eps=1e-6)
+    here = solve(model, initial_condition(40), 3.0, progress=False)
+    assert out[1]["risk1"] == here.risk.tolist()

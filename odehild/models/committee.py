@@ -491,7 +491,7 @@ def check_rate(name, value, allow_zero):
 def solve_committee(model: CommitteeModel, init: CommitteeInit, t_end: float = 1000.0, *, lr: float = 0.5,
                     lr2: float = 0.0, noise: float = 0.0, t_eval=None, points: int = 200, t_min=None,
                     method: str = None, rtol: float = 1e-8, atol: float = 1e-10, max_wall=None,
-                    progress=None) -> CommitteeTrajectory:
+                    progress=None, threads: int = 1) -> CommitteeTrajectory:
     """Integrate the overlap ODE of a committee declaration, SciPy style.
 
     ``lr`` is the first-layer rate eta, ``lr2`` the second layer's (0: fixed), ``noise`` the label
@@ -513,7 +513,7 @@ def solve_committee(model: CommitteeModel, init: CommitteeInit, t_end: float = 1
     if not isinstance(model, CommitteeModel):
         raise InputError(f"model must be a CommitteeModel, got {type(model).__name__}")
     return solve(model, init, t_end, lr=lr, lr2=lr2, noise=noise, t_eval=t_eval, points=points, t_min=t_min,
-                 method=method, rtol=rtol, atol=atol, max_wall=max_wall, progress=progress)
+                 method=method, rtol=rtol, atol=atol, max_wall=max_wall, progress=progress, threads=threads)
 
 
 def _check_init(model, init):
@@ -574,7 +574,8 @@ def solve_committee_command(args):
     with keep_partial(args.out, info):
         traj = solve_committee(model, init, args.t_end, lr=args.lr, lr2=args.lr2 or 0.0, noise=args.noise or 0.0,
                                points=args.points, t_min=args.t_min, method=args.method, rtol=args.rtol,
-                               atol=args.atol, max_wall=args.max_wall, progress=False if args.quiet else None)
+                               atol=args.atol, max_wall=args.max_wall, threads=args.threads,
+                               progress=False if args.quiet else None)
         stop_if_out_of_time(traj, args, "alpha")
     resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end,
                 "method": traj.meta["method"]}

@@ -180,7 +180,7 @@ def solve_finite_width(sigma, phi, init, eps: float, t_end: float = 5.0, *, gamm
     gamma = 0 is the exact population gradient flow (docs/model.md 2a); gamma > 0 adds the terms of
     online SGD's renormalisation, exact as d -> infinity at fixed width m. ``init`` is an
     :class:`InitialCondition` with ``r0``. ``solver`` takes the keywords of
-    :func:`odehild.solve.solve` (t_eval, points, t_min, method, rtol, atol, max_wall, progress).
+    :func:`odehild.solve.solve` (t_eval, points, t_min, method, rtol, atol, max_wall, progress, threads).
     Returns a :class:`Trajectory` with ``a``, ``s`` (T, m), ``r`` (T, m, m) and the noise-free ``risk``.
     """
     eps = check_eps(eps)
@@ -245,7 +245,8 @@ def solve_finite_width_command(args):
         traj = solve_finite_width(args.sigma, args.phi, init, args.eps, args.t_end, gamma=gamma,
                                   noise=args.noise or 0.0, backend=args.backend or "auto", kmax=args.kmax,
                                   points=args.points, t_min=args.t_min, method=args.method, rtol=args.rtol,
-                                  atol=args.atol, max_wall=args.max_wall, progress=False if args.quiet else None)
+                                  atol=args.atol, max_wall=args.max_wall, threads=args.threads,
+                                  progress=False if args.quiet else None)
         stop_if_out_of_time(traj, args)
     resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end,
                 "method": traj.meta["method"]}

@@ -18,6 +18,7 @@ import sympy as sp
 from .. import __version__
 from ..codegen.numba_gen import HEADER, compile_model, emit_block, moment_sums
 from ..errors import InputError
+from ..threads import parallel_variant
 from ..solve.integrate import OdeProblem
 from ..solve.state import Block, StateMap
 from ..solve.structured import LowRankJacobian
@@ -162,9 +163,13 @@ class MeanFieldModel(FoundingDeclaration):
 
         meta = {**self.meta(), "init": init.description, "N": init.N,
                 "learnability": self.learnability(s0_zero=not np.any(init.s0)).to_dict()}
+        def parallel_rhs():
+            rhs_threads = parallel_variant(rhs, moments=parallel_variant(compiled.moments))
+            return lambda t, y, out: rhs_threads(t, y, w, inv_eps, out)
+
         return OdeProblem(y0, state, lambda t, y, out: rhs(t, y, w, inv_eps, out),
                           lambda t, y, J: jac(t, y, w, inv_eps, J), compiled, meta, jac_parts=jac_parts,
-                          fast_eps=self.eps, context={"weights": w})
+                          fast_eps=self.eps, context={"weights": w}, parallel_rhs=parallel_rhs)
 
     def result(self, problem, t, Y, stats, meta) -> Trajectory:
         """Moments, residuals and risk along the trajectory, from the generated observables."""
@@ -200,7 +205,7 @@ def solve_meanfield_command(args):
     positive_float("--max-wall", args.max_wall)
     with keep_partial(args.out, info):
         traj = solve(model, init, args.t_end, points=args.points, t_min=args.t_min,
-                     method=args.method or "Radau", rtol=args.rtol, atol=args.atol, max_wall=args.max_wall,
+                     method=args.method or "Radau", rtol=args.rtol, atol=args.atol, max_wall=args.max_wall, threads=args.threads,
                      progress=False if args.quiet else None)
         stop_if_out_of_time(traj, args)
     t_min = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end, "method": traj.meta["method"]}
@@ -260,7 +265,7 @@ NM = {n}
 def moments(a, s, w, M):
     """M_k = sum_j w_j m_k(a_j, s_j)."""
 {zero}
-    for i in range(a.shape[0]):
+    for i in prange(a.shape[0]):
         ai = a[i]
         si = s[i]
         wi = w[i]
@@ -311,12 +316,12 @@ def rhs(t, y, w, inv_eps, dy):
     M = np.empty(NM)
     g = np.empty(NM)
     s = np.empty(N)
-    for j in range(N):
+    for j in prange(N):
         s[j] = tanh_chart(y[N + j])
     moments(y[:N], s, w, M)
     grad_moments(M, g)
 {unpack_g}
-    for i in range(N):
+    for i in prange(N):
         ai = y[i]
         si = s[i]
 {rhs}

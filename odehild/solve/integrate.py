@@ -15,7 +15,7 @@ import numpy as np
 from .. import __version__
 from ..checks import positive_float, positive_int
 from ..errors import InputError, IntegrationError, StiffnessWarning
-from ..threads import blas_threads, check_threads
+from ..threads import blas_threads, check_threads, compiled_threads
 from .state import StateMap
 from .radau import CompiledRadau
 
@@ -155,6 +155,8 @@ class OdeProblem:
     :class:`~odehild.solve.structured.LowRankJacobian` for the structured Radau/BDF (None: dense
     only). ``compiled`` is the generated module (its derive time and cache status are reported).
     ``fast_eps``: the rate ratio of a fast layer, below which explicit methods are warned against.
+    ``parallel_rhs()``: the right-hand side with its sums over particles on Numba's threads (None:
+    the kind has none; its serial one is used).
     ``meta``: what the kind records about the declaration, the start and the runtime values."""
 
     y0: np.ndarray
@@ -169,6 +171,7 @@ class OdeProblem:
     fast_eps: float = 1.0
     time_name: str = "t"
     context: dict = dataclasses.field(default_factory=dict)  # kind-private values its result needs
+    parallel_rhs: Optional[Callable] = None
 
 
 def _solver_class(method, structured):
@@ -197,12 +200,17 @@ class Integration:
 def integrate(problem: OdeProblem, t_end: float, t_eval: np.ndarray, method: str, rtol: float, atol: float, *,
               first_step=None, max_wall=None, progress=None, structured: bool = True, threads: int = 1) -> Integration:
     """Step a SciPy solver through ``problem`` (arguments already checked), counting the work, with
-    ``threads`` BLAS threads (:mod:`odehild.threads`)."""
-    with blas_threads(threads):
-        return _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall, progress, structured)
+    ``threads`` BLAS threads and, for the compiled Radau, ``threads`` Numba threads for its passes
+    (:mod:`odehild.threads`)."""
+    compiled_step = structured and method == "Radau" and STRUCTURED_RADAU == "compiled" \
+        and problem.jac_parts is not None
+    pools = compiled_threads(threads) if compiled_step and threads > 1 else blas_threads(threads)
+    with pools:
+        return _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall, progress, structured,
+                          threads)
 
 
-def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall, progress, structured):
+def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall, progress, structured, threads):
     wall0 = time.perf_counter()
     n = problem.y0.size
     counters = {"nfev": 0, "njev": 0}
@@ -226,6 +234,11 @@ def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall,
 
     # compile (or load) before timing the solve; only the Jacobian form the solver will use
     compile_start = time.perf_counter()
+    solver_class = _solver_class(method, structured)
+    rhs = problem.rhs
+    if solver_class is CompiledRadau and threads > 1 and problem.parallel_rhs is not None:
+        rhs = problem.parallel_rhs()
+        rhs(0.0, problem.y0, np.empty(n))
     fun(0.0, problem.y0)
     if structured:
         jac_structured(0.0, problem.y0)
@@ -237,13 +250,15 @@ def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall,
     kw = dict(rtol=rtol, atol=atol)
     if first_step is not None:
         kw["first_step"] = first_step
-    solver_class = _solver_class(method, structured)
     if method in IMPLICIT and problem.jac is not None:
         kw["jac"] = jac
     if structured:
         kw["jac"] = jac_structured
     # the compiled Radau calls the generated rhs(t, y, out) into its own buffers and counts its calls
-    solver = solver_class(problem.rhs if solver_class is CompiledRadau else fun, 0.0, problem.y0, t_end, **kw)
+    if solver_class is CompiledRadau:
+        solver = CompiledRadau(rhs, 0.0, problem.y0, t_end, threads=threads, **kw)
+    else:
+        solver = solver_class(fun, 0.0, problem.y0, t_end, **kw)
     run = step_through(solver, problem.y0, t_eval, t_end, max_wall, progress)
     if solver_class is CompiledRadau:
         counters["nfev"] = solver.nfev
@@ -277,9 +292,13 @@ def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 2
     compiled (:mod:`odehild.solve.radau`: SciPy's method and step control, the Newton iterations in
     fused Numba passes); ``False`` takes SciPy's solvers with the dense Jacobian.
 
-    ``threads``: BLAS threads for the solver's linear algebra (default 1: for the mean-field staircase
-    at N = 1000 two threads gained nothing on a quiet 2-core machine and cost 2.9x beside two busy
-    processes; benchmarks/bench_busy.py, :mod:`odehild.threads`).
+    ``threads``: for the compiled structured Radau, Numba threads that share each pass over the
+    particles (right-hand side, Newton updates, Woodbury solves); for the other solvers, BLAS threads.
+    Default 1. On a quiet 2-core machine two threads solve the staircase 1.5x faster at N = 3e4 and
+    1.2x at N = 1e5 (memory-bound there); next to other work they cost several times over, as BLAS
+    threads did (benchmarks/bench_particles.py, bench_busy.py, :mod:`odehild.threads`). The
+    parallel passes sum over particles in per-thread chunks, so results agree with one thread's to
+    the tolerance, not bit for bit.
     """
     from ..models import check_model
 

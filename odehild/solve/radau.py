@@ -16,7 +16,9 @@ the inverse Butcher matrix and for its complex pair.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from types import SimpleNamespace
+
+from numba import njit, prange
 
 from .structured import IterationMatrix, WoodburyFactor
 
@@ -51,8 +53,8 @@ MAX_FACTOR = 10.0
 
 @njit(cache=True)
 def _stage_states(y, Z, out):
-    for i in range(3):
-        for j in range(y.shape[0]):
+    for j in prange(y.shape[0]):
+        for i in range(3):
             out[i, j] = y[j] + Z[i, j]
 
 
@@ -60,22 +62,22 @@ def _stage_states(y, Z, out):
 def _newton_residual(F, W, TI, m_real, m_complex, f_real, f_complex):
     """f_real = (TI F)_0 - m_real W0 and f_complex = (TI F)_1 + i (TI F)_2 - m_complex (W1 + i W2);
     False if F is not finite."""
-    finite = True
-    for j in range(F.shape[1]):
+    nonfinite = 0
+    for j in prange(F.shape[1]):
         F0, F1, F2 = F[0, j], F[1, j], F[2, j]
         if not (np.isfinite(F0) and np.isfinite(F1) and np.isfinite(F2)):
-            finite = False
+            nonfinite += 1
         f_real[j] = TI[0, 0] * F0 + TI[0, 1] * F1 + TI[0, 2] * F2 - m_real * W[0, j]
         fc = (TI[1, 0] * F0 + TI[1, 1] * F1 + TI[1, 2] * F2) + 1j * (TI[2, 0] * F0 + TI[2, 1] * F1 + TI[2, 2] * F2)
         f_complex[j] = fc - m_complex * (W[1, j] + 1j * W[2, j])
-    return finite
+    return nonfinite == 0
 
 
 @njit(cache=True)
 def _increment_norm(dw_real, dw_complex, inv_scale):
     """RMS over the 3n components of dW / scale."""
     acc = 0.0
-    for j in range(inv_scale.shape[0]):
+    for j in prange(inv_scale.shape[0]):
         s = inv_scale[j] * inv_scale[j]
         c = dw_complex[j]
         acc += (dw_real[j] * dw_real[j] + c.real * c.real + c.imag * c.imag) * s
@@ -85,7 +87,7 @@ def _increment_norm(dw_real, dw_complex, inv_scale):
 @njit(cache=True)
 def _apply_increment(dw_real, dw_complex, T, W, Z):
     """W += dW; Z = T W."""
-    for j in range(W.shape[1]):
+    for j in prange(W.shape[1]):
         w0 = W[0, j] + dw_real[j]
         w1 = W[1, j] + dw_complex[j].real
         w2 = W[2, j] + dw_complex[j].imag
@@ -97,7 +99,7 @@ def _apply_increment(dw_real, dw_complex, T, W, Z):
 @njit(cache=True)
 def _transform(M, X, out):
     """out = M X for a 3x3 M and X (3, n)."""
-    for j in range(X.shape[1]):
+    for j in prange(X.shape[1]):
         x0, x1, x2 = X[0, j], X[1, j], X[2, j]
         for i in range(3):
             out[i, j] = M[i, 0] * x0 + M[i, 1] * x1 + M[i, 2] * x2
@@ -106,7 +108,7 @@ def _transform(M, X, out):
 @njit(cache=True)
 def _error_rhs(f, Z, E, h, out):
     """out = f + (Z^T E) / h."""
-    for j in range(f.shape[0]):
+    for j in prange(f.shape[0]):
         out[j] = f[j] + (E[0] * Z[0, j] + E[1] * Z[1, j] + E[2] * Z[2, j]) / h
 
 
@@ -114,7 +116,7 @@ def _error_rhs(f, Z, E, h, out):
 def _weighted_rms(err, y, y_new, rtol, atol):
     """RMS of err / (atol + rtol max(|y|, |y_new|))."""
     acc = 0.0
-    for j in range(err.shape[0]):
+    for j in prange(err.shape[0]):
         s = atol + rtol * max(abs(y[j]), abs(y_new[j]))
         acc += (err[j] / s) ** 2
     return (acc / err.shape[0]) ** 0.5
@@ -122,13 +124,13 @@ def _weighted_rms(err, y, y_new, rtol, atol):
 
 @njit(cache=True)
 def _add(y, z, out):
-    for j in range(y.shape[0]):
+    for j in prange(y.shape[0]):
         out[j] = y[j] + z[j]
 
 
 @njit(cache=True)
 def _inverse_scale(y, rtol, atol, out):
-    for j in range(y.shape[0]):
+    for j in prange(y.shape[0]):
         out[j] = 1.0 / (atol + rtol * abs(y[j]))
 
 
@@ -139,8 +141,22 @@ def _evaluate_polynomial(y_old, Q, x, out):
         x1 = x[m]
         x2 = x1 * x1
         x3 = x2 * x1
-        for j in range(y_old.shape[0]):
+        for j in prange(y_old.shape[0]):
             out[m, j] = y_old[j] + Q[0, j] * x1 + Q[1, j] * x2 + Q[2, j] * x3
+
+
+_PASSES = ("_stage_states", "_newton_residual", "_increment_norm", "_apply_increment", "_transform", "_error_rhs",
+           "_weighted_rms", "_add", "_inverse_scale", "_evaluate_polynomial")
+
+
+def step_passes(parallel: bool = False) -> SimpleNamespace:
+    """The step's compiled passes by name (``stage_states``, ...): as defined above, or their
+    parallel variants (:func:`odehild.threads.parallel_variant`, compiled on first use)."""
+    if not parallel:
+        return SimpleNamespace(**{name[1:]: globals()[name] for name in _PASSES})
+    from ..threads import parallel_variant
+
+    return SimpleNamespace(**{name[1:]: parallel_variant(globals()[name]) for name in _PASSES})
 
 
 def _rms(x):
@@ -151,15 +167,15 @@ class CollocationOutput:
     """The step's collocation polynomial on [t_old, t], evaluated in compiled code; called with a
     time gives (n,), with an array of times (n, T), as SciPy's dense outputs."""
 
-    def __init__(self, t_old, t, y_old, Q):
+    def __init__(self, t_old, t, y_old, Q, evaluate=_evaluate_polynomial):
         self.t_old, self.t, self.h = t_old, t, t - t_old
-        self.y_old, self.Q = y_old, Q
+        self.y_old, self.Q, self.evaluate = y_old, Q, evaluate
 
     def __call__(self, t):
         t = np.asarray(t, dtype=float)
         x = np.atleast_1d(t)
         out = np.empty((x.size, self.y_old.size))
-        _evaluate_polynomial(self.y_old, self.Q, (x - self.t_old) / self.h, out)
+        self.evaluate(self.y_old, self.Q, (x - self.t_old) / self.h, out)
         return out.T if t.ndim else out[0]
 
 
@@ -174,12 +190,15 @@ class CompiledRadau:
     TOO_SMALL_STEP = "Required step size is less than spacing between numbers."
 
     def __init__(self, rhs, t0, y0, t_bound, jac, rtol=1e-3, atol=1e-6, first_step=None,
-                 max_step=np.inf, **extraneous):
+                 max_step=np.inf, threads=1, **extraneous):
         if extraneous:
             raise TypeError(f"unexpected options {sorted(extraneous)}")
         if not t_bound > t0:
             raise ValueError(f"CompiledRadau integrates forward in time only (t0 = {t0}, t_bound = {t_bound})")
         self._rhs = rhs
+        # threads > 1: every O(n) pass and Woodbury solve runs on Numba's threads (set by the caller)
+        self.threads = threads
+        self.k = step_passes(parallel=threads > 1)
         self.t, self.t_bound, self.t_old = float(t0), float(t_bound), None
         self.y = np.array(y0, dtype=float)
         self.n = n = self.y.size
@@ -235,7 +254,7 @@ class CompiledRadau:
 
     def _factor(self, mu, h):
         self.nlu += 1
-        F = WoodburyFactor(IterationMatrix(mu / h, self.J))
+        F = WoodburyFactor(IterationMatrix(mu / h, self.J), threads=self.threads)
         self.ndense += F.dense is not None
         return F
 
@@ -255,28 +274,28 @@ class CompiledRadau:
     def _newton(self, t, h, LU_real, LU_complex):
         """Simplified Newton for the collocation system from Z0; returns (converged, iterations,
         rate). Z holds the last iterate."""
-        y, Z, W, F, Ys = self.y, self.Z, self.W, self.F, self.Ys
+        y, Z, W, F, Ys, k = self.y, self.Z, self.W, self.F, self.Ys, self.k
         Z[:] = self.Z0
-        _transform(TI, Z, W)
+        k.transform(TI, Z, W)
         m_real, m_complex = MU_REAL / h, MU_COMPLEX / h
         dw_norm_old = rate = None
         tol = self.newton_tol
-        for k in range(NEWTON_MAXITER):
-            _stage_states(y, Z, Ys)
+        for it in range(NEWTON_MAXITER):
+            k.stage_states(y, Z, Ys)
             for i in range(3):
                 self._eval(t + C[i] * h, Ys[i], F[i])
-            if not _newton_residual(F, W, TI, m_real, m_complex, self.f_real, self.f_complex):
-                return False, k + 1, rate
+            if not k.newton_residual(F, W, TI, m_real, m_complex, self.f_real, self.f_complex):
+                return False, it + 1, rate
             dw_real = LU_real.solve(self.f_real)
             dw_complex = LU_complex.solve(self.f_complex)
-            dw_norm = _increment_norm(dw_real, dw_complex, self.inv_scale)
+            dw_norm = k.increment_norm(dw_real, dw_complex, self.inv_scale)
             if dw_norm_old is not None:
                 rate = dw_norm / dw_norm_old
-                if rate >= 1 or rate ** (NEWTON_MAXITER - k) / (1 - rate) * dw_norm > tol:
-                    return False, k + 1, rate
-            _apply_increment(dw_real, dw_complex, T, W, Z)
+                if rate >= 1 or rate ** (NEWTON_MAXITER - it) / (1 - rate) * dw_norm > tol:
+                    return False, it + 1, rate
+            k.apply_increment(dw_real, dw_complex, T, W, Z)
             if dw_norm == 0 or (rate is not None and rate / (1 - rate) * dw_norm < tol):
-                return True, k + 1, rate
+                return True, it + 1, rate
             dw_norm_old = dw_norm
         return False, NEWTON_MAXITER, rate
 
@@ -290,7 +309,7 @@ class CompiledRadau:
             return min(1.0, multiplier) * error_norm ** -0.25
 
     def _step_impl(self):
-        t, y, f = self.t, self.y, self.f
+        t, y, f, k = self.t, self.y, self.f, self.k
         rtol, atol = self.rtol, self.atol
         min_step = 10 * abs(np.nextafter(t, np.inf) - t)
         h_abs = min(max(self.h_abs, min_step), self.max_step)
@@ -306,9 +325,9 @@ class CompiledRadau:
             if self.sol is None:
                 self.Z0[:] = 0.0
             else:
-                _evaluate_polynomial(self.sol.y_old, self.sol.Q, (t + h * C - self.sol.t_old) / self.sol.h, self.Z0)
+                k.evaluate_polynomial(self.sol.y_old, self.sol.Q, (t + h * C - self.sol.t_old) / self.sol.h, self.Z0)
                 self.Z0 -= y
-            _inverse_scale(y, rtol, atol, self.inv_scale)
+            k.inverse_scale(y, rtol, atol, self.inv_scale)
             converged = False
             while not converged:
                 if LU_real is None or LU_complex is None:
@@ -325,17 +344,17 @@ class CompiledRadau:
                 LU_real = LU_complex = None
                 continue
             Z = self.Z
-            _add(y, Z[2], y_new)
-            _error_rhs(f, Z, E, h, self.err_rhs)
+            k.add(y, Z[2], y_new)
+            k.error_rhs(f, Z, E, h, self.err_rhs)
             error = LU_real.solve(self.err_rhs)
-            error_norm = _weighted_rms(error, y, y_new, rtol, atol)
+            error_norm = k.weighted_rms(error, y, y_new, rtol, atol)
             safety = 0.9 * (2 * NEWTON_MAXITER + 1) / (2 * NEWTON_MAXITER + n_iter)
             if rejected and error_norm > 1:
-                _add(y, error, self.buf)
+                k.add(y, error, self.buf)
                 f_err = self._eval(t, self.buf)
-                _error_rhs(f_err, Z, E, h, self.err_rhs)
+                k.error_rhs(f_err, Z, E, h, self.err_rhs)
                 error = LU_real.solve(self.err_rhs)
-                error_norm = _weighted_rms(error, y, y_new, rtol, atol)
+                error_norm = k.weighted_rms(error, y, y_new, rtol, atol)
             if error_norm > 1:
                 factor = self._predict_factor(h_abs, self.h_abs_old, error_norm, self.error_norm_old)
                 h_abs *= max(MIN_FACTOR, safety * factor)
@@ -363,8 +382,8 @@ class CompiledRadau:
         self.t, self.y, self.f = t_new, y_new, f_new
         self.LU_real, self.LU_complex = LU_real, LU_complex
         Q = np.empty((3, self.n))
-        _transform(P, Z, Q)  # the dense output's coefficients of x, x^2, x^3
+        k.transform(P, Z, Q)  # the dense output's coefficients of x, x^2, x^3
         self.t_old = t
-        self.sol = CollocationOutput(t, t_new, y, Q)
+        self.sol = CollocationOutput(t, t_new, y, Q, k.evaluate_polynomial)
         return True, None
 

@@ -21,8 +21,10 @@ convergence and shorten the step).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 # A 2x2 block worse conditioned than this is not inverted by its adjugate; a capacitance matrix worse
 # conditioned than this gets iterative refinement.
@@ -116,6 +118,7 @@ def _at(N, nd, i, p):
 @njit(cache=True)
 def _pinv_rows(Pinv, B, scale, out):
     """out = P^-1 (scale B) for B (bN, r), P^-1 as blocks (N, b, b)."""
+    zero = np.zeros(1, dtype=out.dtype)[0]  # of the dtype of out; out itself is not yet written
     N, b = Pinv.shape[0], Pinv.shape[1]
     nd = b - 1
     v = np.empty(b, dtype=out.dtype)
@@ -124,102 +127,126 @@ def _pinv_rows(Pinv, B, scale, out):
             for p in range(b):
                 v[p] = scale * B[_at(N, nd, i, p), k]
             for p in range(b):
-                acc = 0.0 * v[0]
+                acc = zero
                 for q in range(b):
                     acc += Pinv[i, p, q] * v[q]
                 out[_at(N, nd, i, p), k] = acc
 
 
+@njit(cache=True, inline="always")
+def _chunk(c, nchunk, N):
+    """Particles [lo, hi) of chunk c of nchunk: one per thread in the parallel variants, so that
+    sums over particles are per-chunk partial sums (no shared accumulator)."""
+    return c * N // nchunk, (c + 1) * N // nchunk
+
+
 @njit(cache=True)
-def _capacitance(Pinv, A, scale, VtT, out):
+def _capacitance(Pinv, A, scale, VtT, out, nchunk=1):
     """out = I - Vt P^-1 (scale A), with P^-1 A formed one particle at a time and never stored (a
     (bN, r) complex array is the largest a factorization would otherwise keep)."""
+    zero = np.zeros(1, dtype=out.dtype)[0]  # of the dtype of out; out itself is not yet written
     N, nb, r = Pinv.shape[0], Pinv.shape[1], VtT.shape[1]
     nd = nb - 1
-    acc = np.zeros((r, r), dtype=out.dtype)
-    if nb == 2:
-        for i in range(N):
-            p00, p01, p10, p11 = Pinv[i, 0, 0], Pinv[i, 0, 1], Pinv[i, 1, 0], Pinv[i, 1, 1]
-            for l in range(r):
-                a0, a1 = A[i, l], A[N + i, l]
-                q0, q1 = p00 * a0 + p01 * a1, p10 * a0 + p11 * a1
+    partial = np.zeros((nchunk, r, r), dtype=out.dtype)
+    for c in prange(nchunk):
+        lo, hi = _chunk(c, nchunk, N)
+        acc = partial[c]
+        if nb == 2:
+            for i in range(lo, hi):
+                p00, p01, p10, p11 = Pinv[i, 0, 0], Pinv[i, 0, 1], Pinv[i, 1, 0], Pinv[i, 1, 1]
+                for l in range(r):
+                    a0, a1 = A[i, l], A[N + i, l]
+                    q0, q1 = p00 * a0 + p01 * a1, p10 * a0 + p11 * a1
+                    for k in range(r):
+                        acc[k, l] += VtT[i, k] * q0 + VtT[N + i, k] * q1
+        else:
+            q = np.empty(nb, dtype=out.dtype)
+            for i in range(lo, hi):
+                for l in range(r):
+                    for p in range(nb):
+                        v = zero
+                        for m in range(nb):
+                            v += Pinv[i, p, m] * A[_at(N, nd, i, m), l]
+                        q[p] = v
+                    for p in range(nb):
+                        jp = _at(N, nd, i, p)
+                        for k in range(r):
+                            acc[k, l] += VtT[jp, k] * q[p]
+    for k in range(r):
+        for l in range(r):
+            total = zero
+            for c in range(nchunk):
+                total += partial[c, k, l]
+            out[k, l] = (1.0 if k == l else 0.0) - scale * total
+
+
+@njit(cache=True)
+def _woodbury_solve(Pinv, A, scale, VtT, cap_inv, b, out, nchunk=1):
+    """out = P^-1 (b + scale A z), z = cap^-1 Vt P^-1 b: one pass for Vt P^-1 b, one for the
+    solution; reads P^-1, A, Vt (as its transpose, row by row) and b, stores nothing else."""
+    zero = np.zeros(1, dtype=out.dtype)[0]  # of the dtype of out; out itself is not yet written
+    N, nb, r = Pinv.shape[0], Pinv.shape[1], VtT.shape[1]
+    nd = nb - 1
+    partial = np.zeros((nchunk, r), dtype=out.dtype)
+    for c in prange(nchunk):
+        lo, hi = _chunk(c, nchunk, N)
+        acc = partial[c]
+        if nb == 2:  # the single-index layout [a; s], written out (the general loop costs 25% there)
+            for i in range(lo, hi):
+                ba, bs = b[i], b[N + i]
+                ya = Pinv[i, 0, 0] * ba + Pinv[i, 0, 1] * bs
+                ys = Pinv[i, 1, 0] * ba + Pinv[i, 1, 1] * bs
                 for k in range(r):
-                    acc[k, l] += VtT[i, k] * q0 + VtT[N + i, k] * q1
-    else:
-        q = np.empty(nb, dtype=out.dtype)
-        for i in range(N):
-            for l in range(r):
+                    acc[k] += VtT[i, k] * ya + VtT[N + i, k] * ys
+        else:
+            y = np.empty(nb, dtype=out.dtype)
+            for i in range(lo, hi):
                 for p in range(nb):
-                    v = 0.0 * q[0]
-                    for m in range(nb):
-                        v += Pinv[i, p, m] * A[_at(N, nd, i, m), l]
-                    q[p] = v
+                    v = zero
+                    for q in range(nb):
+                        v += Pinv[i, p, q] * b[_at(N, nd, i, q)]
+                    y[p] = v
                 for p in range(nb):
                     jp = _at(N, nd, i, p)
                     for k in range(r):
-                        acc[k, l] += VtT[jp, k] * q[p]
-    for k in range(r):
-        for l in range(r):
-            out[k, l] = (1.0 if k == l else 0.0) - scale * acc[k, l]
-
-
-@njit(cache=True)
-def _woodbury_solve(Pinv, A, scale, VtT, cap_inv, b, out):
-    """out = P^-1 (b + scale A z), z = cap^-1 Vt P^-1 b: one pass for Vt P^-1 b, one for the
-    solution; reads P^-1, A, Vt (as its transpose, row by row) and b, stores nothing else."""
-    N, nb, r = Pinv.shape[0], Pinv.shape[1], VtT.shape[1]
-    nd = nb - 1
-    acc = np.zeros(r, dtype=out.dtype)
-    if nb == 2:  # the single-index layout [a; s], written out (the general loop costs 25% there)
-        for i in range(N):
-            ba, bs = b[i], b[N + i]
-            ya = Pinv[i, 0, 0] * ba + Pinv[i, 0, 1] * bs
-            ys = Pinv[i, 1, 0] * ba + Pinv[i, 1, 1] * bs
-            for k in range(r):
-                acc[k] += VtT[i, k] * ya + VtT[N + i, k] * ys
-    else:
-        y = np.empty(nb, dtype=out.dtype)
-        for i in range(N):
-            for p in range(nb):
-                v = 0.0 * y[0]
-                for q in range(nb):
-                    v += Pinv[i, p, q] * b[_at(N, nd, i, q)]
-                y[p] = v
-            for p in range(nb):
-                jp = _at(N, nd, i, p)
-                for k in range(r):
-                    acc[k] += VtT[jp, k] * y[p]
+                        acc[k] += VtT[jp, k] * y[p]
     z = np.zeros(r, dtype=out.dtype)
     for k in range(r):
         for l in range(r):
-            z[k] += scale * cap_inv[k, l] * acc[l]
-    if nb == 2:
-        for i in range(N):
-            va, vs = b[i], b[N + i]
-            for k in range(r):
-                va += A[i, k] * z[k]
-                vs += A[N + i, k] * z[k]
-            out[i] = Pinv[i, 0, 0] * va + Pinv[i, 0, 1] * vs
-            out[N + i] = Pinv[i, 1, 0] * va + Pinv[i, 1, 1] * vs
-        return
-    v = np.empty(nb, dtype=out.dtype)
-    for i in range(N):
-        for p in range(nb):
-            jp = _at(N, nd, i, p)
-            u = b[jp]
-            for k in range(r):
-                u += A[jp, k] * z[k]
-            v[p] = u
-        for p in range(nb):
-            x = 0.0 * v[0]
-            for q in range(nb):
-                x += Pinv[i, p, q] * v[q]
-            out[_at(N, nd, i, p)] = x
+            total = zero
+            for c in range(nchunk):
+                total += partial[c, l]
+            z[k] += scale * cap_inv[k, l] * total
+    for c in prange(nchunk):
+        lo, hi = _chunk(c, nchunk, N)
+        if nb == 2:
+            for i in range(lo, hi):
+                va, vs = b[i], b[N + i]
+                for k in range(r):
+                    va += A[i, k] * z[k]
+                    vs += A[N + i, k] * z[k]
+                out[i] = Pinv[i, 0, 0] * va + Pinv[i, 0, 1] * vs
+                out[N + i] = Pinv[i, 1, 0] * va + Pinv[i, 1, 1] * vs
+        else:
+            v = np.empty(nb, dtype=out.dtype)
+            for i in range(lo, hi):
+                for p in range(nb):
+                    jp = _at(N, nd, i, p)
+                    u = b[jp]
+                    for k in range(r):
+                        u += A[jp, k] * z[k]
+                    v[p] = u
+                for p in range(nb):
+                    x = zero
+                    for q in range(nb):
+                        x += Pinv[i, p, q] * v[q]
+                    out[_at(N, nd, i, p)] = x
 
 
 @njit(cache=True)
 def _residual(c, sc, D, A, Vt, x, b, out):
     """out = b - (c I - sc J) x with J = D + A Vt, in O(N r); returns max |out|."""
+    zero = np.zeros(1, dtype=out.dtype)[0]  # of the dtype of out; out itself is not yet written
     N, nb, r = D.shape[0], D.shape[1], Vt.shape[0]
     nd = nb - 1
     v = np.zeros(r, dtype=out.dtype)
@@ -230,7 +257,7 @@ def _residual(c, sc, D, A, Vt, x, b, out):
     for i in range(N):
         for p in range(nb):
             jp = _at(N, nd, i, p)
-            jx = 0.0 * out[0]
+            jx = zero
             for q in range(nb):
                 jx += D[i, p, q] * x[_at(N, nd, i, q)]
             for k in range(r):
@@ -251,7 +278,7 @@ def _shifted_inverses_2x2(D, c, sc, Pinv):
     to working precision (|det| COND_LIMIT <= the product of the row 1-norms, complex moduli
     taken as |re| + |im|: within a factor sqrt 2, without a square root per entry)."""
     singular = 0
-    for i in range(D.shape[0]):
+    for i in prange(D.shape[0]):
         p00, p01 = c - sc * D[i, 0, 0], -sc * D[i, 0, 1]
         p10, p11 = -sc * D[i, 1, 0], c - sc * D[i, 1, 1]
         det = p00 * p11 - p01 * p10
@@ -287,13 +314,27 @@ def _block_inverses(P):
     return inv, ~(norm < COND_LIMIT)
 
 
+def _passes(parallel: bool) -> SimpleNamespace:
+    """The factorization's and solve's compiled passes, or their parallel variants."""
+    names = ("_shifted_inverses_2x2", "_capacitance", "_woodbury_solve")
+    if not parallel:
+        return SimpleNamespace(**{name: globals()[name] for name in names})
+    from ..threads import parallel_variant
+
+    return SimpleNamespace(**{name: parallel_variant(globals()[name]) for name in names})
+
+
 class WoodburyFactor:
     """Factorization of an :class:`IterationMatrix`; ``solve(b)`` returns (c I - J)^-1 b. The O(N r)
     passes are compiled (Numba): each solve reads P^-1, A, Vt and b, with no temporaries; nothing of
-    size N r is stored beyond the Jacobian itself."""
+    size N r is stored beyond the Jacobian itself. ``threads`` > 1 takes the passes' parallel
+    variants, the sums over particles split into one chunk per thread."""
 
-    def __init__(self, M: IterationMatrix):
+    def __init__(self, M: IterationMatrix, threads: int = 1):
         c, J = M.c, M.J
+        self.nchunk = threads
+        k = _passes(threads > 1)
+        self._solve_pass = k._woodbury_solve
         sc = J.scale
         self.c, self.sc, self.J = c, sc, J
         dtype = np.result_type(c, sc, J.D)
@@ -301,7 +342,7 @@ class WoodburyFactor:
         self.n = J.shape[0]
         if J.b == 2:
             Pinv = np.empty(J.D.shape, dtype=dtype)
-            singular = _shifted_inverses_2x2(np.ascontiguousarray(J.D), dtype.type(c), float(sc), Pinv)
+            singular = k._shifted_inverses_2x2(np.ascontiguousarray(J.D), dtype.type(c), float(sc), Pinv)
         else:
             P = np.multiply(-sc, J.D, dtype=dtype)
             P[:, np.arange(J.b), np.arange(J.b)] += c
@@ -315,7 +356,7 @@ class WoodburyFactor:
         r = self.VtT.shape[1]
         if r <= CAPACITANCE_LOOP_MAX:
             cap = np.empty((r, r), dtype=self.Pinv.dtype)
-            _capacitance(self.Pinv, self.A, sc, self.VtT, cap)
+            k._capacitance(self.Pinv, self.A, sc, self.VtT, cap, self.nchunk)
         else:
             Q = np.empty(self.A.shape, dtype=self.Pinv.dtype)  # transient: P^-1 A for one GEMM
             _pinv_rows(self.Pinv, self.A, sc, Q)
@@ -337,7 +378,7 @@ class WoodburyFactor:
             return lu_solve(self.dense, b, check_finite=False)
         b = np.ascontiguousarray(b, dtype=self.Pinv.dtype)
         x = np.empty_like(b)
-        _woodbury_solve(self.Pinv, self.A, self.sc, self.VtT, self.cap_inv, b, x)
+        self._solve_pass(self.Pinv, self.A, self.sc, self.VtT, self.cap_inv, b, x, self.nchunk)
         if not self.refine:
             return x
         scale = np.max(np.abs(b))
@@ -346,6 +387,6 @@ class WoodburyFactor:
         for _ in range(REFINE_STEPS):
             if _residual(self.c, self.sc, J.D, self.A, J.Vt, x, b, r) <= 1e-13 * scale:
                 break
-            _woodbury_solve(self.Pinv, self.A, self.sc, self.VtT, self.cap_inv, r, dx)
+            self._solve_pass(self.Pinv, self.A, self.sc, self.VtT, self.cap_inv, r, dx, self.nchunk)
             x += dx
         return x
