@@ -2,9 +2,10 @@
 
 The case of issue 14: sigma = h0+h1+h2+h3, phi = h1+h2+h3, K = 3, N = 1000 particles, eps = 1e-12,
 t in [0, 5], Radau with the structured Jacobian. Each row runs in this process, one after the other:
-quiet with odehild's default (one BLAS thread), beside ``--busy`` CPU-bound processes with the
-default, and beside them with as many BLAS threads as cores (what OpenBLAS does unless told). The
-ratios are to the quiet run.
+quiet with odehild's default (``threads=1``), then beside ``--busy`` CPU-bound processes. The same
+pair is then run at ``--threads-particles`` (default 20000, where ``threads`` > 1 takes effect) with
+``threads`` = 1 and = cores (the compiled step's passes on Numba's threads). Ratios are to the quiet
+``threads=1`` run of the same N.
 
     python benchmarks/bench_busy.py            # 2 busy processes, 3 repeats (the median is reported)
 """
@@ -36,27 +37,29 @@ def timed(model, init, threads, repeats):
     return float(np.median(walls)), steps, float(tr.risk[-1])
 
 
-def main(busy=2, repeats=3, particles=1000):
+def main(busy=2, repeats=3, particles=1000, threads_particles=20000):
     model = MeanFieldModel(*STAIR, K=3, eps=1e-12)
-    init = initial_condition(particles)
-    solve(model, init, 5.0, points=5, progress=False)  # compile or load before timing
     cores = os.cpu_count() or 1
-    rows = [("quiet, 1 BLAS thread (default)",) + timed(model, init, 1, repeats)]
+    cases = [(particles, 1), (threads_particles, 1), (threads_particles, cores)]
+    inits = {n: initial_condition(n) for n in (particles, threads_particles)}
+    for n, th in cases:
+        solve(model, inits[n], 5.0, points=5, progress=False, threads=th)  # compile or load before timing
+    quiet = {case: timed(model, inits[case[0]], case[1], repeats) for case in cases}
     procs = [subprocess.Popen([sys.executable, "-c", BUSY.format(seconds=3600)]) for _ in range(busy)]
     try:
         time.sleep(0.5)
-        rows.append((f"{busy} busy processes, 1 BLAS thread (default)",) + timed(model, init, 1, repeats))
-        rows.append((f"{busy} busy processes, {cores} BLAS threads (OpenBLAS's own default)",)
-                    + timed(model, init, cores, repeats))
+        loaded = {case: timed(model, inits[case[0]], case[1], repeats) for case in cases}
     finally:
         for p in procs:
             p.kill()
-    base = rows[0][1]
-    print(f"mean-field staircase K = 3, N = {particles}, eps = 1e-12, t in [0, 5], Radau (structured); "
-          f"{cores} cores, median of {repeats}")
-    print(f"{'case':58s} {'wall s':>8s} {'ratio':>7s} {'steps':>6s} {'final risk':>12s}")
-    for name, wall, steps, risk in rows:
-        print(f"{name:58s} {wall:8.2f} {wall / base:7.2f} {steps:6d} {risk:12.6g}")
+    print(f"mean-field staircase K = 3, eps = 1e-12, t in [0, 5], Radau (structured); {cores} cores, "
+          f"median of {repeats}")
+    print(f"{'case':52s} {'wall s':>8s} {'ratio':>7s} {'steps':>6s} {'final risk':>12s}")
+    for (n, th) in cases:
+        base = quiet[(n, 1)][0]
+        for name, (wall, steps, risk) in ((f"N = {n}, threads = {th}, quiet", quiet[(n, th)]),
+                                          (f"N = {n}, threads = {th}, {busy} busy processes", loaded[(n, th)])):
+            print(f"{name:52s} {wall:8.2f} {wall / base:7.2f} {steps:6d} {risk:12.6g}")
 
 
 if __name__ == "__main__":
@@ -64,5 +67,6 @@ if __name__ == "__main__":
     p.add_argument("--busy", type=int, default=2, help="CPU-bound background processes (default 2)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--particles", type=int, default=1000)
+    p.add_argument("--threads-particles", type=int, default=20000)
     a = p.parse_args()
-    main(a.busy, a.repeats, a.particles)
+    main(a.busy, a.repeats, a.particles, a.threads_particles)

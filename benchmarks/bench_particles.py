@@ -5,9 +5,10 @@ rtol 1e-8, quadrature nodes of the normal a0 law, Radau with the structured (Woo
 Each N and solver runs in a fresh process (its peak resident memory is that process's), after one
 warm-up solve that loads the compiled code. Solvers: ``compiled`` (odehild's Radau, the default),
 ``scipy`` (SciPy's Radau step with the same Woodbury solves: the baseline), ``dense`` (SciPy's Radau
-with dense LU, only up to ``--dense-upto``).
+with dense LU, only up to ``--dense-upto``), ``threads2`` (odehild's Radau with its passes on two Numba
+threads, ``threads=2``).
 
-    python benchmarks/bench_particles.py                           # N = 1e3, 1e4, 1e5; compiled and scipy
+    python benchmarks/bench_particles.py                           # N = 1e3, 1e4, 1e5; compiled, threads2, scipy
     python benchmarks/bench_particles.py --n 1000000 --solvers compiled --max-wall 120
 """
 
@@ -23,15 +24,17 @@ import json, resource, sys, time
 from odehild.models import MeanFieldModel
 from odehild.solve import initial_condition, integrate, solve
 N, solver, max_wall = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+threads = 2 if solver == "threads2" else 1
 if solver == "scipy":
     integrate.STRUCTURED_RADAU = "scipy"
 structured = solver != "dense"
 model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)", K=3, eps=1e-12)
-solve(model, initial_condition(200), 5.0, points=3, progress=False, structured=structured)  # loads every kernel
+solve(model, initial_condition(200), 5.0, points=3, progress=False, structured=structured,
+      threads=threads)  # loads every kernel
 init = initial_condition(N)
 t0 = time.perf_counter()
 tr = solve(model, init, 5.0, rtol=1e-8, atol=1e-10, progress=False, structured=structured,
-           max_wall=max_wall if max_wall > 0 else None)
+           max_wall=max_wall if max_wall > 0 else None, threads=threads)
 wall = time.perf_counter() - t0
 print(json.dumps({"N": N, "wall": wall, "steps": tr.stats["nsteps"], "nlu": tr.stats["nlu"],
                   "ndense": tr.stats["ndense"], "risk": float(tr.risk[-1]), "t": tr.stats["t_reached"],
@@ -70,7 +73,8 @@ def main(ns, solvers, dense_upto, max_wall):
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, nargs="+", default=[1000, 10000, 100000])
-    p.add_argument("--solvers", nargs="+", choices=("compiled", "scipy", "dense"), default=["compiled", "scipy"])
+    p.add_argument("--solvers", nargs="+", choices=("compiled", "threads2", "scipy", "dense"),
+                   default=["compiled", "threads2", "scipy"])
     p.add_argument("--dense-upto", type=int, default=4000, help="run the dense solver only up to this N")
     p.add_argument("--max-wall", type=float, default=0, help="stop each solve after this many seconds (0: never)")
     a = p.parse_args()

@@ -113,13 +113,17 @@ def test_parallel_step_passes_equal_the_serial_ones(rng):
 
 
 @two_threads
-def test_solve_on_two_threads_matches_one_thread():
+def test_solve_on_two_threads_matches_one_thread(monkeypatch):
+    from odehild.solve import integrate
     from odehild.solve.analysis import learning_times
 
     model = MeanFieldModel(*STAIR, K=3, eps=1e-8)
     init = initial_condition(300)
     before = numba.get_num_threads()
     one = solve(model, init, 5.0, rtol=1e-9, atol=1e-11, progress=False)
+    small = solve(model, init, 5.0, rtol=1e-9, atol=1e-11, progress=False, threads=2)
+    np.testing.assert_array_equal(small.risk, one.risk)  # below the threshold the passes stay serial
+    monkeypatch.setattr(integrate, "PARALLEL_MIN_UNKNOWNS", 0)
     two = solve(model, init, 5.0, rtol=1e-9, atol=1e-11, progress=False, threads=2)
     assert numba.get_num_threads() == before
     assert abs(one.stats["nsteps"] - two.stats["nsteps"]) <= 0.01 * one.stats["nsteps"]
@@ -135,7 +139,9 @@ import json, sys
 import numpy as np
 from odehild.models.meanfield import MeanFieldModel
 from odehild.solve import initial_condition, solve, radau
+from odehild.solve import integrate
 from odehild.threads import parallel_variant
+integrate.PARALLEL_MIN_UNKNOWNS = 0
 model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)", "h(1,z)+h(2,z)", K=2, eps=1e-6)
 init = initial_condition(40)
 runs = [solve(model, init, 3.0, progress=False, threads=t) for t in (2, 1)]

@@ -27,6 +27,9 @@ STRUCTURED = ("Radau", "BDF")
 STRUCTURED_RADAU = "compiled"
 IMPLICIT = ("Radau", "BDF", "LSODA")
 RTOL_MIN = 100 * np.finfo(float).eps
+# below this many unknowns the compiled Radau keeps its serial passes whatever ``threads`` says:
+# launching a parallel pass costs more than it saves (N = 1000: 0.94 s on 2 threads, 0.66 s on one)
+PARALLEL_MIN_UNKNOWNS = 20000
 
 
 def log_time_grid(t_end: float, points: int = 200, t_min=None, eps: float = 1.0) -> np.ndarray:
@@ -204,10 +207,14 @@ def integrate(problem: OdeProblem, t_end: float, t_eval: np.ndarray, method: str
     (:mod:`odehild.threads`)."""
     compiled_step = structured and method == "Radau" and STRUCTURED_RADAU == "compiled" \
         and problem.jac_parts is not None
-    pools = compiled_threads(threads) if compiled_step and threads > 1 else blas_threads(threads)
-    with pools:
+    if not compiled_step:
+        with blas_threads(threads):
+            return _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall, progress, structured,
+                              1)
+    with compiled_threads(threads):
+        passes = threads if problem.y0.size >= PARALLEL_MIN_UNKNOWNS else 1
         return _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall, progress, structured,
-                          threads)
+                          passes)
 
 
 def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall, progress, structured, threads):
@@ -294,11 +301,12 @@ def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 2
 
     ``threads``: for the compiled structured Radau, Numba threads that share each pass over the
     particles (right-hand side, Newton updates, Woodbury solves); for the other solvers, BLAS threads.
-    Default 1. On a quiet 2-core machine two threads solve the staircase 1.5x faster at N = 3e4 and
-    1.2x at N = 1e5 (memory-bound there); next to other work they cost several times over, as BLAS
-    threads did (benchmarks/bench_particles.py, bench_busy.py, :mod:`odehild.threads`). The
-    parallel passes sum over particles in per-thread chunks, so results agree with one thread's to
-    the tolerance, not bit for bit.
+    Default 1. Below PARALLEL_MIN_UNKNOWNS (20000: N = 1e4 particles of the founding model) the
+    passes stay serial, as parallel ones cost more than they save there. On a quiet 2-core machine
+    two threads solve the staircase 1.3 to 1.5x faster at N = 1e4 to 1e5; next to other work they
+    cost several times over, as BLAS threads did (benchmarks/bench_particles.py, bench_busy.py,
+    :mod:`odehild.threads`). The parallel passes sum over particles in per-thread chunks, so results
+    agree with one thread's to the tolerance, not bit for bit.
     """
     from ..models import check_model
 
