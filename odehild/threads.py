@@ -6,6 +6,11 @@ and, next to other work, fight for the cores: a 2.6 s solve took 89 s with OpenB
 threads on a busy 2-core machine. odehild therefore runs its linear algebra on one BLAS thread
 unless told otherwise (threadpoolctl limits the pools of whatever BLAS NumPy and SciPy loaded, for
 the duration of the call only).
+
+The compiled structured Radau does its linear algebra without BLAS; there ``threads`` > 1 runs its
+passes over the particles on Numba's threads instead (:func:`compiled_threads`,
+:func:`parallel_variant`), which pays at large N on a machine of one's own and is a loss next to
+other work, as BLAS threads were.
 """
 
 from __future__ import annotations
