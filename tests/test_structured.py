@@ -16,7 +16,10 @@ from odehild.models.meanfield import MeanFieldModel
 from odehild.errors import InputError
 from odehild.threads import compiled_threads
 
-two_threads = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="Numba's pool has one thread here")
+# the parallel variants take about 35 s of Numba compilation from a cold cache: slow, to keep the
+# default run under 10 minutes (python3 -m pytest -m slow runs them)
+needs_two_threads = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="Numba's pool has one thread here")
+two_threads = [pytest.mark.slow, needs_two_threads]
 
 STAIR = ("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)")
 
@@ -82,7 +85,8 @@ def test_woodbury_solves_of_larger_blocks_match_dense(r, threads, rng):
             np.testing.assert_allclose(x, np.linalg.solve(c * np.eye(b * N) - J, rhs), rtol=1e-11, atol=1e-12)
 
 
-@two_threads
+@pytest.mark.slow
+@needs_two_threads
 def test_parallel_step_passes_equal_the_serial_ones(rng):
     from odehild.solve import radau
 
@@ -112,7 +116,8 @@ def test_parallel_step_passes_equal_the_serial_ones(rng):
         assert not parallel.newton_residual(F, W, radau.TI, 2.0, 1.0 + 2.0j, np.empty(n), np.empty(n, complex))
 
 
-@two_threads
+@pytest.mark.slow
+@needs_two_threads
 def test_solve_on_two_threads_matches_one_thread(monkeypatch):
     from odehild.solve import integrate
     from odehild.solve.analysis import learning_times
@@ -152,7 +157,8 @@ print(json.dumps({"misses": [sum(p.stats.cache_misses.values()) for p in passes]
 """
 
 
-@two_threads
+@pytest.mark.slow
+@needs_two_threads
 def test_parallel_variants_are_cached_apart_from_the_serial_passes():
     """Numba keys a cache entry by name and bytecode, not flags: the parallel variant has its own
     index file, a second process loads both without compiling, and the serial pass it loads is the
