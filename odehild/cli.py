@@ -178,21 +178,23 @@ def main(argv=None) -> int:
 def console(argv=None):
     """Entry point of the ``odehild`` script and ``python -m odehild``: :func:`main`, then an exit
     that skips the interpreter's teardown of Numba's and LLVM's objects (0.3 s of a 1.4 s warm
-    solve). Exit handlers still run and output is flushed; with other threads alive (a cluster not
-    yet closed) the exit is the normal one."""
+    solve). Exit handlers still run and output is flushed; with non-daemon threads alive the exit
+    is the normal one, which waits for them."""
     import atexit
     import os
     import threading
 
     code = main(argv)
-    if threading.active_count() > 1:
+    # Python waits for non-daemon threads at exit (a cluster not yet closed); daemon ones it would
+    # kill anyway (tqdm's monitor)
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:
-        pass
     atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # a reader gone, or a stream a handler closed
+            pass
     os._exit(code)
 
 

@@ -167,7 +167,7 @@ def test_unwritable_cache_entry_falls_back_with_a_warning(tmp_path):
                                          (["hermite", "tanh(z)", "--kmax", "-1"], 2)])
 def test_console_fast_exit_keeps_exit_code_output_and_exit_handlers(argv, code):
     script = ("import atexit; from odehild.cli import console; "
-              "atexit.register(lambda: print('exit handler ran', flush=True)); "
+              "atexit.register(lambda: print('exit handler ran')); "
               f"console({argv!r})")
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == code, res.stderr
