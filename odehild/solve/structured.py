@@ -21,6 +21,7 @@ convergence and shorten the step).
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import numpy as np
@@ -314,6 +315,7 @@ def _block_inverses(P):
     return inv, ~(norm < COND_LIMIT)
 
 
+@functools.lru_cache(maxsize=None)
 def _passes(parallel: bool) -> SimpleNamespace:
     """The factorization's and solve's compiled passes, or their parallel variants."""
     names = ("_shifted_inverses_2x2", "_capacitance", "_woodbury_solve")
