@@ -163,6 +163,7 @@ class MeanFieldModel(FoundingDeclaration):
 
         meta = {**self.meta(), "init": init.description, "N": init.N,
                 "learnability": self.learnability(s0_zero=not np.any(init.s0)).to_dict()}
+
         def parallel_rhs():
             rhs_threads = parallel_variant(rhs, moments=parallel_variant(compiled.moments))
             return lambda t, y, out: rhs_threads(t, y, w, inv_eps, out)
@@ -205,8 +206,8 @@ def solve_meanfield_command(args):
     positive_float("--max-wall", args.max_wall)
     with keep_partial(args.out, info):
         traj = solve(model, init, args.t_end, points=args.points, t_min=args.t_min,
-                     method=args.method or "Radau", rtol=args.rtol, atol=args.atol, max_wall=args.max_wall, threads=args.threads,
-                     progress=False if args.quiet else None)
+                     method=args.method or "Radau", rtol=args.rtol, atol=args.atol, max_wall=args.max_wall,
+                     threads=args.threads, progress=False if args.quiet else None)
         stop_if_out_of_time(traj, args)
     t_min = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end, "method": traj.meta["method"]}
     if not args.init:

@@ -522,8 +522,8 @@ def solve_multi_index_command(args):
     positive_float("--max-wall", args.max_wall)
     with keep_partial(args.out, info):
         traj = solve(model, init, args.t_end, points=args.points, t_min=args.t_min,
-                     method=args.method or "Radau", rtol=args.rtol, atol=args.atol, max_wall=args.max_wall, threads=args.threads,
-                     progress=False if args.quiet else None)
+                     method=args.method or "Radau", rtol=args.rtol, atol=args.atol, max_wall=args.max_wall,
+                     threads=args.threads, progress=False if args.quiet else None)
         stop_if_out_of_time(traj, args)
     resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end,
                 "method": traj.meta["method"]}

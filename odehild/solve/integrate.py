@@ -205,9 +205,8 @@ def integrate(problem: OdeProblem, t_end: float, t_eval: np.ndarray, method: str
     """Step a SciPy solver through ``problem`` (arguments already checked), counting the work, with
     ``threads`` BLAS threads and, for the compiled Radau, ``threads`` Numba threads for its passes
     (:mod:`odehild.threads`)."""
-    compiled_step = structured and method == "Radau" and STRUCTURED_RADAU == "compiled" \
-        and problem.jac_parts is not None
-    if not compiled_step:
+    structured = bool(structured and method in STRUCTURED and problem.jac_parts is not None)
+    if _solver_class(method, structured) is not CompiledRadau:
         with blas_threads(threads):
             return _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall, progress, structured,
                               1)
@@ -218,10 +217,11 @@ def integrate(problem: OdeProblem, t_end: float, t_eval: np.ndarray, method: str
 
 
 def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall, progress, structured, threads):
+    """``structured``: resolved by :func:`integrate` (the kind has the low-rank form and the method
+    uses it); ``threads``: the compiled Radau's pass threads."""
     wall0 = time.perf_counter()
     n = problem.y0.size
     counters = {"nfev": 0, "njev": 0}
-    structured = bool(structured and method in STRUCTURED and problem.jac_parts is not None)
 
     def fun(t, y):
         out = np.empty(n)

@@ -116,10 +116,16 @@ def _at(N, nd, i, p):
     return i if p == 0 else N + i * nd + p - 1
 
 
+@njit(cache=True, inline="always")
+def _zero_like(out):
+    """0 in the dtype of ``out`` (real or complex), not read from ``out``: it is not written yet."""
+    return np.zeros(1, dtype=out.dtype)[0]
+
+
 @njit(cache=True)
 def _pinv_rows(Pinv, B, scale, out):
     """out = P^-1 (scale B) for B (bN, r), P^-1 as blocks (N, b, b)."""
-    zero = np.zeros(1, dtype=out.dtype)[0]  # of the dtype of out; out itself is not yet written
+    zero = _zero_like(out)
     N, b = Pinv.shape[0], Pinv.shape[1]
     nd = b - 1
     v = np.empty(b, dtype=out.dtype)
@@ -145,7 +151,7 @@ def _chunk(c, nchunk, N):
 def _capacitance(Pinv, A, scale, VtT, out, nchunk=1):
     """out = I - Vt P^-1 (scale A), with P^-1 A formed one particle at a time and never stored (a
     (bN, r) complex array is the largest a factorization would otherwise keep)."""
-    zero = np.zeros(1, dtype=out.dtype)[0]  # of the dtype of out; out itself is not yet written
+    zero = _zero_like(out)
     N, nb, r = Pinv.shape[0], Pinv.shape[1], VtT.shape[1]
     nd = nb - 1
     partial = np.zeros((nchunk, r, r), dtype=out.dtype)
@@ -185,7 +191,7 @@ def _capacitance(Pinv, A, scale, VtT, out, nchunk=1):
 def _woodbury_solve(Pinv, A, scale, VtT, cap_inv, b, out, nchunk=1):
     """out = P^-1 (b + scale A z), z = cap^-1 Vt P^-1 b: one pass for Vt P^-1 b, one for the
     solution; reads P^-1, A, Vt (as its transpose, row by row) and b, stores nothing else."""
-    zero = np.zeros(1, dtype=out.dtype)[0]  # of the dtype of out; out itself is not yet written
+    zero = _zero_like(out)
     N, nb, r = Pinv.shape[0], Pinv.shape[1], VtT.shape[1]
     nd = nb - 1
     partial = np.zeros((nchunk, r), dtype=out.dtype)
@@ -247,7 +253,7 @@ def _woodbury_solve(Pinv, A, scale, VtT, cap_inv, b, out, nchunk=1):
 @njit(cache=True)
 def _residual(c, sc, D, A, Vt, x, b, out):
     """out = b - (c I - sc J) x with J = D + A Vt, in O(N r); returns max |out|."""
-    zero = np.zeros(1, dtype=out.dtype)[0]  # of the dtype of out; out itself is not yet written
+    zero = _zero_like(out)
     N, nb, r = D.shape[0], D.shape[1], Vt.shape[0]
     nd = nb - 1
     v = np.zeros(r, dtype=out.dtype)
