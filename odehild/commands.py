@@ -586,8 +586,8 @@ def register(sub):
                         "(default %(default)g)")
     s.add_argument("--threads", type=int, default=1,
                    help="threads for the structured Radau's passes over the particles (default 1). They pay at "
-                        "large N on a quiet machine (1.5x at N = 3e4 on 2 cores) and cost several times over "
-                        "next to other work")
+                        "large N on a quiet machine (1.2 to 1.4x at N = 1e4 to 1e5 on 2 cores) and cost several "
+                        "times over next to other work")
     s.add_argument("--out", required=True, help="output trajectory FILE.npz")
     s.set_defaults(func=_cmd_solve)
 

@@ -303,7 +303,7 @@ def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 2
     particles (right-hand side, Newton updates, Woodbury solves); for the other solvers, BLAS threads.
     Default 1. Below PARALLEL_MIN_UNKNOWNS (20000: N = 1e4 particles of the founding model) the
     passes stay serial, as parallel ones cost more than they save there. On a quiet 2-core machine
-    two threads solve the staircase 1.3 to 1.5x faster at N = 1e4 to 1e5; next to other work they
+    two threads solve the staircase 1.2 to 1.4x faster at N = 1e4 to 1e5; next to other work they
     cost several times over, as BLAS threads did (benchmarks/bench_particles.py, bench_busy.py,
     :mod:`odehild.threads`). The parallel passes sum over particles in per-thread chunks, so results
     agree with one thread's to the tolerance, not bit for bit.
