@@ -5,6 +5,10 @@ all happen). Warm: the same command again (everything loaded from the cache). K 
 (exact Hermite coefficients); K = 8 takes sigma = tanh(z), phi = relu(z), whose tanh coefficients
 come from certified mpmath quadrature, 50 particles. Each row is the median of ``--repeats`` runs.
 
+The floor row is the least a warm Numba program takes on this machine, measured in the same run: a
+process that imports NumPy and Numba, calls one cached ``@njit`` function (Numba's first call loads
+its registries and, through its BLAS check, ``scipy.linalg``) and exits as odehild does.
+
     python benchmarks/bench_startup.py
 """
 
@@ -30,9 +34,43 @@ def wall(args, env):
     return time.perf_counter() - t0
 
 
+FLOOR = """
+import os, sys
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def total(x):
+    s = 0.0
+    for v in x:
+        s += v
+    return s
+
+
+print(total(np.ones(3)))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def floor(folder, repeats):
+    """Median wall time of the floor program (its first run, which compiles, is not counted)."""
+    path = os.path.join(folder, "floor_program.py")
+    with open(path, "w") as fh:
+        fh.write(FLOOR)
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, path], check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
+
+
 def main(repeats=3):
     out = tempfile.mkdtemp(prefix="odehild-bench-")
     rows = [("odehild --help", float(np.median([wall(["--help"], os.environ) for _ in range(repeats)])))]
+    rows.append(("floor: one cached @njit call (NumPy, Numba)", floor(out, repeats)))
     for name, model in CASES.items():
         solve = ["solve", *model, "--eps", "1e-4", "--particles", "50", "--t-end", "5", "--quiet",
                  "--out", os.path.join(out, "run.npz")]

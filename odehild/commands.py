@@ -121,17 +121,21 @@ def _cmd_solve(args):
     if args.points < 2:
         raise InputError(f"--points must be at least 2, got {args.points}")
     model = args.model
-    if model == "meanfield" and _is_multi_index(args.phi):
+    if model == "meanfield" and _is_multi_index(args.phi, args.kmax):
         model = "multi-index"  # the target names z1 .. zM: the mean-field model of M directions
     if args.s0_dim is not None and model != "multi-index":
         raise InputError("--s0-dim is the finite-d start of a multi-index target (phi in z1 .. zM)")
     return kind_for_cli(model).solve_command(args)
 
 
-def _is_multi_index(phi) -> bool:
+def _is_multi_index(phi, kmax) -> bool:
+    from .symbolic.hermite_cache import load_numbers
+
+    if phi is None or (isinstance(kmax, int) and load_numbers(phi, kmax) is not None):
+        return False  # expanded before as a function of z alone: no SymPy to read the target again
     from .symbolic.parse import target_variables
 
-    return phi is not None and bool(target_variables(phi))
+    return bool(target_variables(phi))
 
 
 def _cmd_plot(args):
@@ -185,7 +189,7 @@ def _cmd_timescales(args):
     eps_list = args.eps_list
     if len(eps_list) < 2:
         raise InputError("--eps-list needs at least two values")
-    if _is_multi_index(args.phi):
+    if _is_multi_index(args.phi, args.kmax):
         return _timescales_multi_index(args)
     model = MeanFieldModel(args.sigma, args.phi, args.kmax, eps_list[0])
     init = initial_condition(args.particles, args.a0, args.seed, args.nodes)
@@ -376,7 +380,7 @@ def _cmd_simulate(args):
             kw["samples"] = args.samples
     if args.precision is not None and args.algo != "sgd":
         raise InputError(f"--precision applies to online SGD (--algo sgd), not --algo {args.algo}")
-    multi = _is_multi_index(args.phi)
+    multi = _is_multi_index(args.phi, args.kmax)
     if multi and args.precision is not None:
         raise InputError("--precision applies to the founding network's online SGD, not to multi-index targets")
     if multi:

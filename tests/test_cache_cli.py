@@ -177,3 +177,50 @@ def test_console_fast_exit_keeps_exit_code_output_and_exit_handlers(argv, code):
         assert len(json.loads("\n".join(lines[:-1]))["coefficients"]) == 13
     else:
         assert "kmax" in res.stderr and "Traceback" not in res.stderr
+
+
+WARM_SOLVE = """
+import sys
+from odehild.cli import main
+main(sys.argv[1:])
+print("sympy imported:", "sympy" in sys.modules)
+"""
+
+
+def test_warm_solve_reads_cached_numbers_without_sympy_and_gives_the_same_result(tmp_path):
+    env = {"ODEHILD_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "PYTHONPATH": str(ROOT)}
+    args = ["solve", "--sigma", "tanh(z)", "--phi", "relu(z)+h(2,z)", "--kmax", "4", "--eps", "1e-4",
+            "--particles", "20", "--t-end", "2", "--points", "20", "--quiet"]
+    runs = []
+    for name in ("cold.npz", "warm.npz"):
+        res = subprocess.run([sys.executable, "-c", WARM_SOLVE, *args, "--out", str(tmp_path / name)],
+                             capture_output=True, text=True, env=env)
+        assert res.returncode == 0, res.stderr
+        runs.append(res.stdout)
+    # the first run parses and expands (SymPy); the second reads the numbers it cached
+    assert "sympy imported: True" in runs[0] and "sympy imported: False" in runs[1]
+    cold, warm = Trajectory.load(tmp_path / "cold.npz"), Trajectory.load(tmp_path / "warm.npz")
+    assert np.array_equal(cold.a, warm.a) and np.array_equal(cold.s, warm.s) and np.array_equal(cold.risk, warm.risk)
+    for key in ("sigma", "phi", "sigma_coefficients", "phi_coefficients", "phi_norm2", "sigma_norm2", "learnability"):
+        assert cold.meta[key] == warm.meta[key], key
+    # a damaged numbers file is not trusted: the run expands again and writes it anew
+    numbers = list((tmp_path / "cache" / "hermite").glob("*.json"))
+    assert len(numbers) == 2
+    for f in numbers:
+        f.write_text('{"expression": "tanh(z)", "coefficients": [1.0]')
+    res = subprocess.run([sys.executable, "-c", WARM_SOLVE, *args, "--out", str(tmp_path / "again.npz")],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0 and "sympy imported: True" in res.stdout, res.stderr
+    assert np.array_equal(Trajectory.load(tmp_path / "again.npz").a, cold.a)
+    assert all(json.loads(f.read_text())["norm2"] > 0 for f in numbers)
+
+
+def test_meanfield_declaration_by_class_name_imports_neither_sympy_nor_other_kinds():
+    script = ("import sys; from odehild.models import MeanFieldModel; "
+              "print(MeanFieldModel.__module__, 'sympy' in sys.modules, "
+              "sorted(m for m in sys.modules if m.startswith('odehild.models.')))")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[:2] == ["odehild.models.meanfield", "False"]
+    assert "finite_width" not in res.stdout and "committee" not in res.stdout

@@ -2,6 +2,7 @@
 kinks (a different library and algorithm from the mpmath fallback), published closed forms, and
 Parseval."""
 
+import importlib
 import math
 import re
 
@@ -234,3 +235,27 @@ def test_expansions_are_cached_on_disk_and_a_damaged_entry_is_recomputed(tmp_pat
     monkeypatch.undo()
     monkeypatch.setenv("ODEHILD_CACHE_DIR", str(tmp_path))
     np.testing.assert_array_equal(module.hermite("tanh(z) + relu(z)", 4).coefficients, first.coefficients)
+
+
+def test_function_from_cached_numbers_derives_its_exact_values_on_first_use(tmp_path, monkeypatch):
+    from odehild.symbolic.founding import as_function
+
+    monkeypatch.setenv("ODEHILD_CACHE_DIR", str(tmp_path))
+    eager = as_function("relu(z)", 5, "sigma")  # expands and caches
+    cached = as_function("relu(z)", 5, "sigma")  # from the numbers file
+    assert cached.source == ("relu(z)", 5) and cached._exact is None
+    assert cached.coefficients == eager.coefficients and cached.norm2 == eager.norm2 and cached.name == eager.name
+    assert cached.exact == eager.exact and cached.exact[4] == -sp.sqrt(3) / (12 * sp.sqrt(sp.pi))
+    assert cached.expr == eager.expr and cached.symbolic_coefficients == eager.symbolic_coefficients
+    shorter = as_function(cached, 3, "sigma")
+    assert shorter.exact == eager.exact[:4] and shorter.coefficients == eager.coefficients[:4]
+
+
+def test_symbolic_hermite_stays_the_function_after_its_module_is_imported():
+    import odehild
+    import odehild.symbolic
+    from odehild.symbolic import hermite as imported
+
+    module = importlib.import_module("odehild.symbolic.hermite")
+    assert callable(odehild.symbolic.hermite) and odehild.symbolic.hermite is module.hermite is imported
+    assert odehild.hermite is module.hermite

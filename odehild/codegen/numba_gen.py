@@ -17,59 +17,62 @@ import textwrap
 import time
 from pathlib import Path
 
-import sympy as sp
-from sympy.printing.pycode import PythonCodePrinter
-
 from .. import __version__
 from ..io import cache_dir
 MANIFEST = "manifest.json"
 MODULE = "generated.py"
 
 
-class _Printer(PythonCodePrinter):
-    """Plain-float Python for Numba: math functions, integer powers as products."""
+@functools.lru_cache(maxsize=None)
+def _printer():
+    """The printer, built on first use: a warm run loads generated code without importing SymPy."""
+    from sympy.printing.pycode import PythonCodePrinter
 
-    def _print_Pow(self, expr, rational=False):
-        base, ex = expr.as_base_exp()
-        if ex.is_Integer and 1 < int(ex) <= 8:
-            b = self.parenthesize(base, 100)
-            return "(" + "*".join([b] * int(ex)) + ")"  # parenthesised: it may be a denominator
-        if ex == -1:
-            return f"(1.0/{self.parenthesize(base, 100)})"
-        return super()._print_Pow(expr, rational)
+    class _Printer(PythonCodePrinter):
+        """Plain-float Python for Numba: math functions, integer powers as products."""
 
-    def _print_Float(self, expr):
-        return repr(float(expr))
+        def _print_Pow(self, expr, rational=False):
+            base, ex = expr.as_base_exp()
+            if ex.is_Integer and 1 < int(ex) <= 8:
+                b = self.parenthesize(base, 100)
+                return "(" + "*".join([b] * int(ex)) + ")"  # parenthesised: it may be a denominator
+            if ex == -1:
+                return f"(1.0/{self.parenthesize(base, 100)})"
+            return super()._print_Pow(expr, rational)
 
-    def _print_Rational(self, expr):
-        return repr(float(expr))
+        def _print_Float(self, expr):
+            return repr(float(expr))
 
-    def _print_Integer(self, expr):
-        return f"{int(expr)}.0"
+        def _print_Rational(self, expr):
+            return repr(float(expr))
 
-    def _print_Heaviside(self, expr):
-        return f"(1.0 if {self._print(expr.args[0])} > 0 else 0.0)"
+        def _print_Integer(self, expr):
+            return f"{int(expr)}.0"
 
-    def _print_sign(self, expr):
-        x = self._print(expr.args[0])
-        return f"(1.0 if {x} > 0 else (-1.0 if {x} < 0 else 0.0))"
+        def _print_Heaviside(self, expr):
+            return f"(1.0 if {self._print(expr.args[0])} > 0 else 0.0)"
 
-    def _print_Max(self, expr):
-        return "max(" + ", ".join(self._print(a) for a in expr.args) + ")"
+        def _print_sign(self, expr):
+            x = self._print(expr.args[0])
+            return f"(1.0 if {x} > 0 else (-1.0 if {x} < 0 else 0.0))"
 
-    def _print_Min(self, expr):
-        return "min(" + ", ".join(self._print(a) for a in expr.args) + ")"
+        def _print_Max(self, expr):
+            return "max(" + ", ".join(self._print(a) for a in expr.args) + ")"
 
+        def _print_Min(self, expr):
+            return "min(" + ", ".join(self._print(a) for a in expr.args) + ")"
 
-_printer = _Printer({"fully_qualified_modules": True, "standard": "python3"})
+    return _Printer({"fully_qualified_modules": True, "standard": "python3"})
 
 
 def _code(expr) -> str:
-    return _printer.doprint(expr)
+    return _printer().doprint(expr)
 
 
 def emit_block(outputs: list, indent: int, prefix: str = "x") -> str:
     """Assignments ``target = expr`` for (target, expr) pairs, common subexpressions eliminated."""
+    import sympy as sp
+
     targets = [t for t, _ in outputs]
     exprs = [sp.sympify(e) for _, e in outputs]
     syms = sp.numbered_symbols(prefix + "_")
@@ -235,6 +238,8 @@ def compile_model(model) -> CompiledModel:
 
 def scalar_functions_source(functions: dict) -> str:
     """Numba functions of one variable ``x`` for {name: SymPy expression in z}."""
+    import sympy as sp
+
     from ..symbolic.parse import z
 
     out = []

@@ -119,7 +119,16 @@ def check_model(model):
 
 def __getattr__(name):
     # a declaration by its class name (``from odehild.models import MeanFieldModel``), found through
-    # the registry, so that a new kind needs no entry here
+    # the registry, so that a new kind needs no entry here. The module named like the class is tried
+    # first (MeanFieldModel: meanfield), so that a warm mean-field run does not import the other
+    # kinds, which import SymPy
+    stem = name.lower().removesuffix("model")
+    for module in cli_names():
+        if module.replace("-", "") == stem:
+            kind_for_cli(module)
+            found = [cls for cls in _KINDS.values() if cls.__name__ == name]
+            if found:
+                return found[0]
     for cls in kinds().values():
         if cls.__name__ == name:
             return cls

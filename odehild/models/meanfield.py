@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
-import sympy as sp
 
 from .. import __version__
 from ..codegen.numba_gen import HEADER, compile_model, emit_block, moment_sums
@@ -23,9 +23,11 @@ from ..solve.integrate import OdeProblem
 from ..solve.state import Block, StateMap
 from ..solve.structured import LowRankJacobian
 from ..solve.trajectory import InitialCondition, Trajectory, initial_condition
-from ..symbolic.founding import (CODEGEN_FORMAT, _digest, a_sym, as_function, dsdu_sym, eps_sym, s_sym,
-                                 x_sym)
+from ..symbolic.founding import CODEGEN_FORMAT, _digest, as_function
 from . import register
+
+if TYPE_CHECKING:
+    import sympy as sp
 from ._founding import FoundingDeclaration
 
 
@@ -62,14 +64,23 @@ class MeanFieldDerivation:
         sub.update(zip(self.phi, phi_vals))
         return sub
 
-    def residual_polynomial(self, x=x_sym) -> sp.Expr:
-        """F(x) = sum_k sigma_k r_k x^k, in terms of the residuals."""
+    def residual_polynomial(self, x=None) -> sp.Expr:
+        """F(x) = sum_k sigma_k r_k x^k, in terms of the residuals (x: the founding model's x)."""
+        import sympy as sp
+
+        from ..symbolic.founding import x_sym
+
+        x = x_sym if x is None else x
         r = sp.symbols(f"r_0:{self.K + 1}", real=True)
         return sp.Add(*[self.sigma[k] * r[k] * x**k for k in range(self.K + 1)])
 
 
 def derive_meanfield(K: int) -> MeanFieldDerivation:
     """Derive the mean-field particle flow of docs/model.md 2b from its risk."""
+    import sympy as sp
+
+    from ..symbolic.founding import a_sym, dsdu_sym, eps_sym, s_sym
+
     sigma = sp.symbols(f"sigma_0:{K + 1}", real=True)
     phi = sp.symbols(f"phi_0:{K + 1}", real=True)
     M = sp.symbols(f"M_0:{K + 1}", real=True)
@@ -228,6 +239,10 @@ def solve_meanfield_command(args):
 
 
 def meanfield_source(model: MeanFieldModel) -> str:
+    import sympy as sp
+
+    from ..symbolic.founding import a_sym, dsdu_sym, eps_sym, s_sym
+
     d = model.derivation
     K = d.K
     vals = model.values

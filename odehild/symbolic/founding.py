@@ -11,20 +11,30 @@ import json
 from typing import Optional
 
 import numpy as np
-import sympy as sp
 
 from ..checks import positive_float
 from ..errors import ExpressionError, InputError
-from .hermite import HermiteExpansion, hermite
-from .parse import z
+from . import hermite_cache
 
-# Per-particle symbols (real: overlaps change sign).
-a_sym, s_sym = sp.symbols("a s", real=True)
-aj_sym, r_sym = sp.symbols("a_j r", real=True)
-eps_sym = sp.Symbol("epsilon", positive=True)
-m_sym = sp.Symbol("m", positive=True)
-x_sym = sp.Symbol("x", real=True)
-dsdu_sym = sp.Symbol("dsdu", positive=True)  # ds/du = 1 - s^2 for the state u = artanh(s)
+# Per-particle symbols (real: overlaps change sign), made on first use: this module's numeric half
+# (Function1D, the checks, the Hermite numbers of a cached expression) serves a warm solve without
+# importing SymPy.
+_SYMBOLS = {"a_sym": ("a", {"real": True}), "s_sym": ("s", {"real": True}), "aj_sym": ("a_j", {"real": True}),
+            "r_sym": ("r", {"real": True}), "eps_sym": ("epsilon", {"positive": True}),
+            "m_sym": ("m", {"positive": True}), "x_sym": ("x", {"real": True}),
+            # ds/du = 1 - s^2 for the state u = artanh(s)
+            "dsdu_sym": ("dsdu", {"positive": True})}
+
+
+def __getattr__(name):
+    if name in _SYMBOLS:
+        import sympy as sp
+
+        text, assumptions = _SYMBOLS[name]
+        globals()[name] = value = sp.Symbol(text, **assumptions)
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 CODEGEN_FORMAT = 7  # bump when generated code changes shape
 
@@ -51,13 +61,39 @@ def check_kmax(kmax) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Function1D:
-    """An activation or link function through its Hermite data up to degree K."""
+    """An activation or link function through its Hermite data up to degree K.
+
+    ``exact`` (SymPy values or None) and ``expr`` of an expression whose numbers came from the
+    cache (:func:`odehild.symbolic.hermite_cache.load_numbers`) are derived again on first use, from
+    ``source`` = (text, K): a solve never needs them."""
 
     name: str
     coefficients: tuple  # floats c_0..c_K
-    exact: tuple  # SymPy values or None
     norm2: float
-    expr: Optional[sp.Expr] = None
+    _exact: Optional[tuple] = dataclasses.field(default=None, repr=False, compare=False)
+    _expr: Optional[object] = dataclasses.field(default=None, repr=False, compare=False)
+    source: Optional[tuple] = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def exact(self) -> tuple:
+        """The exact SymPy values c_0..c_K, None where only a certified number is known."""
+        self._resolve()
+        return self._exact
+
+    @property
+    def expr(self):
+        """The SymPy expression in z."""
+        self._resolve()
+        return self._expr
+
+    def _resolve(self):
+        if self._exact is None and self.source is not None:
+            from .hermite import hermite
+
+            text, kmax = self.source
+            h = hermite(text, kmax)
+            object.__setattr__(self, "_exact", tuple(h.exact[: kmax + 1]))
+            object.__setattr__(self, "_expr", h.expr)
 
     @property
     def tail(self) -> float:
@@ -65,6 +101,8 @@ class Function1D:
 
     @property
     def symbolic_coefficients(self):
+        import sympy as sp
+
         return [e if e is not None else sp.Float(c, 17) for e, c in zip(self.exact, self.coefficients)]
 
 
@@ -82,16 +120,27 @@ def _as_function(f, kmax: int, what: str) -> Function1D:
     if isinstance(f, Function1D):
         if len(f.coefficients) < kmax + 1:
             raise InputError(f"{what} has {len(f.coefficients)} coefficients, K = {kmax} needs {kmax + 1}")
-        return Function1D(f.name, f.coefficients[: kmax + 1], f.exact[: kmax + 1], f.norm2, f.expr)
+        if f.source is not None and f._exact is None:
+            return Function1D(f.name, f.coefficients[: kmax + 1], f.norm2, source=(f.source[0], kmax))
+        return Function1D(f.name, f.coefficients[: kmax + 1], f.norm2, f.exact[: kmax + 1], f.expr)
+    if isinstance(f, str):
+        numbers = hermite_cache.load_numbers(f, kmax)
+        if numbers is not None:  # expanded before: the numbers without SymPy
+            return Function1D(numbers["expression"], tuple(numbers["coefficients"]), numbers["norm2"],
+                              source=(f, kmax))
+    import sympy as sp
+
+    from .hermite import HermiteExpansion, hermite
+
     if isinstance(f, HermiteExpansion):
         if f.kmax < kmax:
             f = hermite(f.expr, kmax)
-        return Function1D(f.expression, tuple(float(c) for c in f.coefficients[: kmax + 1]),
-                          tuple(f.exact[: kmax + 1]), float(f.norm2), f.expr)
+        return Function1D(f.expression, tuple(float(c) for c in f.coefficients[: kmax + 1]), float(f.norm2),
+                          tuple(f.exact[: kmax + 1]), f.expr)
     if isinstance(f, (str, sp.Basic)):
         h = hermite(f, kmax)
-        return Function1D(h.expression, tuple(float(c) for c in h.coefficients), tuple(h.exact),
-                          float(h.norm2), h.expr)
+        return Function1D(h.expression, tuple(float(c) for c in h.coefficients), float(h.norm2), tuple(h.exact),
+                          h.expr)
     try:
         coeffs = np.asarray(f, dtype=float).ravel()
     except (TypeError, ValueError):
@@ -99,12 +148,14 @@ def _as_function(f, kmax: int, what: str) -> Function1D:
                               f"coefficients, got {type(f).__name__}") from None
     if coeffs.size == 0 or not np.all(np.isfinite(coeffs)):
         raise InputError(f"{what} Hermite coefficients must be finite and non-empty, got {coeffs}")
+    from .parse import z
+
     full = np.zeros(max(kmax + 1, coeffs.size))
     full[: coeffs.size] = coeffs
     expr = sp.Add(*[sp.Float(c, 17) * sp.hermite_prob(k, z) / sp.sqrt(sp.factorial(k))
                     for k, c in enumerate(coeffs) if c != 0])
     return Function1D("series[" + ", ".join(f"{c:.6g}" for c in coeffs) + "]",
-                      tuple(full[: kmax + 1]), tuple([None] * (kmax + 1)), float(np.sum(full**2)), expr)
+                      tuple(full[: kmax + 1]), float(np.sum(full**2)), tuple([None] * (kmax + 1)), expr)
 
 
 def _digest(payload: dict) -> str:

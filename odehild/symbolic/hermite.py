@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -19,7 +18,6 @@ import pickle
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Optional
 
 import mpmath as mp
@@ -27,6 +25,7 @@ import numpy as np
 import sympy as sp
 
 from ..errors import ExpressionError, OdehildError
+from . import hermite_cache
 from .parse import He_poly, parse_expression, z
 
 #: Absolute error promised for numerically computed coefficients.
@@ -551,11 +550,15 @@ def hermite(expr, kmax: int = 8) -> HermiteExpansion:
     cached = _cache_entry(expr, kmax)
     found = _load_cached(cached)
     if found is not None:
+        if isinstance(expr, str) and hermite_cache.load_numbers(expr, kmax) is None:
+            hermite_cache.store_numbers(expr, found)  # missing (an older entry) or damaged
         return found
     try:
         with time_budget(SYMBOLIC_BUDGET, f"the Hermite expansion of {text}"):
             out = _expand(parse_expression(expr), text, kmax)
         _store_cached(cached, out)
+        if isinstance(expr, str):
+            hermite_cache.store_numbers(expr, out)
         return out
     except OdehildError:
         raise
@@ -566,20 +569,13 @@ def hermite(expr, kmax: int = 8) -> HermiteExpansion:
 
 
 # ------------------------------------------------------------------------------- disk cache
-# An expansion is cached by the expression as given (text, or SymPy's srepr) and kmax, under the
-# hash of this module and the version: a numeric expansion (tanh, relu against erf) costs seconds of
+# (odehild.symbolic.hermite_cache): a numeric expansion (tanh, relu against erf) costs seconds of
 # mpmath quadrature, a cached one a millisecond. Entries are pickles in odehild's own cache folder,
 # trusted as much as the generated modules beside them; one that does not load is recomputed.
-_CODE_SHA = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
 def _cache_entry(expr, kmax: int):
-    from .. import __version__
-    from ..io import cache_dir
-
-    given = expr if isinstance(expr, str) else sp.srepr(expr)
-    key = hashlib.sha256(json.dumps([given, kmax, _CODE_SHA, __version__]).encode()).hexdigest()[:32]
-    return cache_dir() / "hermite" / f"{key}.pickle"
+    return hermite_cache.entry(expr if isinstance(expr, str) else sp.srepr(expr), kmax).with_suffix(".pickle")
 
 
 def _load_cached(path):
