@@ -57,6 +57,32 @@ def test_meanfield_tanh_chart_is_within_two_ulp_of_libm(mf_models, rng):
     assert np.isnan(tanh_chart(np.nan))
 
 
+def test_meanfield_solve_rhs_takes_s_from_numpy_tanh_and_matches_numpy(mf_models, rng):
+    """The solve's right-hand side (s = tanh(u) by NumPy's ufunc, then the compiled rhs_chart)
+    against the NumPy formula, and the chart values against a 200-bit reference."""
+    import mpmath as mp
+
+    from odehild.solve.trajectory import InitialCondition
+
+    for model in mf_models:
+        N = 40
+        a, s, w = random_state(rng, N)
+        problem = model.problem(InitialCondition(a, s, w))
+        y = problem.y0.copy()
+        dy = np.empty(2 * N)
+        problem.rhs(0.0, y, dy)
+        da, ds = meanfield_rhs(a, s, w, model.sigma.coefficients, model.phi.coefficients, model.eps)
+        np.testing.assert_allclose(dy[:N], da, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dy[N:] * (1 - s**2), ds, rtol=1e-11, atol=1e-12)
+        direct = np.empty(2 * N)
+        compile_model(model).rhs(0.0, y, w, 1 / model.eps, direct)  # the scalar tanh_chart
+        np.testing.assert_allclose(dy, direct, rtol=1e-13, atol=1e-13 * np.abs(direct).max())
+    u = np.concatenate([rng.normal(size=500) * 10.0 ** rng.integers(-12, 2, size=500), [0.5, 19.1, 400.0]])
+    with mp.workdps(60):
+        ref = np.array([float(mp.tanh(mp.mpf(x))) for x in u])
+    assert np.all(np.abs(np.tanh(u) - ref) <= 2 * np.spacing(np.abs(ref)))
+
+
 def test_meanfield_jacobian_matches_finite_differences(mf_models, rng):
     for model in mf_models:
         c = compile_model(model)
