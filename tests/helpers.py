@@ -65,6 +65,7 @@ def break_rhs_after(monkeypatch, model, t_break: float = 0.01):
 
     compiled = numba_gen.compile_model(model)
     real = compiled.module.rhs
+    real_chart = getattr(compiled.module, "rhs_chart", None)  # what a mean-field solve calls
 
     class Broken:
         def __getattr__(self, name):
@@ -73,6 +74,12 @@ def break_rhs_after(monkeypatch, model, t_break: float = 0.01):
         @staticmethod
         def rhs(t, y, w, inv_eps, dy):
             real(t, y, w, inv_eps, dy)
+            if t > t_break:
+                dy[:] = np.nan
+
+        @staticmethod
+        def rhs_chart(t, y, s, w, inv_eps, dy):
+            real_chart(t, y, s, w, inv_eps, dy)
             if t > t_break:
                 dy[:] = np.nan
 
