@@ -6,6 +6,7 @@ import math
 import time
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -37,10 +38,24 @@ expressions = st.recursive(atoms, extend, max_leaves=6)
 
 # no shrinking or explain phase: they replay SymPy under a tracer for minutes; the failing input is
 # printed as generated, and derandomize keeps CI reproducible
-@settings(max_examples=60, deadline=None, derandomize=True, phases=(Phase.explicit, Phase.generate),
-          suppress_health_check=[HealthCheck.too_slow])
+FUZZ = dict(deadline=None, derandomize=True, phases=(Phase.explicit, Phase.generate),
+            suppress_health_check=[HealthCheck.too_slow])
+
+
+@settings(max_examples=40, **FUZZ)
 @given(expressions)
 def test_any_expression_ends_in_finite_data_or_our_error(expr):
+    check_expression(expr)
+
+
+@pytest.mark.slow
+@settings(max_examples=300, **FUZZ)
+@given(expressions)
+def test_many_more_expressions_end_in_finite_data_or_our_error(expr):
+    check_expression(expr)
+
+
+def check_expression(expr):
     old = hermite_module.SYMBOLIC_BUDGET
     hermite_module.SYMBOLIC_BUDGET = BUDGET
     # this thread's CPU time, not wall time or the process's: the alarm is wall-clock, so on a loaded
