@@ -139,6 +139,8 @@ def _as_function(f, kmax: int, what: str) -> Function1D:
                           tuple(f.exact[: kmax + 1]), f.expr)
     if isinstance(f, (str, sp.Basic)):
         h = hermite(f, kmax)
+        if isinstance(f, str):  # for the next declaration: its numbers were missing or damaged
+            hermite_cache.store_numbers(f, h)
         return Function1D(h.expression, tuple(float(c) for c in h.coefficients), float(h.norm2), tuple(h.exact),
                           h.expr)
     try:

@@ -550,15 +550,11 @@ def hermite(expr, kmax: int = 8) -> HermiteExpansion:
     cached = _cache_entry(expr, kmax)
     found = _load_cached(cached)
     if found is not None:
-        if isinstance(expr, str) and hermite_cache.load_numbers(expr, kmax) is None:
-            hermite_cache.store_numbers(expr, found)  # missing (an older entry) or damaged
         return found
     try:
         with time_budget(SYMBOLIC_BUDGET, f"the Hermite expansion of {text}"):
             out = _expand(parse_expression(expr), text, kmax)
         _store_cached(cached, out)
-        if isinstance(expr, str):
-            hermite_cache.store_numbers(expr, out)
         return out
     except OdehildError:
         raise

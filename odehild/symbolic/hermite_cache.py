@@ -3,7 +3,8 @@
 An expansion is cached by the expression as given (text, or SymPy's srepr) and kmax, under the hash
 of the expanding module and the version. The full expansion (SymPy values included) is a pickle;
 beside it a JSON file holds the numbers a solve needs (the expression's text, the coefficients and
-E[f^2]), which a warm run reads without importing SymPy (0.3 s and 33 MB of a 1 s run).
+E[f^2]), written when a declaration expands a string (:func:`odehild.symbolic.founding.as_function`)
+and read by the next one without importing SymPy (0.3 s and 33 MB of a 1 s run).
 """
 
 from __future__ import annotations
