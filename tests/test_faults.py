@@ -39,6 +39,10 @@ NET = [*S, "--width", "4", "--dim", "16", "--quiet"]
     (["simulate", *NET, "--algo", "gd", "--samples", "50", "--noise", "-1", "--eps", "0.1", "--out", "g.npz"],
      "label noise must be a non-negative number"),
     (["hermite", "1/relu(z)"], "cannot compute its Hermite coefficients"),
+    (["solve", *S, "--eps", "1e-3", "--error-norm", "weighted", "--method", "BDF", "--out", "a.npz"],
+     "error_norm='weighted' is implemented in the compiled structured Radau only"),
+    (["solve", "--model", "committee", "--sigma", "erf(z/sqrt(2))", "--phi", "erf(z/sqrt(2))", "--lr", "0.1",
+      "--error-norm", "weighted", "--out", "a.npz"], "--error-norm weighted weighs particles"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, needle):
     monkeypatch.chdir(tmp_path)

@@ -365,3 +365,16 @@ def test_cli_timescales(tmp_path):
     assert times.shape == (2, 3) and np.all(times[1] < times[0])  # every direction learned sooner at smaller eps
     assert np.all(np.diff(times, axis=1) > 0)  # and in order z1, z2, z3
     assert set(data["term_times"]) == {"z1", "z1*z2", "z1*z2*z3"}
+
+
+def test_weighted_error_norm_of_a_multi_index_target():
+    """The weighted norm weighs each particle's (a, s_1..s_M, v) by its weight: fewer steps, the
+    same risk curve to the tolerance's level."""
+    model = MultiIndexModel(SIGMA3, STAIRCASE, K=3, eps=1e-4)
+    init = multi_index_start(80, 3)
+    kw = dict(points=100, rtol=1e-8, atol=1e-12, progress=False)
+    state = solve(model, init, 5.0, **kw)
+    weighted = solve(model, init, 5.0, error_norm="weighted", **kw)
+    assert weighted.stats["nsteps"] < 0.8 * state.stats["nsteps"]
+    assert np.max(np.abs(weighted.risk - state.risk)) < 1e-7
+    assert weighted.risk[-1] < 1e-12

@@ -392,16 +392,19 @@ class MultiIndexModel(ModelKind):
         w, inv_eps, n, nm, b = init.weights, 1.0 / self.eps, y0.size, len(self.active), self.M + 2
         rhs, jac, parts, par = compiled.rhs, compiled.jac, compiled.jac_parts, self.parameters
 
-        def jac_parts(t, y):
-            D, A, Vt = np.empty((init.N, b, b)), np.empty((n, nm)), np.empty((nm, n))
-            parts(t, y, w, inv_eps, par, D, A, Vt)
-            return LowRankJacobian(D, A, Vt)
+        def jac_parts(t, y, reuse=None):
+            # reuse: a Jacobian the caller discards, whose arrays are overwritten
+            arrays = reuse.buffers(init.N, b, nm) if reuse is not None else None
+            D, A, VtT = arrays or (np.empty((init.N, b, b)), np.empty((n, nm)), np.empty((n, nm)))
+            parts(t, y, w, inv_eps, par, D, A, VtT.T)
+            return LowRankJacobian.from_transposed(D, A, VtT)
 
         meta = {**self.meta(), "init": init.description, "N": init.N,
                 "stuck_directions": self.invariance_report(init.s0)}
         return OdeProblem(y0, state, lambda t, y, out: rhs(t, y, w, inv_eps, par, out),
                           lambda t, y, J: jac(t, y, w, inv_eps, par, J), compiled, meta, jac_parts=jac_parts,
-                          fast_eps=self.eps, context={"weights": w})
+                          fast_eps=self.eps, context={"weights": w},
+                          component_weights=np.concatenate([w, np.repeat(w, self.M + 1)]))
 
     def result(self, problem, t, Y, stats, meta) -> MultiIndexTrajectory:
         values = problem.state.unpack(Y, consume=True)
@@ -523,7 +526,8 @@ def solve_multi_index_command(args):
     with keep_partial(args.out, info):
         traj = solve(model, init, args.t_end, points=args.points, t_min=args.t_min,
                      method=args.method or "Radau", rtol=args.rtol, atol=args.atol, max_wall=args.max_wall,
-                     threads=args.threads, progress=False if args.quiet else None)
+                     threads=args.threads, error_norm=args.error_norm,
+                     progress=False if args.quiet else None)
         stop_if_out_of_time(traj, args)
     resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end,
                 "method": traj.meta["method"]}

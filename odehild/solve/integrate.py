@@ -26,6 +26,7 @@ STRUCTURED = ("Radau", "BDF")
 # Woodbury solves, the baseline of benchmarks/bench_particles.py)
 STRUCTURED_RADAU = "compiled"
 IMPLICIT = ("Radau", "BDF", "LSODA")
+ERROR_NORMS = ("state", "weighted")
 RTOL_MIN = 100 * np.finfo(float).eps
 # below this many unknowns the compiled Radau keeps its serial passes whatever ``threads`` says:
 # launching a parallel pass costs more than it saves (N = 1000: 0.94 s on 2 threads, 0.66 s on one)
@@ -154,13 +155,15 @@ def check_tolerances(rtol, atol) -> tuple:
 class OdeProblem:
     """What the solve stage integrates, as built by a model kind.
 
-    ``rhs(t, y, out)`` fills dy/dt; ``jac(t, y, J)`` the dense analytic Jacobian; ``jac_parts(t, y)`` a
+    ``rhs(t, y, out)`` fills dy/dt; ``jac(t, y, J)`` the dense analytic Jacobian; ``jac_parts(t, y, reuse=None)`` a
     :class:`~odehild.solve.structured.LowRankJacobian` for the structured Radau/BDF (None: dense
-    only). ``compiled`` is the generated module (its derive time and cache status are reported).
+    only), written into the arrays of ``reuse`` (a Jacobian the caller discards) where they fit. ``compiled`` is the generated module (its derive time and cache status are reported).
     ``fast_eps``: the rate ratio of a fast layer, below which explicit methods are warned against.
     ``parallel_rhs()``: the right-hand side with its sums over particles on Numba's threads (None:
     the kind has none; its serial one is used).
-    ``meta``: what the kind records about the declaration, the start and the runtime values."""
+    ``meta``: what the kind records about the declaration, the start and the runtime values.
+    ``component_weights``: for a particle system, the weight of the particle each unknown belongs to
+    (None: not one), for ``error_norm="weighted"``."""
 
     y0: np.ndarray
     state: StateMap
@@ -175,6 +178,7 @@ class OdeProblem:
     time_name: str = "t"
     context: dict = dataclasses.field(default_factory=dict)  # kind-private values its result needs
     parallel_rhs: Optional[Callable] = None
+    component_weights: Optional[np.ndarray] = None
 
 
 def _solver_class(method, structured):
@@ -201,22 +205,24 @@ class Integration:
 
 
 def integrate(problem: OdeProblem, t_end: float, t_eval: np.ndarray, method: str, rtol: float, atol: float, *,
-              first_step=None, max_wall=None, progress=None, structured: bool = True, threads: int = 1) -> Integration:
+              first_step=None, max_wall=None, progress=None, structured: bool = True, threads: int = 1,
+              error_weights=None) -> Integration:
     """Step a SciPy solver through ``problem`` (arguments already checked), counting the work, with
     ``threads`` BLAS threads and, for the compiled Radau, ``threads`` Numba threads for its passes
-    (:mod:`odehild.threads`)."""
+    (:mod:`odehild.threads`) and ``error_weights`` for its norms (:class:`CompiledRadau`)."""
     structured = bool(structured and method in STRUCTURED and problem.jac_parts is not None)
     if _solver_class(method, structured) is not CompiledRadau:
         with blas_threads(threads):
             return _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall, progress, structured,
-                              1)
+                              1, None)
     with compiled_threads(threads):
         passes = threads if problem.y0.size >= PARALLEL_MIN_UNKNOWNS else 1
         return _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall, progress, structured,
-                          passes)
+                          passes, error_weights)
 
 
-def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall, progress, structured, threads):
+def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall, progress, structured, threads,
+               error_weights):
     """``structured``: resolved by :func:`integrate` (the kind has the low-rank form and the method
     uses it); ``threads``: the compiled Radau's pass threads."""
     wall0 = time.perf_counter()
@@ -235,9 +241,9 @@ def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall,
         counters["njev"] += 1
         return J
 
-    def jac_structured(t, y):
+    def jac_structured(t, y, reuse=None):
         counters["njev"] += 1
-        return problem.jac_parts(t, y)
+        return problem.jac_parts(t, y) if reuse is None else problem.jac_parts(t, y, reuse)
 
     # compile (or load) before timing the solve; only the Jacobian form the solver will use
     compile_start = time.perf_counter()
@@ -263,7 +269,7 @@ def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall,
         kw["jac"] = jac_structured
     # the compiled Radau calls the generated rhs(t, y, out) into its own buffers and counts its calls
     if solver_class is CompiledRadau:
-        solver = CompiledRadau(rhs, 0.0, problem.y0, t_end, threads=threads, **kw)
+        solver = CompiledRadau(rhs, 0.0, problem.y0, t_end, threads=threads, error_weights=error_weights, **kw)
     else:
         solver = solver_class(fun, 0.0, problem.y0, t_end, **kw)
     run = step_through(solver, problem.y0, t_eval, t_end, max_wall, progress)
@@ -279,9 +285,24 @@ def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall,
     return Integration(run.t, run.y, stats, run, structured)
 
 
+def _error_weights(problem, error_norm, method, structured, model):
+    """sqrt(w_j / max w) per unknown for ``error_norm="weighted"``, None for "state"."""
+    if error_norm == "state":
+        return None
+    w = problem.component_weights
+    if w is None:
+        raise InputError(f"error_norm='weighted' needs a particle system with weights; {type(model).__name__} "
+                         "has none (use error_norm='state')")
+    if not (method == "Radau" and structured and problem.jac_parts is not None and STRUCTURED_RADAU == "compiled"):
+        raise InputError(f"error_norm='weighted' is implemented in the compiled structured Radau only (method='Radau', "
+                         f"structured=True); got method={method!r}, structured={structured}")
+    return np.sqrt(w / np.max(w))
+
+
 def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 200, t_min=None,
           method: str = None, rtol: float = 1e-8, atol: float = 1e-10, first_step=None,
-          max_wall: float = None, progress=None, structured: bool = True, threads: int = 1, **runtime):
+          max_wall: float = None, progress=None, structured: bool = True, threads: int = 1,
+          error_norm: str = "state", **runtime):
     """Integrate ``model`` (any kind of :mod:`odehild.models`) from ``init`` to ``t_end``, SciPy style.
 
     ``method`` is one of Radau, BDF, LSODA (implicit, with the generated analytic Jacobian) or RK45
@@ -307,6 +328,14 @@ def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 2
     cost several times over, as BLAS threads did (benchmarks/bench_particles.py, bench_busy.py,
     :mod:`odehild.threads`). The parallel passes sum over particles in per-thread chunks, so results
     agree with one thread's to the tolerance, not bit for bit.
+
+    ``error_norm``: how the step-size control and Newton iteration measure an error. ``"state"``
+    (default): SciPy's RMS over all unknowns, so rtol holds for every particle alike. ``"weighted"``
+    (particle kinds, compiled structured Radau): the error of particle j's unknowns counts times
+    sqrt(w_j / max w), a law's L2 norm scaled so that the heaviest particles are held as tightly as
+    with "state" and light ones (the tail nodes of the default quadrature, weights down to 1e-19)
+    less. Moments, risk and learning times stay at the tolerance's level; light particles' own
+    trajectories do not (README, performance: figures).
     """
     from ..models import check_model
 
@@ -318,6 +347,8 @@ def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 2
     rtol, atol = check_tolerances(rtol, atol)
     if method is not None and method not in METHODS:
         raise InputError(f"unknown method {method!r} (allowed: {', '.join(METHODS)})")
+    if error_norm not in ERROR_NORMS:
+        raise InputError(f"unknown error_norm {error_norm!r} (allowed: {', '.join(ERROR_NORMS)})")
     problem = model.problem(init, **runtime)
     method = method or problem.default_method
     if method not in IMPLICIT and problem.fast_eps < STIFF_EPS:
@@ -330,10 +361,11 @@ def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 2
         t_eval = log_time_grid(t_end, points, problem.default_t_min if t_min is None else t_min, problem.fast_eps)
     t_eval = check_output_times(t_eval, t_end)
 
+    error_weights = _error_weights(problem, error_norm, method, structured, model)
     out = integrate(problem, t_end, t_eval, method, rtol, atol, first_step=first_step, max_wall=max_wall,
-                    progress=progress, structured=structured, threads=threads)
+                    progress=progress, structured=structured, threads=threads, error_weights=error_weights)
     meta = {**problem.meta, "method": method, "structured": out.structured, "rtol": rtol, "atol": atol,
-            "t_end": t_end, "odehild": __version__}
+            "error_norm": error_norm, "t_end": t_end, "odehild": __version__}
     result = model.result(problem, out.t, out.Y, out.stats, meta)
     run = out.run
     if run.status < 0:

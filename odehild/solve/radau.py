@@ -113,12 +113,12 @@ def _error_rhs(f, Z, E, h, out):
 
 
 @njit(cache=True)
-def _weighted_rms(err, y, y_new, rtol, atol):
-    """RMS of err / (atol + rtol max(|y|, |y_new|))."""
+def _weighted_rms(err, y, y_new, rtol, atol, g):
+    """RMS of g err / (atol + rtol max(|y|, |y_new|))."""
     acc = 0.0
     for j in prange(err.shape[0]):
         s = atol + rtol * max(abs(y[j]), abs(y_new[j]))
-        acc += (err[j] / s) ** 2
+        acc += (g[j] * err[j] / s) ** 2
     return (acc / err.shape[0]) ** 0.5
 
 
@@ -129,9 +129,9 @@ def _add(y, z, out):
 
 
 @njit(cache=True)
-def _inverse_scale(y, rtol, atol, out):
+def _inverse_scale(y, rtol, atol, g, out):
     for j in prange(y.shape[0]):
-        out[j] = 1.0 / (atol + rtol * abs(y[j]))
+        out[j] = g[j] / (atol + rtol * abs(y[j]))
 
 
 @njit(cache=True)
@@ -180,8 +180,9 @@ class CollocationOutput:
 
 
 class CompiledRadau:
-    """Radau IIA of order 5 for ``rhs(t, y, out)`` and a structured ``jac(t, y)`` returning a
-    :class:`~odehild.solve.structured.LowRankJacobian`, forward in time.
+    """Radau IIA of order 5 for ``rhs(t, y, out)`` and a structured ``jac(t, y, reuse=None)``
+    returning a :class:`~odehild.solve.structured.LowRankJacobian` (``reuse``: the Jacobian it
+    replaces, whose arrays it may overwrite), forward in time.
 
     SciPy's ``OdeSolver`` interface (``step()``, ``status``, ``t``, ``y``, ``t_old``,
     ``dense_output()``, ``nfev``, ``njev``, ``nlu``) without importing ``scipy.integrate``, which
@@ -190,7 +191,7 @@ class CompiledRadau:
     TOO_SMALL_STEP = "Required step size is less than spacing between numbers."
 
     def __init__(self, rhs, t0, y0, t_bound, jac, rtol=1e-3, atol=1e-6, first_step=None,
-                 max_step=np.inf, threads=1, **extraneous):
+                 max_step=np.inf, threads=1, error_weights=None, **extraneous):
         if extraneous:
             raise TypeError(f"unexpected options {sorted(extraneous)}")
         if not t_bound > t0:
@@ -205,6 +206,9 @@ class CompiledRadau:
         self.status = "running"
         self.nfev = 0
         self.rtol, self.atol, self.max_step = float(rtol), float(atol), max_step
+        # error_weights g (n,), 0 < g <= 1: the error and Newton norms count component j's error
+        # times g_j (None: all 1, SciPy's norm)
+        self.g = np.ones(n) if error_weights is None else np.asarray(error_weights, dtype=float)
         self._jac = jac
         self.nlu = self.njev = self.ndense = 0
         self.f = self._eval(t0, self.y)
@@ -248,9 +252,11 @@ class CompiledRadau:
         self._rhs(t, y, out)
         return out
 
-    def _jacobian(self, t, y):
+    def _jacobian(self, t, y, replaces=None):
+        """``replaces``: the Jacobian this one replaces, discarded with its factorizations, whose
+        arrays ``jac`` may overwrite."""
         self.njev += 1
-        return self._jac(t, y)
+        return self._jac(t, y) if replaces is None else self._jac(t, y, replaces)
 
     def _factor(self, mu, h):
         self.nlu += 1
@@ -327,7 +333,7 @@ class CompiledRadau:
             else:
                 k.evaluate_polynomial(self.sol.y_old, self.sol.Q, (t + h * C - self.sol.t_old) / self.sol.h, self.Z0)
                 self.Z0 -= y
-            k.inverse_scale(y, rtol, atol, self.inv_scale)
+            k.inverse_scale(y, rtol, atol, self.g, self.inv_scale)
             converged = False
             while not converged:
                 if LU_real is None or LU_complex is None:
@@ -336,7 +342,7 @@ class CompiledRadau:
                 if not converged:
                     if self.current_jac:
                         break
-                    self.J = self._jacobian(t, y)
+                    self.J = self._jacobian(t, y, self.J)
                     self.current_jac = True
                     LU_real = LU_complex = None
             if not converged:
@@ -347,14 +353,14 @@ class CompiledRadau:
             k.add(y, Z[2], y_new)
             k.error_rhs(f, Z, E, h, self.err_rhs)
             error = LU_real.solve(self.err_rhs)
-            error_norm = k.weighted_rms(error, y, y_new, rtol, atol)
+            error_norm = k.weighted_rms(error, y, y_new, rtol, atol, self.g)
             safety = 0.9 * (2 * NEWTON_MAXITER + 1) / (2 * NEWTON_MAXITER + n_iter)
             if rejected and error_norm > 1:
                 k.add(y, error, self.buf)
                 f_err = self._eval(t, self.buf)
                 k.error_rhs(f_err, Z, E, h, self.err_rhs)
                 error = LU_real.solve(self.err_rhs)
-                error_norm = k.weighted_rms(error, y, y_new, rtol, atol)
+                error_norm = k.weighted_rms(error, y, y_new, rtol, atol, self.g)
             if error_norm > 1:
                 factor = self._predict_factor(h_abs, self.h_abs_old, error_norm, self.error_norm_old)
                 h_abs *= max(MIN_FACTOR, safety * factor)
@@ -372,7 +378,7 @@ class CompiledRadau:
             LU_real = LU_complex = None
         f_new = self._eval(t_new, y_new)
         if recompute_jac:
-            self.J = self._jacobian(t_new, y_new)
+            self.J = self._jacobian(t_new, y_new, self.J)
             self.current_jac = True
         else:
             self.current_jac = False

@@ -48,6 +48,22 @@ class LowRankJacobian:
         self.N, self.b = D.shape[0], D.shape[1]
         self.shape = (self.b * self.N, self.b * self.N)
 
+    @classmethod
+    def from_transposed(cls, D, A, VtT):
+        """From Vt's transpose VtT (bN, r), the layout the Woodbury passes read (no copy made)."""
+        J = cls(D, A, VtT.T)
+        J._VtT = VtT
+        return J
+
+    def buffers(self, N, b, r):
+        """(D, A, VtT) of this Jacobian for a caller that overwrites them with a new one (the old
+        is then gone, with every factorization of it), or None if their shapes differ."""
+        VtT = self._VtT
+        if (self.scale != 1.0 or VtT is None or self.D.shape != (N, b, b) or self.A.shape != (b * N, r)
+                or VtT.shape != (b * N, r) or not (self.A.flags.c_contiguous and VtT.flags.c_contiguous)):
+            return None
+        return self.D, self.A, VtT
+
     def __rmul__(self, c):
         J = LowRankJacobian(self.D, self.A, self.Vt, self.scale * c)
         J._VtT = self._VtT
