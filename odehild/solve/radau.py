@@ -51,12 +51,10 @@ P = np.linalg.inv(np.vander(C, 4, increasing=True)[:, 1:])
 NEWTON_MAXITER = 6
 MIN_FACTOR = 0.2
 MAX_FACTOR = 10.0
-# After a Newton failure at step h (the step is then halved) whose first increment exceeded the
-# tolerance, steps stay below h / sqrt 2, a cap that grows by NEWTON_CAP_GROWTH with each step
-# without failure. Without it the error control proposes h again at once: in a fast phase each step
-# failed at h, then succeeded at h/2 (half the Newton iterations wasted, two factorizations a step).
-# Failures with a small first increment are rounding noise near convergence (tight rtol, risk at
-# rounding level), which a smaller step does not cure: capping on those ratcheted steps down to 1e-11.
+# After a Newton failure at step h (the step is then halved), steps stay below h / sqrt 2, a cap that
+# grows by NEWTON_CAP_GROWTH with each step without failure. Without it the error control proposes h
+# again at once: in a fast phase each step failed at h, then succeeded at h/2 (half the Newton
+# iterations wasted, two factorizations a step). A second failure at the cap lifts it.
 NEWTON_CAP = 0.5 ** 0.5
 NEWTON_CAP_GROWTH = 1.1
 
@@ -225,7 +223,8 @@ class CompiledRadau:
         self.h_abs = first_step if first_step is not None else self._initial_step()
         self.h_abs_old = self.error_norm_old = None
         self.h_cap = np.inf  # NEWTON_CAP
-        self.dw_first = 0.0
+        self.capped = False  # whether h_abs is the cap
+        self.cap_failures = 0  # Newton failures at the cap since the last one off it
         self.newton_tol = max(10 * np.finfo(float).eps / self.rtol, min(0.03, self.rtol ** 0.5))
         self.sol = None
         self.J = self._jacobian(t0, self.y)
@@ -307,8 +306,6 @@ class CompiledRadau:
             dw_real = LU_real.solve(self.f_real)
             dw_complex = LU_complex.solve(self.f_complex)
             dw_norm = k.increment_norm(dw_real, dw_complex, self.inv_scale)
-            if it == 0:
-                self.dw_first = dw_norm  # the predictor's distance to the solution, in tolerances
             if dw_norm_old is not None:
                 rate = dw_norm / dw_norm_old
                 if rate >= 1 or rate ** (NEWTON_MAXITER - it) / (1 - rate) * dw_norm > tol:
@@ -335,6 +332,7 @@ class CompiledRadau:
         h_abs = min(max(self.h_abs, min_step), self.max_step)
         LU_real, LU_complex = self.LU_real, self.LU_complex
         rejected = newton_failed = False
+        at_cap = self.capped and h_abs == self.h_abs  # this attempt's step is the cap
         y_new = np.empty(self.n)
         while True:
             if h_abs < min_step:
@@ -360,8 +358,12 @@ class CompiledRadau:
                     self.current_jac = True
                     LU_real = LU_complex = None
             if not converged:
-                if self.dw_first > 1:  # the step outran the solution, not rounding noise near convergence
-                    self.h_cap = NEWTON_CAP * h_abs
+                # a second failure at the cap since the last one off it says the step size is not the
+                # cause (rounding noise near convergence at a tight rtol): capping further would
+                # ratchet the steps down (to 1e-11 at rtol 1e-11 when it did)
+                self.cap_failures = self.cap_failures + 1 if at_cap else 0
+                self.h_cap = np.inf if self.cap_failures >= 2 else NEWTON_CAP * h_abs
+                at_cap = False
                 h_abs *= 0.5
                 LU_real = LU_complex = None
                 newton_failed = True
@@ -383,6 +385,7 @@ class CompiledRadau:
                 h_abs *= max(MIN_FACTOR, safety * factor)
                 LU_real = LU_complex = None
                 rejected = True
+                at_cap = False
                 continue
             break
 
@@ -395,7 +398,8 @@ class CompiledRadau:
             factor = 1.0
         else:
             LU_real = LU_complex = None
-        if h_abs * factor > self.h_cap:
+        self.capped = h_abs * factor >= self.h_cap
+        if self.capped and self.h_cap / h_abs != factor:
             factor = self.h_cap / h_abs
             LU_real = LU_complex = None
         f_new = self._eval(t_new, y_new)
