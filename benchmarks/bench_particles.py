@@ -9,8 +9,8 @@ with dense LU, only up to ``--dense-upto``), ``threads2`` (odehild's Radau with 
 threads, ``threads=2``), ``weighted`` (odehild's Radau with ``error_norm="weighted"``: each particle's
 error counted times sqrt(w / max w)).
 
-    python benchmarks/bench_particles.py                           # N = 1e3, 1e4, 1e5; compiled, weighted, threads2, scipy
-    python benchmarks/bench_particles.py --n 1000000 --solvers compiled --max-wall 120
+    python benchmarks/bench_particles.py    # N = 1e3, 1e4, 1e5; compiled, weighted, threads2, scipy
+    python benchmarks/bench_particles.py --n 1000000 --solvers compiled weighted --max-wall 60
 """
 
 from __future__ import annotations

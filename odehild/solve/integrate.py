@@ -155,9 +155,11 @@ def check_tolerances(rtol, atol) -> tuple:
 class OdeProblem:
     """What the solve stage integrates, as built by a model kind.
 
-    ``rhs(t, y, out)`` fills dy/dt; ``jac(t, y, J)`` the dense analytic Jacobian; ``jac_parts(t, y, reuse=None)`` a
-    :class:`~odehild.solve.structured.LowRankJacobian` for the structured Radau/BDF (None: dense
-    only), written into the arrays of ``reuse`` (a Jacobian the caller discards) where they fit. ``compiled`` is the generated module (its derive time and cache status are reported).
+    ``rhs(t, y, out)`` fills dy/dt; ``jac(t, y, J)`` the dense analytic Jacobian;
+    ``jac_parts(t, y, reuse=None)`` a :class:`~odehild.solve.structured.LowRankJacobian` for the
+    structured Radau/BDF (None: dense only), written into the arrays of ``reuse`` (a Jacobian the
+    caller discards) where they fit. ``compiled`` is the generated module (its derive time and
+    cache status are reported).
     ``fast_eps``: the rate ratio of a fast layer, below which explicit methods are warned against.
     ``parallel_rhs()``: the right-hand side with its sums over particles on Numba's threads (None:
     the kind has none; its serial one is used).

@@ -4,10 +4,10 @@ The method, step-size control and Newton iteration are those of Hairer & Wanner,
 (section IV.8, RADAU5) as SciPy's ``Radau`` implements them, so the steps and counters agree with
 SciPy's to rounding, with one addition: after a Newton failure the next steps are capped
 (NEWTON_CAP), as RADAU5 and CVODE also keep a step from growing right back after a failure. Runs
-without Newton failures take SciPy's steps. What differs is where the time goes: SciPy's step is a sequence of NumPy
-expressions over (3, n) arrays (about 25 temporaries per Newton iteration, 17 ms of a 32 ms step at
-N = 1e5 particles); here each Newton iteration is two fused Numba passes plus the two Woodbury
-solves, into buffers allocated once. The Python left per step is the control logic (a few dozen
+without Newton failures take SciPy's steps. What differs is where the time goes: SciPy's step is a
+sequence of NumPy expressions over (3, n) arrays (about 25 temporaries per Newton iteration, 17 ms
+of a 32 ms step at N = 1e5 particles); here each Newton iteration is two fused Numba passes plus
+the two Woodbury solves, into buffers allocated once. The Python left per step is the control logic (a few dozen
 scalar operations).
 
 The Newton systems are solved through the Jacobian's structure J = D + A Vt
