@@ -85,3 +85,11 @@ def break_rhs_after(monkeypatch, model, t_break: float = 0.01):
 
     fake = numba_gen.CompiledModel(Broken(), compiled.key, compiled.path, True, 0.0, 0.0)
     monkeypatch.setitem(numba_gen._loaded, compiled.key, fake)
+
+
+def default_sigint():
+    """``preexec_fn`` of a child a test interrupts: a runner that started the tests in the background
+    ignores SIGINT, the child would inherit that and never see Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -8,6 +8,7 @@ import pytest
 
 from odehild.cli import main
 from odehild.io import load_npz
+from helpers import default_sigint
 
 S = ["--sigma", "h(0,z)+h(1,z)+h(2,z)", "--phi", "h(1,z)+h(2,z)", "--kmax", "2"]
 NET = [*S, "--width", "4", "--dim", "16", "--quiet"]
@@ -151,7 +152,8 @@ def test_ctrl_c_in_sgd_exits_130_promptly_with_the_partial_file(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "odehild", "simulate", *S, "--eps", "0.05", "--width", "64",
                              "--dim", "1000", "--t-end", "3", "--out", "s.npz"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(root)})
+                            env={**os.environ, "PYTHONPATH": str(root)},
+                            preexec_fn=default_sigint)
     time.sleep(5.0)
     sent = time.perf_counter()
     proc.send_signal(signal.SIGINT)

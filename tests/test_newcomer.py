@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from odehild.cli import build_parser, main
-from helpers import break_rhs_after
+from helpers import break_rhs_after, default_sigint
 from odehild.io import load_npz
 from odehild.models.meanfield import MeanFieldModel
 
@@ -166,7 +166,8 @@ def test_ctrl_c_in_solve_exits_130_and_names_the_partial_file(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "odehild", "solve", "--sigma", sigma, "--phi", phi, "--kmax", "3",
                              "--eps", "1e-14", "--t-end", "1e6", "--rtol", "1e-13", "--atol", "1e-15",
                              "--out", "run.npz"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=default_sigint)
     proc.stdout.readline()  # the learnability report comes before the integration
     time.sleep(4.0)
     proc.send_signal(signal.SIGINT)
