@@ -245,7 +245,7 @@ def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall,
 
     def jac_structured(t, y, reuse=None):
         counters["njev"] += 1
-        return problem.jac_parts(t, y) if reuse is None else problem.jac_parts(t, y, reuse)
+        return problem.jac_parts(t, y, reuse)
 
     # compile (or load) before timing the solve; only the Jacobian form the solver will use
     compile_start = time.perf_counter()

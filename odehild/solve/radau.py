@@ -267,7 +267,7 @@ class CompiledRadau:
         """``replaces``: the Jacobian this one replaces, discarded with its factorizations, whose
         arrays ``jac`` may overwrite."""
         self.njev += 1
-        return self._jac(t, y) if replaces is None else self._jac(t, y, replaces)
+        return self._jac(t, y, replaces)
 
     def _factor(self, mu, h):
         self.nlu += 1
