@@ -11,6 +11,13 @@ error counted times sqrt(w / max w)).
 
     python benchmarks/bench_particles.py    # N = 1e3, 1e4, 1e5; compiled, weighted, threads2, scipy
     python benchmarks/bench_particles.py --n 1000000 --solvers compiled weighted --max-wall 60
+    python benchmarks/bench_particles.py --accuracy 1000   # errors against a state-norm run at rtol 1e-10
+
+``--accuracy N`` runs, in one fresh process, a reference in the state norm at rtol 1e-10 and then the
+state and weighted norms at rtol 1e-8 (and weighted at 1e-10), all on the same 400 log-spaced output
+times, and prints each run's steps and its errors against the reference: learning times (relative),
+moments M_k (max absolute), risk (max relative where the reference risk exceeds 1e-12), and the
+particles' own s (max absolute).
 """
 
 from __future__ import annotations
@@ -44,6 +51,54 @@ print(json.dumps({"N": N, "wall": wall, "steps": tr.stats["nsteps"], "nlu": tr.s
                   "ndense": tr.stats["ndense"], "risk": float(tr.risk[-1]), "t": tr.stats["t_reached"],
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
+
+
+ACCURACY = r"""
+import json, sys, time
+import numpy as np
+from odehild.models import MeanFieldModel
+from odehild.solve import initial_condition, solve
+from odehild.solve.analysis import learning_times
+N = int(sys.argv[1])
+model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)", K=3, eps=1e-12)
+init = initial_condition(N)
+t_eval = np.concatenate([[0.0], np.logspace(-14, np.log10(5.0), 400)])
+solve(model, initial_condition(200), 5.0, points=3, progress=False, error_norm="weighted")
+runs = []
+for norm, rtol in (("state", 1e-10), ("state", 1e-8), ("weighted", 1e-8), ("weighted", 1e-10)):
+    t0 = time.perf_counter()
+    tr = solve(model, init, 5.0, t_eval=t_eval, rtol=rtol, atol=1e-2 * rtol, progress=False, error_norm=norm)
+    runs.append((norm, rtol, time.perf_counter() - t0, tr))
+ref = runs[0][3]
+lt_ref = learning_times(ref.t, ref.residuals)[1:]
+big = ref.risk > 1e-12
+for norm, rtol, wall, tr in runs[1:]:
+    lt = learning_times(tr.t, tr.residuals)[1:]
+    print(json.dumps({"norm": norm, "rtol": rtol, "wall": wall, "steps": tr.stats["nsteps"],
+                      "lt": (np.abs(lt / lt_ref - 1)).tolist(),
+                      "moments": float(np.max(np.abs(tr.moments - ref.moments))),
+                      "risk": float(np.max(np.abs(tr.risk[big] / ref.risk[big] - 1))),
+                      "s": float(np.max(np.abs(tr.s - ref.s)))}))
+print(json.dumps({"reference_steps": ref.stats["nsteps"], "lt_ref": lt_ref.tolist()}))
+"""
+
+
+def accuracy(N):
+    print(f"accuracy at N = {N}: errors against the state norm at rtol 1e-10 (atol = rtol / 100), "
+          "400 log-spaced output times")
+    out = subprocess.run([sys.executable, "-c", ACCURACY, str(N)], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit("accuracy run failed: " + (out.stderr.strip().splitlines() or ["killed"])[-1])
+    rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    ref = rows.pop()
+    print(f"reference: {ref['reference_steps']} steps, learning times "
+          + ", ".join(f"{x:.6g}" for x in ref["lt_ref"]))
+    print(f"{'norm':>9} {'rtol':>6} {'wall s':>7} {'steps':>6} {'learning times, rel':>30} {'M_k, abs':>9} "
+          f"{'risk, rel':>9} {'s, abs':>9}")
+    for r in rows:
+        lt = ", ".join(f"{x:.1e}" for x in r["lt"])
+        print(f"{r['norm']:>9} {r['rtol']:6.0e} {r['wall']:7.2f} {r['steps']:6d} {lt:>30} {r['moments']:9.1e} "
+              f"{r['risk']:9.1e} {r['s']:9.1e}")
 
 
 def run(N, solver, max_wall):
@@ -81,5 +136,10 @@ if __name__ == "__main__":
                    default=["compiled", "weighted", "threads2", "scipy"])
     p.add_argument("--dense-upto", type=int, default=4000, help="run the dense solver only up to this N")
     p.add_argument("--max-wall", type=float, default=0, help="stop each solve after this many seconds (0: never)")
+    p.add_argument("--accuracy", type=int, metavar="N", default=0,
+                   help="instead of the timings, errors of each norm at this N against a tight run")
     a = p.parse_args()
-    main(a.n, a.solvers, a.dense_upto, a.max_wall)
+    if a.accuracy:
+        accuracy(a.accuracy)
+    else:
+        main(a.n, a.solvers, a.dense_upto, a.max_wall)
