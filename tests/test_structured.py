@@ -85,6 +85,32 @@ def test_woodbury_solves_of_larger_blocks_match_dense(r, threads, rng):
             np.testing.assert_allclose(x, np.linalg.solve(c * np.eye(b * N) - J, rhs), rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.parametrize("b", [2, 3])
+def test_complex_passes_on_a_real_jacobian_equal_the_generic_ones(b, rng):
+    """Radau's complex pair: the passes that take the products with the real A and Vt on real and
+    imaginary parts apart give the generic complex passes' numbers, bit for bit, and solve the
+    system (against dense LU)."""
+    from odehild.solve import structured
+
+    N, r = 37, 4
+    Js = LowRankJacobian(rng.normal(size=(N, b, b)), rng.normal(size=(b * N, r)), rng.normal(size=(r, b * N)) / N)
+    c = 2.6811 + 3.0504j
+    F = WoodburyFactor(IterationMatrix(c, Js))
+    k = structured._rank_passes(r)
+    assert F._solve_pass is k._woodbury_solve_complex
+    caps = [np.empty((r, r), complex) for _ in range(2)]
+    k._capacitance(F.Pinv, F.A, F.sc, F.VtT, caps[0])
+    k._capacitance_complex(F.Pinv, F.A, F.sc, F.VtT, caps[1])
+    np.testing.assert_array_equal(caps[1], caps[0])
+    rhs = rng.normal(size=b * N) + 1j * rng.normal(size=b * N)
+    xs = [np.empty(b * N, complex) for _ in range(2)]
+    k._woodbury_solve(F.Pinv, F.A, F.sc, F.VtT, F.cap_inv, rhs, xs[0])
+    k._woodbury_solve_complex(F.Pinv, F.A, F.sc, F.VtT, F.cap_inv, rhs, xs[1])
+    np.testing.assert_array_equal(xs[1], xs[0])
+    np.testing.assert_allclose(F.solve(rhs), np.linalg.solve(c * np.eye(b * N) - Js.toarray(), rhs),
+                               rtol=1e-11, atol=1e-12)
+
+
 @pytest.mark.slow
 @needs_two_threads
 def test_parallel_step_passes_equal_the_serial_ones(rng):

@@ -163,107 +163,237 @@ def _chunk(c, nchunk, N):
     return c * N // nchunk, (c + 1) * N // nchunk
 
 
-@njit(cache=True)
-def _capacitance(Pinv, A, scale, VtT, out, nchunk=1):
-    """out = I - Vt P^-1 (scale A), with P^-1 A formed one particle at a time and never stored (a
-    (bN, r) complex array is the largest a factorization would otherwise keep)."""
-    zero = _zero_like(out)
-    N, nb, r = Pinv.shape[0], Pinv.shape[1], VtT.shape[1]
-    nd = nb - 1
-    partial = np.zeros((nchunk, r, r), dtype=out.dtype)
-    for c in prange(nchunk):
-        lo, hi = _chunk(c, nchunk, N)
-        acc = partial[c]
-        if nb == 2:
-            for i in range(lo, hi):
-                p00, p01, p10, p11 = Pinv[i, 0, 0], Pinv[i, 0, 1], Pinv[i, 1, 0], Pinv[i, 1, 1]
-                for l in range(r):
-                    a0, a1 = A[i, l], A[N + i, l]
-                    q0, q1 = p00 * a0 + p01 * a1, p10 * a0 + p11 * a1
+@functools.lru_cache(maxsize=None)
+def _rank_passes(rank: int) -> SimpleNamespace:
+    """The capacitance and solve passes compiled for one rank r of A Vt (the number of moments). A
+    constant r lets LLVM unroll the loops over it and keep their sums in registers: a solve at
+    N = 3e4, r = 4 takes half the time it takes with r read from the arrays, with the same numbers.
+    Numba caches each rank apart (its key includes the closure's values)."""
+    R = rank
+
+    @njit(cache=True)
+    def _capacitance(Pinv, A, scale, VtT, out, nchunk=1):
+        """out = I - Vt P^-1 (scale A), with P^-1 A formed one particle at a time and never stored (a
+        (bN, r) complex array is the largest a factorization would otherwise keep)."""
+        zero = _zero_like(out)
+        N, nb, r = Pinv.shape[0], Pinv.shape[1], R
+        nd = nb - 1
+        partial = np.zeros((nchunk, r, r), dtype=out.dtype)
+        for c in prange(nchunk):
+            lo, hi = _chunk(c, nchunk, N)
+            acc = partial[c]
+            if nb == 2:
+                for i in range(lo, hi):
+                    p00, p01, p10, p11 = Pinv[i, 0, 0], Pinv[i, 0, 1], Pinv[i, 1, 0], Pinv[i, 1, 1]
+                    for l in range(r):
+                        a0, a1 = A[i, l], A[N + i, l]
+                        q0, q1 = p00 * a0 + p01 * a1, p10 * a0 + p11 * a1
+                        for k in range(r):
+                            acc[k, l] += VtT[i, k] * q0 + VtT[N + i, k] * q1
+            else:
+                q = np.empty(nb, dtype=out.dtype)
+                for i in range(lo, hi):
+                    for l in range(r):
+                        for p in range(nb):
+                            v = zero
+                            for m in range(nb):
+                                v += Pinv[i, p, m] * A[_at(N, nd, i, m), l]
+                            q[p] = v
+                        for p in range(nb):
+                            jp = _at(N, nd, i, p)
+                            for k in range(r):
+                                acc[k, l] += VtT[jp, k] * q[p]
+        for k in range(r):
+            for l in range(r):
+                total = zero
+                for c in range(nchunk):
+                    total += partial[c, k, l]
+                out[k, l] = (1.0 if k == l else 0.0) - scale * total
+
+    @njit(cache=True)
+    def _woodbury_solve(Pinv, A, scale, VtT, cap_inv, b, out, nchunk=1):
+        """out = P^-1 (b + scale A z), z = cap^-1 Vt P^-1 b: one pass for Vt P^-1 b, one for the
+        solution; reads P^-1, A, Vt (as its transpose, row by row) and b, stores nothing else."""
+        zero = _zero_like(out)
+        N, nb, r = Pinv.shape[0], Pinv.shape[1], R
+        nd = nb - 1
+        partial = np.zeros((nchunk, r), dtype=out.dtype)
+        for c in prange(nchunk):
+            lo, hi = _chunk(c, nchunk, N)
+            acc = partial[c]
+            if nb == 2:  # the single-index layout [a; s], written out (the general loop costs 25% there)
+                for i in range(lo, hi):
+                    ba, bs = b[i], b[N + i]
+                    ya = Pinv[i, 0, 0] * ba + Pinv[i, 0, 1] * bs
+                    ys = Pinv[i, 1, 0] * ba + Pinv[i, 1, 1] * bs
                     for k in range(r):
-                        acc[k, l] += VtT[i, k] * q0 + VtT[N + i, k] * q1
-        else:
-            q = np.empty(nb, dtype=out.dtype)
-            for i in range(lo, hi):
-                for l in range(r):
+                        acc[k] += VtT[i, k] * ya + VtT[N + i, k] * ys
+            else:
+                y = np.empty(nb, dtype=out.dtype)
+                for i in range(lo, hi):
                     for p in range(nb):
                         v = zero
-                        for m in range(nb):
-                            v += Pinv[i, p, m] * A[_at(N, nd, i, m), l]
-                        q[p] = v
+                        for q in range(nb):
+                            v += Pinv[i, p, q] * b[_at(N, nd, i, q)]
+                        y[p] = v
                     for p in range(nb):
                         jp = _at(N, nd, i, p)
                         for k in range(r):
-                            acc[k, l] += VtT[jp, k] * q[p]
-    for k in range(r):
-        for l in range(r):
-            total = zero
-            for c in range(nchunk):
-                total += partial[c, k, l]
-            out[k, l] = (1.0 if k == l else 0.0) - scale * total
-
-
-@njit(cache=True)
-def _woodbury_solve(Pinv, A, scale, VtT, cap_inv, b, out, nchunk=1):
-    """out = P^-1 (b + scale A z), z = cap^-1 Vt P^-1 b: one pass for Vt P^-1 b, one for the
-    solution; reads P^-1, A, Vt (as its transpose, row by row) and b, stores nothing else."""
-    zero = _zero_like(out)
-    N, nb, r = Pinv.shape[0], Pinv.shape[1], VtT.shape[1]
-    nd = nb - 1
-    partial = np.zeros((nchunk, r), dtype=out.dtype)
-    for c in prange(nchunk):
-        lo, hi = _chunk(c, nchunk, N)
-        acc = partial[c]
-        if nb == 2:  # the single-index layout [a; s], written out (the general loop costs 25% there)
-            for i in range(lo, hi):
-                ba, bs = b[i], b[N + i]
-                ya = Pinv[i, 0, 0] * ba + Pinv[i, 0, 1] * bs
-                ys = Pinv[i, 1, 0] * ba + Pinv[i, 1, 1] * bs
-                for k in range(r):
-                    acc[k] += VtT[i, k] * ya + VtT[N + i, k] * ys
-        else:
-            y = np.empty(nb, dtype=out.dtype)
-            for i in range(lo, hi):
-                for p in range(nb):
-                    v = zero
-                    for q in range(nb):
-                        v += Pinv[i, p, q] * b[_at(N, nd, i, q)]
-                    y[p] = v
-                for p in range(nb):
-                    jp = _at(N, nd, i, p)
+                            acc[k] += VtT[jp, k] * y[p]
+        z = np.zeros(r, dtype=out.dtype)
+        for k in range(r):
+            for l in range(r):
+                total = zero
+                for c in range(nchunk):
+                    total += partial[c, l]
+                z[k] += scale * cap_inv[k, l] * total
+        for c in prange(nchunk):
+            lo, hi = _chunk(c, nchunk, N)
+            if nb == 2:
+                for i in range(lo, hi):
+                    va, vs = b[i], b[N + i]
                     for k in range(r):
-                        acc[k] += VtT[jp, k] * y[p]
-    z = np.zeros(r, dtype=out.dtype)
-    for k in range(r):
-        for l in range(r):
-            total = zero
-            for c in range(nchunk):
-                total += partial[c, l]
-            z[k] += scale * cap_inv[k, l] * total
-    for c in prange(nchunk):
-        lo, hi = _chunk(c, nchunk, N)
-        if nb == 2:
-            for i in range(lo, hi):
-                va, vs = b[i], b[N + i]
-                for k in range(r):
-                    va += A[i, k] * z[k]
-                    vs += A[N + i, k] * z[k]
-                out[i] = Pinv[i, 0, 0] * va + Pinv[i, 0, 1] * vs
-                out[N + i] = Pinv[i, 1, 0] * va + Pinv[i, 1, 1] * vs
-        else:
-            v = np.empty(nb, dtype=out.dtype)
-            for i in range(lo, hi):
-                for p in range(nb):
-                    jp = _at(N, nd, i, p)
-                    u = b[jp]
+                        va += A[i, k] * z[k]
+                        vs += A[N + i, k] * z[k]
+                    out[i] = Pinv[i, 0, 0] * va + Pinv[i, 0, 1] * vs
+                    out[N + i] = Pinv[i, 1, 0] * va + Pinv[i, 1, 1] * vs
+            else:
+                v = np.empty(nb, dtype=out.dtype)
+                for i in range(lo, hi):
+                    for p in range(nb):
+                        jp = _at(N, nd, i, p)
+                        u = b[jp]
+                        for k in range(r):
+                            u += A[jp, k] * z[k]
+                        v[p] = u
+                    for p in range(nb):
+                        x = zero
+                        for q in range(nb):
+                            x += Pinv[i, p, q] * v[q]
+                        out[_at(N, nd, i, p)] = x
+
+    @njit(cache=True)
+    def _capacitance_complex(Pinv, A, scale, VtT, out, nchunk=1):
+        """:func:`_capacitance` for complex P^-1 with A and Vt real, real and imaginary parts summed
+        apart: Numba multiplies a real by a complex as two complexes (four products where two do), and
+        these passes are bound by that arithmetic. The same numbers as the generic pass."""
+        N, nb, r = Pinv.shape[0], Pinv.shape[1], R
+        nd = nb - 1
+        part_re = np.zeros((nchunk, r, r))
+        part_im = np.zeros((nchunk, r, r))
+        for c in prange(nchunk):
+            lo, hi = _chunk(c, nchunk, N)
+            acc_re, acc_im = part_re[c], part_im[c]
+            if nb == 2:
+                for i in range(lo, hi):
+                    p00, p01, p10, p11 = Pinv[i, 0, 0], Pinv[i, 0, 1], Pinv[i, 1, 0], Pinv[i, 1, 1]
+                    for l in range(r):
+                        a0, a1 = A[i, l], A[N + i, l]
+                        q0_re, q0_im = p00.real * a0 + p01.real * a1, p00.imag * a0 + p01.imag * a1
+                        q1_re, q1_im = p10.real * a0 + p11.real * a1, p10.imag * a0 + p11.imag * a1
+                        for k in range(r):
+                            v0, v1 = VtT[i, k], VtT[N + i, k]
+                            acc_re[k, l] += v0 * q0_re + v1 * q1_re
+                            acc_im[k, l] += v0 * q0_im + v1 * q1_im
+            else:
+                q_re, q_im = np.empty(nb), np.empty(nb)
+                for i in range(lo, hi):
+                    for l in range(r):
+                        for p in range(nb):
+                            v_re = v_im = 0.0
+                            for m in range(nb):
+                                a = A[_at(N, nd, i, m), l]
+                                v_re += Pinv[i, p, m].real * a
+                                v_im += Pinv[i, p, m].imag * a
+                            q_re[p], q_im[p] = v_re, v_im
+                        for p in range(nb):
+                            jp = _at(N, nd, i, p)
+                            for k in range(r):
+                                acc_re[k, l] += VtT[jp, k] * q_re[p]
+                                acc_im[k, l] += VtT[jp, k] * q_im[p]
+        for k in range(r):
+            for l in range(r):
+                t_re = t_im = 0.0
+                for c in range(nchunk):
+                    t_re += part_re[c, k, l]
+                    t_im += part_im[c, k, l]
+                out[k, l] = (1.0 if k == l else 0.0) - scale * (t_re + 1j * t_im)
+
+    @njit(cache=True)
+    def _woodbury_solve_complex(Pinv, A, scale, VtT, cap_inv, b, out, nchunk=1):
+        """:func:`_woodbury_solve` for complex P^-1 and b with A and Vt real: the products with A and Vt
+        taken on real and imaginary parts apart (see :func:`_capacitance_complex`)."""
+        N, nb, r = Pinv.shape[0], Pinv.shape[1], R
+        nd = nb - 1
+        part_re = np.zeros((nchunk, r))
+        part_im = np.zeros((nchunk, r))
+        for c in prange(nchunk):
+            lo, hi = _chunk(c, nchunk, N)
+            acc_re, acc_im = part_re[c], part_im[c]
+            if nb == 2:
+                for i in range(lo, hi):
+                    ba, bs = b[i], b[N + i]
+                    ya = Pinv[i, 0, 0] * ba + Pinv[i, 0, 1] * bs
+                    ys = Pinv[i, 1, 0] * ba + Pinv[i, 1, 1] * bs
                     for k in range(r):
-                        u += A[jp, k] * z[k]
-                    v[p] = u
-                for p in range(nb):
-                    x = zero
-                    for q in range(nb):
-                        x += Pinv[i, p, q] * v[q]
-                    out[_at(N, nd, i, p)] = x
+                        v0, v1 = VtT[i, k], VtT[N + i, k]
+                        acc_re[k] += v0 * ya.real + v1 * ys.real
+                        acc_im[k] += v0 * ya.imag + v1 * ys.imag
+            else:
+                y = np.empty(nb, dtype=out.dtype)
+                for i in range(lo, hi):
+                    for p in range(nb):
+                        v = 0j
+                        for q in range(nb):
+                            v += Pinv[i, p, q] * b[_at(N, nd, i, q)]
+                        y[p] = v
+                    for p in range(nb):
+                        jp = _at(N, nd, i, p)
+                        for k in range(r):
+                            acc_re[k] += VtT[jp, k] * y[p].real
+                            acc_im[k] += VtT[jp, k] * y[p].imag
+        z_re, z_im = np.zeros(r), np.zeros(r)
+        for k in range(r):
+            for l in range(r):
+                t_re = t_im = 0.0
+                for c in range(nchunk):
+                    t_re += part_re[c, l]
+                    t_im += part_im[c, l]
+                zk = scale * cap_inv[k, l] * (t_re + 1j * t_im)
+                z_re[k] += zk.real
+                z_im[k] += zk.imag
+        for c in prange(nchunk):
+            lo, hi = _chunk(c, nchunk, N)
+            if nb == 2:
+                for i in range(lo, hi):
+                    va_re, va_im, vs_re, vs_im = b[i].real, b[i].imag, b[N + i].real, b[N + i].imag
+                    for k in range(r):
+                        a0, a1 = A[i, k], A[N + i, k]
+                        va_re += a0 * z_re[k]
+                        va_im += a0 * z_im[k]
+                        vs_re += a1 * z_re[k]
+                        vs_im += a1 * z_im[k]
+                    va, vs = va_re + 1j * va_im, vs_re + 1j * vs_im
+                    out[i] = Pinv[i, 0, 0] * va + Pinv[i, 0, 1] * vs
+                    out[N + i] = Pinv[i, 1, 0] * va + Pinv[i, 1, 1] * vs
+            else:
+                v = np.empty(nb, dtype=out.dtype)
+                for i in range(lo, hi):
+                    for p in range(nb):
+                        jp = _at(N, nd, i, p)
+                        u_re, u_im = b[jp].real, b[jp].imag
+                        for k in range(r):
+                            u_re += A[jp, k] * z_re[k]
+                            u_im += A[jp, k] * z_im[k]
+                        v[p] = u_re + 1j * u_im
+                    for p in range(nb):
+                        x = 0j
+                        for q in range(nb):
+                            x += Pinv[i, p, q] * v[q]
+                        out[_at(N, nd, i, p)] = x
+
+    return SimpleNamespace(_capacitance=_capacitance, _woodbury_solve=_woodbury_solve,
+                           _capacitance_complex=_capacitance_complex, _woodbury_solve_complex=_woodbury_solve_complex)
 
 
 @njit(cache=True)
@@ -338,14 +468,16 @@ def _block_inverses(P):
 
 
 @functools.lru_cache(maxsize=None)
-def _passes(parallel: bool) -> SimpleNamespace:
-    """The factorization's and solve's compiled passes, or their parallel variants."""
-    names = ("_shifted_inverses_2x2", "_capacitance", "_woodbury_solve")
+def _passes(parallel: bool, rank: int) -> SimpleNamespace:
+    """The factorization's and solve's compiled passes for rank ``rank``, or their parallel variants."""
+    k = _rank_passes(rank)
+    names = ("_capacitance", "_woodbury_solve", "_capacitance_complex", "_woodbury_solve_complex")
     if not parallel:
-        return SimpleNamespace(**{name: globals()[name] for name in names})
+        return SimpleNamespace(_shifted_inverses_2x2=_shifted_inverses_2x2, **{n: getattr(k, n) for n in names})
     from ..threads import parallel_variant
 
-    return SimpleNamespace(**{name: parallel_variant(globals()[name]) for name in names})
+    return SimpleNamespace(_shifted_inverses_2x2=parallel_variant(_shifted_inverses_2x2),
+                           **{n: parallel_variant(getattr(k, n)) for n in names})
 
 
 class WoodburyFactor:
@@ -357,11 +489,14 @@ class WoodburyFactor:
     def __init__(self, M: IterationMatrix, threads: int = 1):
         c, J = M.c, M.J
         self.nchunk = threads
-        k = _passes(threads > 1)
-        self._solve_pass = k._woodbury_solve
+        k = _passes(threads > 1, J.VtT.shape[1])
         sc = J.scale
         self.c, self.sc, self.J = c, sc, J
         dtype = np.result_type(c, sc, J.D)
+        # complex shift, real Jacobian (Radau's complex pair): the passes that split the arithmetic
+        split = dtype.kind == "c" and J.A.dtype.kind == "f" and J.VtT.dtype.kind == "f"
+        self._solve_pass = k._woodbury_solve_complex if split else k._woodbury_solve
+        capacitance_pass = k._capacitance_complex if split else k._capacitance
         self.dense = None
         self.n = J.shape[0]
         if J.b == 2:
@@ -380,7 +515,7 @@ class WoodburyFactor:
         r = self.VtT.shape[1]
         if r <= CAPACITANCE_LOOP_MAX:
             cap = np.empty((r, r), dtype=self.Pinv.dtype)
-            k._capacitance(self.Pinv, self.A, sc, self.VtT, cap, self.nchunk)
+            capacitance_pass(self.Pinv, self.A, sc, self.VtT, cap, self.nchunk)
         else:
             Q = np.empty(self.A.shape, dtype=self.Pinv.dtype)  # transient: P^-1 A for one GEMM
             _pinv_rows(self.Pinv, self.A, sc, Q)

@@ -1,0 +1,82 @@
+"""The Woodbury passes of this tree against those of an earlier commit, in one process.
+
+The same mean-field solves as ``bench_particles.py`` (staircase K = 3, eps = 1e-12, t in [0, 5],
+rtol 1e-8, quadrature nodes) run alternately with this tree's capacitance and solve passes
+(``odehild/solve/structured.py``) and with those of ``--against`` (read with ``git show``), everything
+else shared. Prints each wall time, the ratio of medians, and the largest difference between the two
+trajectories (0 where the passes compute the same numbers).
+
+    python benchmarks/bench_passes.py --against a43ecee --n 10000 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def passes_of(rev):
+    """The serial passes of ``odehild/solve/structured.py`` at ``rev``, as ``_passes(parallel, rank)``."""
+    src = subprocess.run(["git", "show", f"{rev}:odehild/solve/structured.py"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(src)
+    spec = importlib.util.spec_from_file_location("structured_at_" + rev, f.name)
+    old = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
+    if hasattr(old, "_rank_passes"):
+        return lambda parallel, rank: old._passes(False, rank)
+    o = old._passes(False)  # before the rank-specialized and complex passes: one generic set
+    ns = SimpleNamespace(_shifted_inverses_2x2=o._shifted_inverses_2x2, _capacitance=o._capacitance,
+                         _woodbury_solve=o._woodbury_solve, _capacitance_complex=o._capacitance,
+                         _woodbury_solve_complex=o._woodbury_solve)
+    return lambda parallel, rank: ns
+
+
+def main(rev, ns, norms, repeats):
+    from odehild.models import MeanFieldModel
+    from odehild.solve import initial_condition, solve
+    from odehild.solve import structured
+
+    variants = {"this tree": structured._passes, rev: passes_of(rev)}
+    model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)", K=3, eps=1e-12)
+    for passes in variants.values():  # load (or compile) both sets before timing
+        structured._passes = passes
+        solve(model, initial_condition(200), 5.0, points=3, progress=False)
+    print(f"{'N':>7} {'norm':>9} {'steps':>6} {'this tree: wall s':>24} {rev + ': wall s':>24} {'ratio':>6} "
+          f"{'max |diff|':>10}")
+    for N in ns:
+        init = initial_condition(N)
+        for norm in norms:
+            walls, runs = {k: [] for k in variants}, {}
+            for _ in range(repeats):
+                for name in reversed(list(variants)):
+                    structured._passes = variants[name]
+                    t0 = time.perf_counter()
+                    runs[name] = solve(model, init, 5.0, rtol=1e-8, atol=1e-10, progress=False, error_norm=norm)
+                    walls[name].append(time.perf_counter() - t0)
+            new, old = runs["this tree"], runs[rev]
+            diff = max(np.max(np.abs(new.a - old.a)), np.max(np.abs(new.s - old.s)))
+            ratio = np.median(walls[rev]) / np.median(walls["this tree"])
+            print(f"{N:>7} {norm:>9} {new.stats['nsteps']:>6} {', '.join(f'{w:.2f}' for w in walls['this tree']):>24} "
+                  f"{', '.join(f'{w:.2f}' for w in walls[rev]):>24} {ratio:6.2f} {diff:10.1e}", flush=True)
+    print(f"ratio: median wall time with {rev}'s passes over this tree's (above 1: this tree is faster)")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--against", default="a43ecee", help="the commit whose passes to compare with")
+    p.add_argument("--n", type=int, nargs="+", default=[10000])
+    p.add_argument("--norms", nargs="+", choices=("state", "weighted"), default=["state", "weighted"])
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args()
+    main(a.against, a.n, a.norms, a.repeats)
