@@ -22,15 +22,18 @@ from types import SimpleNamespace
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+_KEEP = []  # temporary folders alive until the process ends
 
 
 def passes_of(rev):
     """The serial passes of ``odehild/solve/structured.py`` at ``rev``, as ``_passes(parallel, rank)``."""
     src = subprocess.run(["git", "show", f"{rev}:odehild/solve/structured.py"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(src)
-    spec = importlib.util.spec_from_file_location("structured_at_" + rev, f.name)
+    folder = tempfile.TemporaryDirectory()  # its Numba cache goes with it
+    _KEEP.append(folder)
+    path = Path(folder.name) / f"structured_at_{rev}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("structured_at_" + rev, path)
     old = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(old)
     if hasattr(old, "_rank_passes"):
