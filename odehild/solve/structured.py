@@ -138,6 +138,17 @@ def _zero_like(out):
     return np.zeros(1, dtype=out.dtype)[0]
 
 
+@njit(cache=True, inline="always")
+def _write_block(Pinv, i, N, nd, v, out):
+    """out's unknowns of particle i = P_i^-1 v (the last step of a solve)."""
+    nb = Pinv.shape[1]
+    for p in range(nb):
+        x = Pinv[i, p, 0] * v[0]
+        for q in range(1, nb):
+            x += Pinv[i, p, q] * v[q]
+        out[_at(N, nd, i, p)] = x
+
+
 @njit(cache=True)
 def _pinv_rows(Pinv, B, scale, out):
     """out = P^-1 (scale B) for B (bN, r), P^-1 as blocks (N, b, b)."""
@@ -266,11 +277,7 @@ def _rank_passes(rank: int) -> SimpleNamespace:
                         for k in range(r):
                             u += A[jp, k] * z[k]
                         v[p] = u
-                    for p in range(nb):
-                        x = zero
-                        for q in range(nb):
-                            x += Pinv[i, p, q] * v[q]
-                        out[_at(N, nd, i, p)] = x
+                    _write_block(Pinv, i, N, nd, v, out)
 
     @njit(cache=True)
     def _capacitance_complex(Pinv, A, scale, VtT, out, nchunk=1):
@@ -386,11 +393,7 @@ def _rank_passes(rank: int) -> SimpleNamespace:
                             u_re += A[jp, k] * z_re[k]
                             u_im += A[jp, k] * z_im[k]
                         v[p] = u_re + 1j * u_im
-                    for p in range(nb):
-                        x = 0j
-                        for q in range(nb):
-                            x += Pinv[i, p, q] * v[q]
-                        out[_at(N, nd, i, p)] = x
+                    _write_block(Pinv, i, N, nd, v, out)
 
     return SimpleNamespace(_capacitance=_capacitance, _woodbury_solve=_woodbury_solve,
                            _capacitance_complex=_capacitance_complex, _woodbury_solve_complex=_woodbury_solve_complex)
