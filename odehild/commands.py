@@ -42,6 +42,14 @@ def add_solver_args(p):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def add_error_norm_arg(p):
+    p.add_argument("--error-norm", default="state", choices=("state", "weighted"),
+                   help="state (default): rtol and atol hold for every unknown; weighted: each particle's error "
+                        "counts times sqrt(w / max w), so light tail particles are held less tightly than heavy "
+                        "ones (moments, risk and learning times stay at the tolerance's level; 2 to 3x fewer "
+                        "steps with the default quadrature nodes)")
+
+
 # result options and the file kinds they take: one rule for every sub-command (docs/conventions.md)
 OUTPUT_KINDS = {"out": ".npz", "ode": ".npz", "report": ".json", "plot": "figure", "output": "figure"}
 
@@ -160,7 +168,8 @@ def _timescales_multi_index(args):
     if stuck:
         print("warning: " + stuck, file=sys.stderr if args.json else sys.stdout)
     sweep = direction_sweep(model, args.eps_list, init, args.t_end, method=args.method or "Radau", rtol=args.rtol,
-                            atol=args.atol, points=args.points, progress=False if args.quiet else None)
+                            atol=args.atol, points=args.points, progress=False if args.quiet else None,
+                            error_norm=args.error_norm)
     written = []
     if args.plot:
         sweep.plot(args.plot)
@@ -200,7 +209,7 @@ def _cmd_timescales(args):
         warnings.simplefilter("ignore", ResolutionWarning)  # printed below, in the notes
         fit, trajs = timescale_sweep(model, eps_list, init, args.t_end, method=args.method or "Radau",
                                      rtol=args.rtol, atol=args.atol, points=args.points,
-                                     check_resolution=not args.no_resolution_check,
+                                     error_norm=args.error_norm, check_resolution=not args.no_resolution_check,
                                      progress=False if args.quiet else None)
     written = []
     if args.plot:
@@ -595,11 +604,7 @@ def register(sub):
                    help="threads for the structured Radau's passes over the particles (default 1). They pay at "
                         "large N on a quiet machine (1.2 to 1.4x at N = 1e4 to 1e5 on 2 cores) and cost several "
                         "times over next to other work")
-    s.add_argument("--error-norm", default="state", choices=("state", "weighted"),
-                   help="state (default): rtol and atol hold for every unknown; weighted: each particle's error "
-                        "counts times sqrt(w / max w), so light tail particles are held less tightly than heavy "
-                        "ones (moments, risk and learning times stay at the tolerance's level; 2 to 3x fewer "
-                        "steps with the default quadrature nodes)")
+    add_error_norm_arg(s)
     s.add_argument("--out", required=True, help="output trajectory FILE.npz")
     s.set_defaults(func=_cmd_solve)
 
@@ -619,6 +624,7 @@ def register(sub):
     t.add_argument("--no-resolution-check", action="store_true",
                    help="skip the second run at N/2 that estimates the discretisation error")
     add_solver_args(t)
+    add_error_norm_arg(t)
     t.set_defaults(points=2000)
     t.add_argument("--json", action="store_true", help="print one JSON object on stdout (messages go to stderr)")
     t.add_argument("--plot", default=None, help="write the sweep figure here (FILE.png, .pdf, .svg, ...)")

@@ -108,6 +108,12 @@ def test_cli_timescales_json():
     assert np.all(np.diff(t[:, 1]) < 0) and np.all(np.diff(t[:, 2]) < 0)  # faster at smaller eps
     assert 0.3 < data["slope"][1] < 0.6  # sqrt(eps) log(1/eps) gives a slope a bit below 1/2
     assert 0.15 < data["slope"][2] < 0.4  # eps^(1/4)
+    weighted = run_cli("timescales", "--sigma", "h(0,z)+h(1,z)+h(2,z)", "--phi", "h(1,z)+h(2,z)", "--kmax", "2",
+                       "--eps-list", "1e-4", "1e-6", "1e-8", "--particles", "40", "--t-end", "3", "--json", "--quiet",
+                       "--error-norm", "weighted")
+    assert weighted.returncode == 0, weighted.stderr
+    tw = np.array(json.loads(weighted.stdout)["times"], dtype=float)
+    np.testing.assert_allclose(tw[:, 1:], t[:, 1:], rtol=1e-6)
 
 
 def test_rendered_derivations_are_up_to_date():

@@ -42,6 +42,8 @@ NET = [*S, "--width", "4", "--dim", "16", "--quiet"]
     (["hermite", "1/relu(z)"], "cannot compute its Hermite coefficients"),
     (["solve", *S, "--eps", "1e-3", "--error-norm", "weighted", "--method", "BDF", "--out", "a.npz"],
      "error_norm='weighted' is implemented in the compiled structured Radau only"),
+    (["timescales", *S, "--eps-list", "1e-3", "1e-4", "--error-norm", "weighted", "--method", "LSODA"],
+     "error_norm='weighted' is implemented in the compiled structured Radau only"),
     (["solve", "--model", "committee", "--sigma", "erf(z/sqrt(2))", "--phi", "erf(z/sqrt(2))", "--lr", "0.1",
       "--error-norm", "weighted", "--out", "a.npz"], "--error-norm weighted weighs particles"),
 ])

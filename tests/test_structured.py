@@ -259,3 +259,23 @@ def test_weighted_error_norm_keeps_moments_risk_and_learning_times_at_the_tolera
         solve(model, init, 5.0, error_norm="law")
     with pytest.raises(InputError, match="compiled structured Radau only"):
         solve(model, init, 5.0, error_norm="weighted", structured=False)
+
+
+@pytest.mark.filterwarnings("ignore::odehild.errors.ResolutionWarning")
+def test_timescale_sweep_in_the_weighted_norm_keeps_its_learning_times_and_error_estimates():
+    """An eps sweep (N and N/2 per eps) in the weighted norm: the same learning times and
+    discretisation error estimates as in the state norm, in fewer steps; each run says its norm."""
+    from odehild.solve.analysis import timescale_sweep
+
+    model = MeanFieldModel(*STAIR, K=3, eps=1e-6)
+    fits, steps = {}, {}
+    for norm in ("state", "weighted"):
+        fit, trajs = timescale_sweep(model, [1e-6, 1e-9], initial_condition(120), progress=False, error_norm=norm)
+        assert all(tr.meta["error_norm"] == norm for tr in trajs)
+        fits[norm], steps[norm] = fit, sum(tr.stats["nsteps"] for tr in trajs)
+    state, weighted = np.asarray(fits["state"].times), np.asarray(fits["weighted"].times)
+    assert np.isfinite(state[:, 1:]).all()
+    np.testing.assert_allclose(weighted[:, 1:], state[:, 1:], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(fits["weighted"].time_error)[:, 1:],
+                               np.asarray(fits["state"].time_error)[:, 1:], rtol=1e-3, atol=1e-8 * state[:, 1:].max())
+    assert steps["weighted"] < 0.7 * steps["state"]
