@@ -139,6 +139,13 @@ def _zero_like(out):
 
 
 @njit(cache=True, inline="always")
+def _write_pair(Pinv, i, N, va, vs, out):
+    """out's (a_i, s_i) = P_i^-1 (va, vs): the last step of a solve, 2x2 blocks."""
+    out[i] = Pinv[i, 0, 0] * va + Pinv[i, 0, 1] * vs
+    out[N + i] = Pinv[i, 1, 0] * va + Pinv[i, 1, 1] * vs
+
+
+@njit(cache=True, inline="always")
 def _write_block(Pinv, i, N, nd, v, out):
     """out's unknowns of particle i = P_i^-1 v (the last step of a solve)."""
     nb = Pinv.shape[1]
@@ -266,8 +273,7 @@ def _rank_passes(rank: int) -> SimpleNamespace:
                     for k in range(r):
                         va += A[i, k] * z[k]
                         vs += A[N + i, k] * z[k]
-                    out[i] = Pinv[i, 0, 0] * va + Pinv[i, 0, 1] * vs
-                    out[N + i] = Pinv[i, 1, 0] * va + Pinv[i, 1, 1] * vs
+                    _write_pair(Pinv, i, N, va, vs, out)
             else:
                 v = np.empty(nb, dtype=out.dtype)
                 for i in range(lo, hi):
@@ -381,8 +387,7 @@ def _rank_passes(rank: int) -> SimpleNamespace:
                         vs_re += a1 * z_re[k]
                         vs_im += a1 * z_im[k]
                     va, vs = va_re + 1j * va_im, vs_re + 1j * vs_im
-                    out[i] = Pinv[i, 0, 0] * va + Pinv[i, 0, 1] * vs
-                    out[N + i] = Pinv[i, 1, 0] * va + Pinv[i, 1, 1] * vs
+                    _write_pair(Pinv, i, N, va, vs, out)
             else:
                 v = np.empty(nb, dtype=out.dtype)
                 for i in range(lo, hi):
