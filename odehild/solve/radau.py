@@ -7,8 +7,8 @@ SciPy's to rounding, with one addition: after a Newton failure the next steps ar
 without Newton failures take SciPy's steps. What differs is where the time goes: SciPy's step is a
 sequence of NumPy expressions over (3, n) arrays (about 25 temporaries per Newton iteration, 17 ms
 of a 32 ms step at N = 1e5 particles); here each Newton iteration is two fused Numba passes plus
-the two Woodbury solves, into buffers allocated once. The Python left per step is the control logic (a few dozen
-scalar operations).
+the two Woodbury solves, into buffers allocated once. The Python left per step is the control
+logic (a few dozen scalar operations).
 
 The Newton systems are solved through the Jacobian's structure J = D + A Vt
 (:class:`~odehild.solve.structured.WoodburyFactor`): (mu/h I - J) for the real eigenvalue mu of
