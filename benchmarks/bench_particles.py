@@ -12,6 +12,7 @@ error counted times sqrt(w / max w)).
     python benchmarks/bench_particles.py    # N = 1e3, 1e4, 1e5; compiled, weighted, threads2, scipy
     python benchmarks/bench_particles.py --n 1000000 --solvers compiled weighted --max-wall 60
     python benchmarks/bench_particles.py --accuracy 1000   # errors against a state-norm run at rtol 1e-10
+    python benchmarks/bench_particles.py --n 100000 --solvers weighted --output-precision float32
 
 ``--accuracy N`` runs, in one fresh process, a reference in the state norm at rtol 1e-10 and then the
 state and weighted norms at rtol 1e-8 (and weighted at 1e-10), all on the same 400 log-spaced output
@@ -31,7 +32,7 @@ CHILD = r"""
 import json, resource, sys, time
 from odehild.models import MeanFieldModel
 from odehild.solve import initial_condition, integrate, solve
-N, solver, max_wall = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+N, solver, max_wall, precision = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4]
 threads = 2 if solver == "threads2" else 1
 if solver == "scipy":
     integrate.STRUCTURED_RADAU = "scipy"
@@ -41,11 +42,12 @@ model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)", K=
 # loads every kernel; with threads, at enough unknowns that the parallel passes are loaded (or compiled) too
 warm = integrate.PARALLEL_MIN_UNKNOWNS // 2 if threads > 1 else 200
 solve(model, initial_condition(warm), 5.0 if threads == 1 else 1e-6, points=3, progress=False,
-      structured=structured, threads=threads, error_norm=norm)
+      structured=structured, threads=threads, error_norm=norm, output_precision=precision)
 init = initial_condition(N)
 t0 = time.perf_counter()
 tr = solve(model, init, 5.0, rtol=1e-8, atol=1e-10, progress=False, structured=structured,
-           max_wall=max_wall if max_wall > 0 else None, threads=threads, error_norm=norm)
+           max_wall=max_wall if max_wall > 0 else None, threads=threads, error_norm=norm,
+           output_precision=precision)
 wall = time.perf_counter() - t0
 print(json.dumps({"N": N, "wall": wall, "steps": tr.stats["nsteps"], "nlu": tr.stats["nlu"],
                   "ndense": tr.stats["ndense"], "risk": float(tr.risk[-1]), "t": tr.stats["t_reached"],
@@ -101,16 +103,16 @@ def accuracy(N):
               f"{r['risk']:9.1e} {r['s']:9.1e}")
 
 
-def run(N, solver, max_wall):
-    out = subprocess.run([sys.executable, "-c", CHILD, str(N), solver, str(max_wall)], capture_output=True,
-                         text=True)
+def run(N, solver, max_wall, precision):
+    out = subprocess.run([sys.executable, "-c", CHILD, str(N), solver, str(max_wall), precision],
+                         capture_output=True, text=True)
     if out.returncode:
         return {"N": N, "error": (out.stderr.strip().splitlines() or ["killed"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(ns, solvers, dense_upto, max_wall):
-    print("mean-field staircase K = 3, eps = 1e-12, t in [0, 5], rtol 1e-8, Radau")
+def main(ns, solvers, dense_upto, max_wall, precision):
+    print(f"mean-field staircase K = 3, eps = 1e-12, t in [0, 5], rtol 1e-8, Radau, 201 output times in {precision}")
     print(f"{'N':>8} {'solver':>9} {'wall s':>8} {'steps':>6} {'ms/step':>8} {'peak MB':>8} {'t reached':>9} "
           f"{'step ratio':>10} {'wall ratio':>10}")
     for N in ns:
@@ -118,7 +120,7 @@ def main(ns, solvers, dense_upto, max_wall):
         for solver in solvers:
             if solver == "dense" and N > dense_upto:
                 continue
-            r = run(N, solver, max_wall)
+            r = run(N, solver, max_wall, precision)
             if "error" in r:
                 print(f"{N:>8} {solver:>9} failed: {r['error']}")
                 continue
@@ -136,10 +138,12 @@ if __name__ == "__main__":
                    default=["compiled", "weighted", "threads2", "scipy"])
     p.add_argument("--dense-upto", type=int, default=4000, help="run the dense solver only up to this N")
     p.add_argument("--max-wall", type=float, default=0, help="stop each solve after this many seconds (0: never)")
+    p.add_argument("--output-precision", default="float64", choices=("float64", "float32"),
+                   help="how the particles' states at the output times are kept (solve's output_precision)")
     p.add_argument("--accuracy", type=int, metavar="N", default=0,
                    help="instead of the timings, errors of each norm at this N against a tight run")
     a = p.parse_args()
     if a.accuracy:
         accuracy(a.accuracy)
     else:
-        main(a.n, a.solvers, a.dense_upto, a.max_wall)
+        main(a.n, a.solvers, a.dense_upto, a.max_wall, a.output_precision)

@@ -136,6 +136,9 @@ def _cmd_solve(args):
     if args.error_norm != "state" and model not in ("meanfield", "multi-index"):
         raise InputError(f"--error-norm {args.error_norm} weighs particles: it belongs to the mean-field models "
                          f"(meanfield, multi-index), not to --model {model}")
+    if args.output_precision != "float64" and model not in ("meanfield", "multi-index"):
+        raise InputError(f"--output-precision {args.output_precision} stores particles: it belongs to the mean-field "
+                         f"models (meanfield, multi-index), not to --model {model}")
     return kind_for_cli(model).solve_command(args)
 
 
@@ -605,6 +608,10 @@ def register(sub):
                         "large N on a quiet machine (1.2 to 1.4x at N = 1e4 to 1e5 on 2 cores) and cost several "
                         "times over next to other work")
     add_error_norm_arg(s)
+    s.add_argument("--output-precision", default="float64", choices=("float64", "float32"),
+                   help="float64 (default) or float32: the particles' a and s at the output times in single "
+                        "precision, half the output's memory and file (moments, residuals and risk stay float64, "
+                        "taken from the solver's state)")
     s.add_argument("--out", required=True, help="output trajectory FILE.npz")
     s.set_defaults(func=_cmd_solve)
 

@@ -78,6 +78,16 @@ def test_cli_solve_plot_and_init_file(tmp_path):
     fig = tmp_path / "run.png"
     res = run_cli("plot", str(out), "-o", str(fig))
     assert res.returncode == 0 and fig.stat().st_size > 10_000
+    # single-precision particles: the same risk, a file and a figure as before
+    half = tmp_path / "half.npz"
+    res = run_cli("solve", "--sigma", "h(0,z)+h(1,z)+h(2,z)", "--phi", "h(1,z)+h(2,z)", "--eps", "1e-6",
+                  "--kmax", "2", "--particles", "30", "--t-end", "2", "--points", "50", "--output-precision",
+                  "float32", "--out", str(half))
+    assert res.returncode == 0, res.stderr
+    tr32 = Trajectory.load(half)
+    assert tr32.s.dtype == np.float32 and tr32.meta["output_precision"] == "float32"
+    np.testing.assert_array_equal(tr32.risk, tr.risk)
+    assert run_cli("plot", str(half), "-o", str(tmp_path / "half.png")).returncode == 0
     # --init with a0, s0, weights
     init = tmp_path / "init.npz"
     np.savez(init, a0=np.array([1.0, -0.5, 2.0]), s0=np.zeros(3), weights=np.array([0.5, 0.25, 0.25]))

@@ -40,7 +40,7 @@ def test_solve_from_toml_equals_solve_from_flags(tmp_path, monkeypatch):
     assert used == {"command": "solve", "model": "meanfield", "sigma": STAIR[0], "phi": STAIR[1], "eps": 1e-6, "kmax": 6,
                     "particles": 30, "a0": "normal", "seed": 4, "nodes": "quadrature", "t_end": 3.0, "points": 200,
                     "method": "Radau", "rtol": 1e-9, "atol": 1e-10, "quiet": True, "out": "flags.npz",
-                    "max_wall": 3600.0, "threads": 1, "error_norm": "state",
+                    "max_wall": 3600.0, "threads": 1, "error_norm": "state", "output_precision": "float64",
                     "t_min": pytest.approx(1e-8, rel=1e-12)}  # resolved default: eps / 100
     # and regenerate the same results
     before = load_npz("flags.npz")[0]

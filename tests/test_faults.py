@@ -46,6 +46,8 @@ NET = [*S, "--width", "4", "--dim", "16", "--quiet"]
      "error_norm='weighted' is implemented in the compiled structured Radau only"),
     (["solve", "--model", "committee", "--sigma", "erf(z/sqrt(2))", "--phi", "erf(z/sqrt(2))", "--lr", "0.1",
       "--error-norm", "weighted", "--out", "a.npz"], "--error-norm weighted weighs particles"),
+    (["solve", "--model", "committee", "--sigma", "erf(z/sqrt(2))", "--phi", "erf(z/sqrt(2))", "--lr", "0.1",
+      "--output-precision", "float32", "--out", "a.npz"], "--output-precision float32 stores particles"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, needle):
     monkeypatch.chdir(tmp_path)

@@ -378,3 +378,18 @@ def test_weighted_error_norm_of_a_multi_index_target():
     assert weighted.stats["nsteps"] < 0.8 * state.stats["nsteps"]
     assert np.max(np.abs(weighted.risk - state.risk)) < 1e-7
     assert weighted.risk[-1] < 1e-12
+
+
+def test_float32_output_of_a_multi_index_target():
+    """Directions' moments and risk from the float64 state at each output time: the float64 run's,
+    bit for bit; a and s rounded to float32."""
+    model = MultiIndexModel(SIGMA3, STAIRCASE, K=3, eps=1e-4)
+    init = multi_index_start(40, 3)
+    kw = dict(points=60, progress=False)
+    full = solve(model, init, 3.0, **kw)
+    half = solve(model, init, 3.0, output_precision="float32", **kw)
+    assert half.s.dtype == np.float32 and half.s.shape == full.s.shape
+    for k in ("moments", "residuals", "risk"):
+        np.testing.assert_array_equal(getattr(half, k), getattr(full, k))
+    np.testing.assert_allclose(half.s, full.s, rtol=2 * np.finfo(np.float32).eps, atol=1e-30)
+    np.testing.assert_array_equal(half.direction_times(), full.direction_times())

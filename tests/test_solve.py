@@ -177,6 +177,40 @@ def test_max_wall_stops_and_keeps_output():
     assert len(tr) >= 1
 
 
+def test_float32_output_keeps_moments_and_risk_of_the_float64_run(tmp_path):
+    """output_precision="float32": a and s in single precision, rounded from the float64 run's
+    (within 2 ulp of float32); moments, residuals and risk taken from the solver's float64 state,
+    equal to the float64 run's (computed afterwards from its whole output) to the last bit."""
+    model = MeanFieldModel(*STAIR, K=3, eps=1e-6)
+    init = initial_condition(60)
+    full = solve(model, init, 5.0, points=80, progress=False)
+    half = solve(model, init, 5.0, points=80, progress=False, output_precision="float32")
+    assert half.a.dtype == half.s.dtype == np.float32 and half.moments.dtype == np.float64
+    assert half.meta["output_precision"] == "float32" and full.meta["output_precision"] == "float64"
+    for k in ("t", "moments", "residuals", "risk"):
+        np.testing.assert_array_equal(getattr(half, k), getattr(full, k))
+    ulp = np.finfo(np.float32).eps
+    for k in ("a", "s"):
+        x, x32 = getattr(full, k), getattr(half, k)
+        assert np.all(np.abs(x32 - x) <= 2 * ulp * np.maximum(np.abs(x), np.finfo(np.float32).tiny))
+    back = Trajectory.load(half.save(tmp_path / "half.npz"))
+    assert back.a.dtype == np.float32 and back.meta["output_precision"] == "float32"
+    np.testing.assert_array_equal(back.s, half.s)
+    with pytest.raises(InputError, match="float16.*allowed: float64, float32"):
+        solve(model, init, 1.0, output_precision="float16")
+
+
+def test_float32_output_of_a_failed_run_keeps_its_observables(monkeypatch):
+    model = MeanFieldModel(*STAIR, K=3, eps=1e-3)
+    break_rhs_after(monkeypatch, model, 0.01)
+    with pytest.raises(IntegrationError) as err:
+        solve(model, initial_condition(10), 1.0, output_precision="float32")
+    part = err.value.partial
+    assert len(part) > 10 and part.s.dtype == np.float32
+    assert part.moments.shape == (len(part), 4) and part.risk.shape == (len(part),)
+    np.testing.assert_allclose(part.risk[:3], part.risk[0], rtol=1e-3)  # still near R(0) early on
+
+
 def test_a_particle_that_reaches_unit_overlap_can_leave_it():
     """A tail particle (a0 = 8, weight 2e-16: a test particle in the field of the others) is driven
     to s = 1 within rounding and later back to s ~ 0.34. Independent check: the same test particle

@@ -48,8 +48,9 @@ class ModelKind:
         """An :class:`odehild.solve.integrate.OdeProblem` for this declaration from ``init``."""
         raise NotImplementedError
 
-    def result(self, problem, t, Y, stats: dict, meta: dict):
-        """The kind's result object from output times ``t`` (T,) and packed states ``Y`` (T, n)."""
+    def result(self, problem, t, Y, stats: dict, meta: dict, observed=None):
+        """The kind's result object from output times ``t`` (T,) and packed states ``Y`` (T, n);
+        ``observed``: the problem's observables taken at the output times (None: compute them from Y)."""
         raise NotImplementedError
 
     def failure_hint(self, problem, state: dict) -> str:

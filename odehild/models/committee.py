@@ -301,7 +301,7 @@ class CommitteeModel(ModelKind):
                           default_t_min=default_t_min, fast_eps=fast_eps, time_name=time_name,
                           context={"init": init, "rates": rates})
 
-    def result(self, problem, t, Y, stats, meta) -> "CommitteeTrajectory":
+    def result(self, problem, t, Y, stats, meta, observed=None) -> "CommitteeTrajectory":
         init, rates = problem.context["init"], problem.context["rates"]
         K, M = init.K, init.M
         values = problem.state.unpack(Y)

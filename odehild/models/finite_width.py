@@ -141,7 +141,7 @@ class FiniteWidthModel(FoundingDeclaration):
                           lambda t, y, J: jac(t, y, m, inv_eps, J), compiled, meta, fast_eps=self.eps,
                           context={"weights": init.weights})
 
-    def result(self, problem, t, Y, stats, meta) -> Trajectory:
+    def result(self, problem, t, Y, stats, meta, observed=None) -> Trajectory:
         """With the population risk from the overlaps at every output time."""
         v = problem.state.unpack(Y)
         a, s, r = v["a"], v["s"], v["r"]

@@ -189,19 +189,28 @@ class MeanFieldModel(FoundingDeclaration):
         def parallel_rhs():
             return chart_rhs(parallel_variant(compiled.rhs_chart, moments=parallel_variant(compiled.moments)))
 
+        def observables(Y):
+            values = state.unpack(Y)
+            return self._observables(compiled, values["a"], values["s"], w)
+
         return OdeProblem(y0, state, chart_rhs(compiled.rhs_chart),
                           lambda t, y, J: jac(t, y, w, inv_eps, J), compiled, meta, jac_parts=jac_parts,
                           fast_eps=self.eps, context={"weights": w}, parallel_rhs=parallel_rhs,
-                          component_weights=np.concatenate([w, w]))
+                          component_weights=np.concatenate([w, w]), observables=observables)
 
-    def result(self, problem, t, Y, stats, meta) -> Trajectory:
-        """Moments, residuals and risk along the trajectory, from the generated observables."""
+    def _observables(self, compiled, a, s, w) -> dict:
+        T, nm = a.shape[0], self.K + 1
+        M, r, R = np.empty((T, nm)), np.empty((T, nm)), np.empty(T)
+        compiled.observables(a, s, w, M, r, R)
+        return {"moments": M, "residuals": r, "risk": R}
+
+    def result(self, problem, t, Y, stats, meta, observed=None) -> Trajectory:
+        """Moments, residuals and risk along the trajectory, from the generated observables (or as
+        ``observed`` at the output times)."""
         values = problem.state.unpack(Y, consume=True)  # a and s are views of Y: one (T, 2N) array in all
         a, s, w = values["a"], values["s"], problem.context["weights"]
-        T, nm = t.size, self.K + 1
-        M, r, R = np.empty((T, nm)), np.empty((T, nm)), np.empty(T)
-        problem.compiled.observables(a, s, w, M, r, R)
-        return Trajectory(t, a, s, R, w, M, r, None, stats, meta)
+        obs = observed if observed is not None else self._observables(problem.compiled, a, s, w)
+        return Trajectory(t, a, s, obs["risk"], w, obs["moments"], obs["residuals"], None, stats, meta)
 
     @classmethod
     def solve_command(cls, args):
@@ -230,6 +239,7 @@ def solve_meanfield_command(args):
         traj = solve(model, init, args.t_end, points=args.points, t_min=args.t_min,
                      method=args.method or "Radau", rtol=args.rtol, atol=args.atol, max_wall=args.max_wall,
                      threads=args.threads, error_norm=args.error_norm,
+                     output_precision=args.output_precision,
                      progress=False if args.quiet else None)
         stop_if_out_of_time(traj, args)
     t_min = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end, "method": traj.meta["method"]}

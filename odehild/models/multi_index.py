@@ -401,19 +401,26 @@ class MultiIndexModel(ModelKind):
 
         meta = {**self.meta(), "init": init.description, "N": init.N,
                 "stuck_directions": self.invariance_report(init.s0)}
+        def observables(Y):
+            values = state.unpack(Y)
+            return self._observables(compiled, values["a"], values["s_v"][:, :, :self.M], w)
+
         return OdeProblem(y0, state, lambda t, y, out: rhs(t, y, w, inv_eps, par, out),
                           lambda t, y, J: jac(t, y, w, inv_eps, par, J), compiled, meta, jac_parts=jac_parts,
                           fast_eps=self.eps, context={"weights": w},
-                          component_weights=np.concatenate([w, np.repeat(w, self.M + 1)]))
+                          component_weights=np.concatenate([w, np.repeat(w, self.M + 1)]), observables=observables)
 
-    def result(self, problem, t, Y, stats, meta) -> MultiIndexTrajectory:
+    def _observables(self, compiled, a, s, w) -> dict:
+        mom = np.empty((a.shape[0], len(self.all_alphas)))
+        compiled.all_moments(a, s, w, mom)
+        res = self.phi.coefficients[None, :] - self.factors[None, :] * mom
+        return {"moments": mom, "residuals": res, "risk": 0.5 * np.sum(res**2, axis=1) + 0.5 * self.phi.tail}
+
+    def result(self, problem, t, Y, stats, meta, observed=None) -> MultiIndexTrajectory:
         values = problem.state.unpack(Y, consume=True)
         a, s, w = values["a"], values["s_v"][:, :, :self.M], problem.context["weights"]  # views: no (T, N, M) copy
-        mom = np.empty((t.size, len(self.all_alphas)))
-        problem.compiled.all_moments(a, s, w, mom)
-        res = self.phi.coefficients[None, :] - self.factors[None, :] * mom
-        risk = 0.5 * np.sum(res**2, axis=1) + 0.5 * self.phi.tail
-        return MultiIndexTrajectory(t, a, s, risk, w, mom, res, stats, meta)
+        obs = observed if observed is not None else self._observables(problem.compiled, a, s, w)
+        return MultiIndexTrajectory(t, a, s, obs["risk"], w, obs["moments"], obs["residuals"], stats, meta)
 
     @classmethod
     def solve_command(cls, args):
@@ -527,6 +534,7 @@ def solve_multi_index_command(args):
         traj = solve(model, init, args.t_end, points=args.points, t_min=args.t_min,
                      method=args.method or "Radau", rtol=args.rtol, atol=args.atol, max_wall=args.max_wall,
                      threads=args.threads, error_norm=args.error_norm,
+                     output_precision=args.output_precision,
                      progress=False if args.quiet else None)
         stop_if_out_of_time(traj, args)
     resolved = {"t_min": float(traj.t[1]) if len(traj) > 1 else None, "t_end": args.t_end,

@@ -98,8 +98,10 @@ class StateMap:
     def unpack(self, Y, consume: bool = False) -> dict:
         """{name: array}; with time on the first axis for Y of shape (T, size), without for (size,).
         ``consume=True`` lets Y be overwritten and its full blocks be returned as views (no copy of a
-        (T, N) output at 10^5 particles)."""
-        Y = np.asarray(Y, dtype=float)
+        (T, N) output at 10^5 particles). A float32 Y stays float32."""
+        Y = np.asarray(Y)
+        if Y.dtype != np.float32:
+            Y = Y.astype(float, copy=False)
         single = Y.ndim == 1
         Y2 = Y[None] if single else Y
         if Y2.ndim != 2 or Y2.shape[1] != self.size:
