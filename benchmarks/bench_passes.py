@@ -2,11 +2,14 @@
 
 The same mean-field solves as ``bench_particles.py`` (staircase K = 3, eps = 1e-12, t in [0, 5],
 rtol 1e-8, quadrature nodes) run alternately with this tree's capacitance and solve passes
-(``odehild/solve/structured.py``) and with those of ``--against`` (read with ``git show``), everything
-else shared. Prints each wall time, the ratio of medians, and the largest difference between the two
-trajectories (0 where the passes compute the same numbers).
+(``odehild/solve/structured.py``, and its fused Newton passes from ``radau.FUSED_MIN_UNKNOWNS``
+unknowns on) and with those of ``--against`` (read with ``git show``; separate Newton passes),
+everything else shared. ``--against separate`` compares this tree's fused Newton passes with its own
+separate ones, at every N. Prints each wall time, the ratio of medians, and the largest difference
+between the two trajectories (0 where the passes compute the same numbers).
 
     python benchmarks/bench_passes.py --against a43ecee --n 10000 --repeats 3
+    python benchmarks/bench_passes.py --against separate --n 10000 100000 --repeats 1
 """
 
 from __future__ import annotations
@@ -47,12 +50,16 @@ def passes_of(rev):
 
 def main(rev, ns, norms, repeats):
     from odehild.models import MeanFieldModel
-    from odehild.solve import initial_condition, solve
+    from odehild.solve import initial_condition, radau, solve
     from odehild.solve import structured
 
-    variants = {"this tree": structured._passes, rev: passes_of(rev)}
+    # (passes, the fewest unknowns at which Newton iterations take the fused passes)
+    if rev == "separate":
+        variants = {"this tree": (structured._passes, 0), rev: (structured._passes, np.inf)}
+    else:
+        variants = {"this tree": (structured._passes, radau.FUSED_MIN_UNKNOWNS), rev: (passes_of(rev), np.inf)}
     model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)", K=3, eps=1e-12)
-    for passes in variants.values():  # load (or compile) both sets before timing
+    for passes, radau.FUSED_MIN_UNKNOWNS in variants.values():  # load (or compile) both sets before timing
         structured._passes = passes
         solve(model, initial_condition(200), 5.0, points=3, progress=False)
     print(f"{'N':>7} {'norm':>9} {'steps':>6} {'this tree: wall s':>24} {rev + ': wall s':>24} {'ratio':>6} "
@@ -63,7 +70,7 @@ def main(rev, ns, norms, repeats):
             walls, runs = {k: [] for k in variants}, {}
             for _ in range(repeats):
                 for name in reversed(list(variants)):
-                    structured._passes = variants[name]
+                    structured._passes, radau.FUSED_MIN_UNKNOWNS = variants[name]
                     t0 = time.perf_counter()
                     runs[name] = solve(model, init, 5.0, rtol=1e-8, atol=1e-10, progress=False, error_norm=norm)
                     walls[name].append(time.perf_counter() - t0)
@@ -77,7 +84,8 @@ def main(rev, ns, norms, repeats):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--against", default="a43ecee", help="the commit whose passes to compare with")
+    p.add_argument("--against", default="a43ecee",
+                   help="the commit whose passes to compare with, or 'separate' (this tree without fused passes)")
     p.add_argument("--n", type=int, nargs="+", default=[10000])
     p.add_argument("--norms", nargs="+", choices=("state", "weighted"), default=["state", "weighted"])
     p.add_argument("--repeats", type=int, default=3)

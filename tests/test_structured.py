@@ -111,6 +111,86 @@ def test_complex_passes_on_a_real_jacobian_equal_the_generic_ones(b, rng):
                                rtol=1e-11, atol=1e-12)
 
 
+def newton_case(rng, N, b=2, r=4):
+    """A random structured Jacobian, its Radau factors at h = 1e-3 and a Newton iterate."""
+    from odehild.solve import radau
+
+    n = b * N
+    J = LowRankJacobian(rng.normal(size=(N, b, b)), rng.normal(size=(n, r)) / N ** 0.5,
+                        rng.normal(size=(r, n)) / N ** 0.5)
+    h = 1e-3
+    LR, LC = (WoodburyFactor(IterationMatrix(mu / h, J)) for mu in (radau.MU_REAL, radau.MU_COMPLEX))
+    F, W = rng.normal(size=(3, n)), rng.normal(size=(3, n))
+    return LR, LC, F, W, rng.normal(size=n), rng.uniform(0.5, 2.0, size=n), radau.MU_REAL / h, radau.MU_COMPLEX / h
+
+
+def test_fused_newton_update_equals_the_separate_passes(rng):
+    """The two fused passes against the residual, the two Woodbury solves (themselves tested against
+    dense LU above), the norm and the update pass by pass: the same W and stage states to the last
+    bit, the norm to rounding (summed in particle order, not unknown order)."""
+    from odehild.solve import radau
+    from odehild.solve.structured import newton_update
+
+    LR, LC, F, W, y, inv, m_real, m_complex = newton_case(rng, 2001)
+    assert LR.pairs_with(LC) and not LC.pairs_with(LR)
+    k = radau.step_passes()
+    n = y.size
+    fr, fc, Z, Ys = np.empty(n), np.empty(n, complex), np.empty((3, n)), np.empty((3, n))
+    W1 = W.copy()
+    assert k.newton_residual(F, W1, radau.TI, m_real, m_complex, fr, fc)
+    dr, dc = LR.solve(fr), LC.solve(fc)
+    norm = k.increment_norm(dr, dc, inv)
+    k.apply_increment(dr, dc, radau.T, W1, Z)
+    k.stage_states(y, Z, Ys)
+    W2, Ys2 = W.copy(), np.empty((3, n))
+    bad, norm2 = newton_update(LR, LC, F, W2, radau.TI, radau.T, m_real, m_complex, y, inv, Ys2)
+    assert bad == 0 and norm2 == pytest.approx(norm, rel=1e-14)
+    np.testing.assert_array_equal(W2, W1)
+    np.testing.assert_array_equal(Ys2, Ys)
+    F[2, n - 1] = np.inf  # the last particle's s: a non-finite stage leaves W as it was
+    W3 = W.copy()
+    bad, _ = newton_update(LR, LC, F, W3, radau.TI, radau.T, m_real, m_complex, y, inv, Ys2)
+    assert bad == 1
+    np.testing.assert_array_equal(W3, W)
+    # factors of another Jacobian, or of 3x3 blocks (multi-index), take the separate passes
+    other = newton_case(rng, 2001)[1]
+    assert not LR.pairs_with(other)
+    LR3, LC3 = newton_case(rng, 50, b=3)[:2]
+    assert not LR3.pairs_with(LC3)
+
+
+def test_solve_with_fused_newton_iterations_equals_the_separate_passes(monkeypatch):
+    """Fused Newton passes (used from FUSED_MIN_UNKNOWNS on) forced at N = 300: the same steps, the
+    same trajectory bit for bit, in either error norm; a failed run keeps what it computed."""
+    from helpers import break_rhs_after
+    from odehild import IntegrationError
+    from odehild.solve import radau
+
+    model = MeanFieldModel(*STAIR, K=3, eps=1e-10)
+    init = initial_condition(300)
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return fused_update(*args)
+
+    fused_update = radau.newton_update
+    monkeypatch.setattr(radau, "newton_update", counted)
+    runs = {}
+    for threshold in (np.inf, 0):
+        monkeypatch.setattr(radau, "FUSED_MIN_UNKNOWNS", threshold)
+        runs[threshold] = [solve(model, init, 5.0, progress=False, error_norm=norm) for norm in ("state", "weighted")]
+        assert (len(calls) > 1000) == (threshold == 0)
+    for separate, fused in zip(runs[np.inf], runs[0]):
+        assert fused.stats["nsteps"] == separate.stats["nsteps"] and fused.stats["nfev"] == separate.stats["nfev"]
+        for name in ("a", "s", "risk", "moments"):
+            np.testing.assert_array_equal(getattr(fused, name), getattr(separate, name))
+    break_rhs_after(monkeypatch, model, 0.01)
+    with pytest.raises(IntegrationError) as err:
+        solve(model, init, 1.0, progress=False)
+    assert 0.005 < err.value.t_fail <= 0.02 and len(err.value.partial) > 10
+
+
 @pytest.mark.slow
 @needs_two_threads
 def test_parallel_step_passes_equal_the_serial_ones(rng):
@@ -145,7 +225,7 @@ def test_parallel_step_passes_equal_the_serial_ones(rng):
 @pytest.mark.slow
 @needs_two_threads
 def test_solve_on_two_threads_matches_one_thread(monkeypatch):
-    from odehild.solve import integrate
+    from odehild.solve import integrate, radau
     from odehild.solve.analysis import learning_times
 
     model = MeanFieldModel(*STAIR, K=3, eps=1e-8)
@@ -161,6 +241,13 @@ def test_solve_on_two_threads_matches_one_thread(monkeypatch):
     np.testing.assert_allclose(learning_times(two.t, two.residuals), learning_times(one.t, one.residuals),
                                rtol=1e-6)
     np.testing.assert_allclose(two.risk, one.risk, atol=1e-7)
+    # and the fused Newton passes' parallel variant (per-thread sums: to the tolerance)
+    monkeypatch.setattr(radau, "FUSED_MIN_UNKNOWNS", 0)
+    fused = solve(model, init, 5.0, rtol=1e-9, atol=1e-11, progress=False, threads=2)
+    assert abs(one.stats["nsteps"] - fused.stats["nsteps"]) <= 0.01 * one.stats["nsteps"]
+    np.testing.assert_allclose(learning_times(fused.t, fused.residuals), learning_times(one.t, one.residuals),
+                               rtol=1e-6)
+    np.testing.assert_allclose(fused.risk, one.risk, atol=1e-7)
     with pytest.raises(InputError, match="threads = 100000 exceeds"):
         solve(model, init, 5.0, threads=100000)
 

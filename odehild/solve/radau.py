@@ -6,9 +6,10 @@ SciPy's to rounding, with one addition: after a Newton failure the next steps ar
 (NEWTON_CAP), as RADAU5 and CVODE also keep a step from growing right back after a failure. Runs
 without Newton failures take SciPy's steps. What differs is where the time goes: SciPy's step is a
 sequence of NumPy expressions over (3, n) arrays (about 25 temporaries per Newton iteration, 17 ms
-of a 32 ms step at N = 1e5 particles); here each Newton iteration is two fused Numba passes plus
-the two Woodbury solves, into buffers allocated once. The Python left per step is the control
-logic (a few dozen scalar operations).
+of a 32 ms step at N = 1e5 particles); here each Newton iteration is a few Numba passes over
+buffers allocated once: the stage derivatives, then the residuals, the two Woodbury solves, the
+increment's norm and the update pass by pass, or, from FUSED_MIN_UNKNOWNS on, in two fused passes.
+The Python left per step is the control logic (a few dozen scalar operations).
 
 The Newton systems are solved through the Jacobian's structure J = D + A Vt
 (:class:`~odehild.solve.structured.WoodburyFactor`): (mu/h I - J) for the real eigenvalue mu of
@@ -22,7 +23,7 @@ from types import SimpleNamespace
 
 from numba import njit, prange
 
-from .structured import IterationMatrix, WoodburyFactor
+from .structured import IterationMatrix, WoodburyFactor, _residual_at, newton_update
 
 # Radau IIA, 3 stages: nodes and Butcher matrix (Hairer & Wanner II, Table 7.7)
 _S6 = 6.0 ** 0.5
@@ -57,6 +58,12 @@ MAX_FACTOR = 10.0
 # iterations wasted, two factorizations a step). A second failure at the cap lifts it.
 NEWTON_CAP = 0.5 ** 0.5
 NEWTON_CAP_GROWTH = 1.1
+# From this many unknowns on, Newton iterations run in two fused passes where both factors are plain
+# Woodbury ones (structured.newton_update): the same numbers, fewer bytes moved. Below it, where the
+# arrays fit in the cache, the separate passes are faster (they vectorise, the fused ones do not):
+# on the 2-core machine the two break even near N = 6e4 particles of the founding model; at 1e5 the
+# fused ones solve 1.08x faster (benchmarks/bench_passes.py --against separate).
+FUSED_MIN_UNKNOWNS = 120_000
 
 
 @njit(cache=True)
@@ -72,12 +79,9 @@ def _newton_residual(F, W, TI, m_real, m_complex, f_real, f_complex):
     False if F is not finite."""
     nonfinite = 0
     for j in prange(F.shape[1]):
-        F0, F1, F2 = F[0, j], F[1, j], F[2, j]
-        if not (np.isfinite(F0) and np.isfinite(F1) and np.isfinite(F2)):
+        if not (np.isfinite(F[0, j]) and np.isfinite(F[1, j]) and np.isfinite(F[2, j])):
             nonfinite += 1
-        f_real[j] = TI[0, 0] * F0 + TI[0, 1] * F1 + TI[0, 2] * F2 - m_real * W[0, j]
-        fc = (TI[1, 0] * F0 + TI[1, 1] * F1 + TI[1, 2] * F2) + 1j * (TI[2, 0] * F0 + TI[2, 1] * F1 + TI[2, 2] * F2)
-        f_complex[j] = fc - m_complex * (W[1, j] + 1j * W[2, j])
+        f_real[j], f_complex[j] = _residual_at(F, W, TI, m_real, m_complex, j)
     return nonfinite == 0
 
 
@@ -211,6 +215,7 @@ class CompiledRadau:
         self.t, self.t_bound, self.t_old = float(t0), float(t_bound), None
         self.y = np.array(y0, dtype=float)
         self.n = n = self.y.size
+        self.fuse = n >= FUSED_MIN_UNKNOWNS
         self.status = "running"
         self.nfev = 0
         self.rtol, self.atol, self.max_step = float(rtol), float(atol), max_step
@@ -297,22 +302,37 @@ class CompiledRadau:
         m_real, m_complex = MU_REAL / h, MU_COMPLEX / h
         dw_norm_old = rate = None
         tol = self.newton_tol
+        # both factors by the Woodbury identity: each iteration in two fused passes, which apply the
+        # increment at once (a failed iteration's W and Ys are not used again) and leave Z = T W
+        # to be formed once, at convergence
+        fused = self.fuse and LU_real.pairs_with(LU_complex)
+        k.stage_states(y, Z, Ys)
         for it in range(NEWTON_MAXITER):
-            k.stage_states(y, Z, Ys)
             for i in range(3):
                 self._eval(t + C[i] * h, Ys[i], F[i])
-            if not k.newton_residual(F, W, TI, m_real, m_complex, self.f_real, self.f_complex):
-                return False, it + 1, rate
-            dw_real = LU_real.solve(self.f_real)
-            dw_complex = LU_complex.solve(self.f_complex)
-            dw_norm = k.increment_norm(dw_real, dw_complex, self.inv_scale)
+            if fused:
+                nonfinite, dw_norm = newton_update(LU_real, LU_complex, F, W, TI, T, m_real, m_complex, y,
+                                                   self.inv_scale, Ys)
+                if nonfinite:
+                    return False, it + 1, rate
+            else:
+                if not k.newton_residual(F, W, TI, m_real, m_complex, self.f_real, self.f_complex):
+                    return False, it + 1, rate
+                dw_real = LU_real.solve(self.f_real)
+                dw_complex = LU_complex.solve(self.f_complex)
+                dw_norm = k.increment_norm(dw_real, dw_complex, self.inv_scale)
             if dw_norm_old is not None:
                 rate = dw_norm / dw_norm_old
                 if rate >= 1 or rate ** (NEWTON_MAXITER - it) / (1 - rate) * dw_norm > tol:
                     return False, it + 1, rate
-            k.apply_increment(dw_real, dw_complex, T, W, Z)
+            if not fused:
+                k.apply_increment(dw_real, dw_complex, T, W, Z)
             if dw_norm == 0 or (rate is not None and rate / (1 - rate) * dw_norm < tol):
+                if fused:
+                    k.transform(T, W, Z)
                 return True, it + 1, rate
+            if not fused:
+                k.stage_states(y, Z, Ys)
             dw_norm_old = dw_norm
         return False, NEWTON_MAXITER, rate
 

@@ -386,8 +386,7 @@ def _rank_passes(rank: int) -> SimpleNamespace:
                         va_im += a0 * z_im[k]
                         vs_re += a1 * z_re[k]
                         vs_im += a1 * z_im[k]
-                    va, vs = va_re + 1j * va_im, vs_re + 1j * vs_im
-                    _write_pair(Pinv, i, N, va, vs, out)
+                    _write_pair(Pinv, i, N, complex(va_re, va_im), complex(vs_re, vs_im), out)
             else:
                 v = np.empty(nb, dtype=out.dtype)
                 for i in range(lo, hi):
@@ -397,11 +396,117 @@ def _rank_passes(rank: int) -> SimpleNamespace:
                         for k in range(r):
                             u_re += A[jp, k] * z_re[k]
                             u_im += A[jp, k] * z_im[k]
-                        v[p] = u_re + 1j * u_im
+                        v[p] = complex(u_re, u_im)
                     _write_block(Pinv, i, N, nd, v, out)
 
+    @njit(cache=True)
+    def _newton_update(F, W, TI, T, m_real, m_complex, Pr, cap_r, Pc, cap_c, A, scale, VtT, y, inv_scale, Ys,
+                       nchunk=1):
+        """One simplified-Newton iteration of Radau's collocation system after its stage derivatives F,
+        in two passes over the particles (2x2 blocks): the residuals, both Woodbury solves (real
+        P^-1 = Pr, complex Pc; A, Vt, scale shared), the increment's norm, W += dW and the next
+        stage states Ys = y + T W. Nothing of size N is stored but W and Ys; the residuals are
+        formed in both passes. The same arithmetic as ``_newton_residual``, ``_woodbury_solve``,
+        ``_woodbury_solve_complex`` and ``_apply_increment`` in turn; only the norm's sum runs in
+        particle order. Returns (number of non-finite stage derivatives, RMS of dW / scale); with a
+        non-finite one W is left as it was."""
+        N, r = Pr.shape[0], R
+        part_r = np.zeros((nchunk, r))
+        part_re = np.zeros((nchunk, r))
+        part_im = np.zeros((nchunk, r))
+        bad = np.zeros(nchunk, dtype=np.int64)
+        for c in prange(nchunk):
+            lo, hi = _chunk(c, nchunk, N)
+            acc_r, acc_re, acc_im = part_r[c], part_re[c], part_im[c]
+            for i in range(lo, hi):
+                fa, fca = _residual_at(F, W, TI, m_real, m_complex, i)
+                fs, fcs = _residual_at(F, W, TI, m_real, m_complex, N + i)
+                if not (np.isfinite(F[0, i]) and np.isfinite(F[1, i]) and np.isfinite(F[2, i])
+                        and np.isfinite(F[0, N + i]) and np.isfinite(F[1, N + i]) and np.isfinite(F[2, N + i])):
+                    bad[c] += 1
+                ya = Pr[i, 0, 0] * fa + Pr[i, 0, 1] * fs
+                ys = Pr[i, 1, 0] * fa + Pr[i, 1, 1] * fs
+                yca = Pc[i, 0, 0] * fca + Pc[i, 0, 1] * fcs
+                ycs = Pc[i, 1, 0] * fca + Pc[i, 1, 1] * fcs
+                for k in range(r):
+                    v0, v1 = VtT[i, k], VtT[N + i, k]
+                    acc_r[k] += v0 * ya + v1 * ys
+                    acc_re[k] += v0 * yca.real + v1 * ycs.real
+                    acc_im[k] += v0 * yca.imag + v1 * ycs.imag
+        if np.sum(bad) > 0:
+            return np.sum(bad), 0.0
+        z_r, z_re, z_im = np.zeros(r), np.zeros(r), np.zeros(r)
+        for k in range(r):
+            for l in range(r):
+                total = 0.0
+                t_re = t_im = 0.0
+                for c in range(nchunk):
+                    total += part_r[c, l]
+                    t_re += part_re[c, l]
+                    t_im += part_im[c, l]
+                z_r[k] += scale * cap_r[k, l] * total
+                zk = scale * cap_c[k, l] * (t_re + 1j * t_im)
+                z_re[k] += zk.real
+                z_im[k] += zk.imag
+        part_norm = np.zeros(nchunk)
+        for c in prange(nchunk):
+            lo, hi = _chunk(c, nchunk, N)
+            acc = 0.0
+            for i in range(lo, hi):
+                fa, fca = _residual_at(F, W, TI, m_real, m_complex, i)
+                fs, fcs = _residual_at(F, W, TI, m_real, m_complex, N + i)
+                va, vs = fa, fs
+                va_re, va_im, vs_re, vs_im = fca.real, fca.imag, fcs.real, fcs.imag
+                for k in range(r):
+                    a0, a1 = A[i, k], A[N + i, k]
+                    va += a0 * z_r[k]
+                    vs += a1 * z_r[k]
+                    va_re += a0 * z_re[k]
+                    va_im += a0 * z_im[k]
+                    vs_re += a1 * z_re[k]
+                    vs_im += a1 * z_im[k]
+                vca, vcs = complex(va_re, va_im), complex(vs_re, vs_im)
+                dra = Pr[i, 0, 0] * va + Pr[i, 0, 1] * vs
+                drs = Pr[i, 1, 0] * va + Pr[i, 1, 1] * vs
+                dca = Pc[i, 0, 0] * vca + Pc[i, 0, 1] * vcs
+                dcs = Pc[i, 1, 0] * vca + Pc[i, 1, 1] * vcs
+                acc += _increment_at(dra, dca, inv_scale[i]) + _increment_at(drs, dcs, inv_scale[N + i])
+                _apply_at(dra, dca, T, W, y, Ys, i)
+                _apply_at(drs, dcs, T, W, y, Ys, N + i)
+            part_norm[c] = acc
+        return 0, (np.sum(part_norm) / (6 * N)) ** 0.5
+
     return SimpleNamespace(_capacitance=_capacitance, _woodbury_solve=_woodbury_solve,
-                           _capacitance_complex=_capacitance_complex, _woodbury_solve_complex=_woodbury_solve_complex)
+                           _capacitance_complex=_capacitance_complex, _woodbury_solve_complex=_woodbury_solve_complex,
+                           _newton_update=_newton_update)
+
+
+@njit(cache=True, inline="always")
+def _residual_at(F, W, TI, m_real, m_complex, j):
+    """Radau's Newton residuals of unknown j: real (TI F)_0 - m_real W0, complex (TI F)_1 + i (TI F)_2
+    - m_complex (W1 + i W2)."""
+    F0, F1, F2 = F[0, j], F[1, j], F[2, j]
+    f_real = TI[0, 0] * F0 + TI[0, 1] * F1 + TI[0, 2] * F2 - m_real * W[0, j]
+    # complex(x, y), not x + 1j * y: Numba multiplies 1j * y as two complexes (products by 0 and 1)
+    fc = complex(TI[1, 0] * F0 + TI[1, 1] * F1 + TI[1, 2] * F2, TI[2, 0] * F0 + TI[2, 1] * F1 + TI[2, 2] * F2)
+    return f_real, fc - m_complex * complex(W[1, j], W[2, j])
+
+
+@njit(cache=True, inline="always")
+def _increment_at(dr, dc, inv_scale):
+    s = inv_scale * inv_scale
+    return (dr * dr + dc.real * dc.real + dc.imag * dc.imag) * s
+
+
+@njit(cache=True, inline="always")
+def _apply_at(dr, dc, T, W, y, Ys, j):
+    """W += dW and Ys = y + T W at unknown j."""
+    w0 = W[0, j] + dr
+    w1 = W[1, j] + dc.real
+    w2 = W[2, j] + dc.imag
+    W[0, j], W[1, j], W[2, j] = w0, w1, w2
+    for i in range(3):
+        Ys[i, j] = y[j] + (T[i, 0] * w0 + T[i, 1] * w1 + T[i, 2] * w2)
 
 
 @njit(cache=True)
@@ -479,7 +584,7 @@ def _block_inverses(P):
 def _passes(parallel: bool, rank: int) -> SimpleNamespace:
     """The factorization's and solve's compiled passes for rank ``rank``, or their parallel variants."""
     k = _rank_passes(rank)
-    names = ("_capacitance", "_woodbury_solve", "_capacitance_complex", "_woodbury_solve_complex")
+    names = ("_capacitance", "_woodbury_solve", "_capacitance_complex", "_woodbury_solve_complex", "_newton_update")
     if not parallel:
         return SimpleNamespace(_shifted_inverses_2x2=_shifted_inverses_2x2, **{n: getattr(k, n) for n in names})
     from ..threads import parallel_variant
@@ -497,7 +602,7 @@ class WoodburyFactor:
     def __init__(self, M: IterationMatrix, threads: int = 1):
         c, J = M.c, M.J
         self.nchunk = threads
-        k = _passes(threads > 1, J.VtT.shape[1])
+        self._passes = k = _passes(threads > 1, J.VtT.shape[1])
         sc = J.scale
         self.c, self.sc, self.J = c, sc, J
         dtype = np.result_type(c, sc, J.D)
@@ -533,6 +638,13 @@ class WoodburyFactor:
         self.refine = singular > 0 or np.linalg.cond(cap) > COND_LIMIT
         self.cap_inv = np.linalg.inv(cap)
 
+    def pairs_with(self, other: "WoodburyFactor") -> bool:
+        """Whether this (real) factor and ``other`` (complex) of the same 2x2-block Jacobian can share
+        :func:`newton_update`'s fused passes: both by the Woodbury identity, neither refined."""
+        return (self.dense is None and other.dense is None and not self.refine and not other.refine
+                and self.J is other.J and self.Pinv.shape[1] == 2 and self.Pinv.dtype.kind == "f"
+                and other.Pinv.dtype.kind == "c" and self.nchunk == other.nchunk)
+
     def _factor_dense(self, M):
         from scipy.linalg import lu_factor
 
@@ -557,3 +669,12 @@ class WoodburyFactor:
             self._solve_pass(self.Pinv, self.A, self.sc, self.VtT, self.cap_inv, r, dx, self.nchunk)
             x += dx
         return x
+
+
+def newton_update(LU_real, LU_complex, F, W, TI, T, m_real, m_complex, y, inv_scale, Ys):
+    """Radau's Newton iteration in two fused passes (see ``_newton_update`` in :func:`_rank_passes`)
+    for a real and a complex factor that :meth:`WoodburyFactor.pairs_with` each other; returns
+    (number of non-finite stage derivatives, RMS of the increment over its scale)."""
+    R, C = LU_real, LU_complex
+    return R._passes._newton_update(F, W, TI, T, m_real, m_complex, R.Pinv, R.cap_inv, C.Pinv, C.cap_inv, R.A,
+                                    R.sc, R.VtT, y, inv_scale, Ys, R.nchunk)
