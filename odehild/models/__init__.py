@@ -50,7 +50,8 @@ class ModelKind:
 
     def result(self, problem, t, Y, stats: dict, meta: dict, observed=None):
         """The kind's result object from output times ``t`` (T,) and packed states ``Y`` (T, n);
-        ``observed``: the problem's observables taken at the output times (None: compute them from Y)."""
+        ``observed``: the problem's observables taken at the output times, passed only with
+        ``output_precision="float32"`` (a kind without ``OdeProblem.observables`` never gets it)."""
         raise NotImplementedError
 
     def failure_hint(self, problem, state: dict) -> str:

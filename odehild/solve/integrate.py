@@ -419,7 +419,9 @@ def solve(model, init=None, t_end: float = None, *, t_eval=None, points: int = 2
                     output_dtype=np.dtype(output_precision))
     meta = {**problem.meta, "method": method, "structured": out.structured, "rtol": rtol, "atol": atol,
             "error_norm": error_norm, "output_precision": output_precision, "t_end": t_end, "odehild": __version__}
-    result = model.result(problem, out.t, out.Y, out.stats, meta, out.observed)
+    # observed only where asked for: a kind outside the package may take the five arguments alone
+    extra = {} if out.observed is None else {"observed": out.observed}
+    result = model.result(problem, out.t, out.Y, out.stats, meta, **extra)
     run = out.run
     if run.status < 0:
         where = f"{problem.time_name} = {run.t_fail:.6g}" if run.t_fail is not None else "start"
