@@ -350,8 +350,8 @@ def test_weighted_error_norm_keeps_moments_risk_and_learning_times_at_the_tolera
 
 @pytest.mark.filterwarnings("ignore::odehild.errors.ResolutionWarning")
 def test_jacobian_at_the_predicted_end_saves_newton_failures(monkeypatch):
-    """After a Newton failure the step is retried with the Jacobian at its predicted end before it is
-    halved (radau.JACOBIAN_AT_END). In the weighted norm at eps = 1e-12 the tail particles' Newton
+    """After a Newton failure with a fresh Jacobian the step is retried with the Jacobian at its
+    predicted end before it is halved (radau.JACOBIAN_AT_END). In the weighted norm at eps = 1e-12 the tail particles' Newton
     failures set the steps near t = 1e-4: fewer steps and factorizations, the same learning times
     and moments to the tolerance's level as without the retry and as a run at rtol 1e-9."""
     from odehild.solve import radau
