@@ -133,12 +133,13 @@ def _cmd_solve(args):
         model = "multi-index"  # the target names z1 .. zM: the mean-field model of M directions
     if args.s0_dim is not None and model != "multi-index":
         raise InputError("--s0-dim is the finite-d start of a multi-index target (phi in z1 .. zM)")
-    if args.error_norm != "state" and model not in ("meanfield", "multi-index"):
-        raise InputError(f"--error-norm {args.error_norm} weighs particles: it belongs to the mean-field models "
-                         f"(meanfield, multi-index), not to --model {model}")
-    if args.output_precision != "float64" and model not in ("meanfield", "multi-index"):
-        raise InputError(f"--output-precision {args.output_precision} stores particles: it belongs to the mean-field "
-                         f"models (meanfield, multi-index), not to --model {model}")
+    # options that act on particles, with their non-default values
+    particle_options = (("--error-norm", args.error_norm, "state", "weighs"),
+                        ("--output-precision", args.output_precision, "float64", "stores"))
+    for flag, value, default, verb in particle_options:
+        if value != default and model not in ("meanfield", "multi-index"):
+            raise InputError(f"{flag} {value} {verb} particles: it belongs to the mean-field models "
+                             f"(meanfield, multi-index), not to --model {model}")
     return kind_for_cli(model).solve_command(args)
 
 
