@@ -61,7 +61,7 @@ def renormalize(W):
             W[i, k] /= n
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc", "contract"})
 def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
     """Online SGD, one fresh Gaussian sample (or a mini-batch) per step; u* = e_1.
     a_i += (eta/eps) e sigma(h_i); u_i <- normalize(u_i + eta e a_i sigma'(h_i) (x - h_i u_i)).
@@ -69,7 +69,9 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
     With one sample per step the update of W is applied lazily, inside the next step's pass that
     computes h = W x (u_i <- keep_i u_i + cs_i x_prev, then h_i = u_i . x): W is read and written
     once per step instead of read twice and written once, with the same arithmetic per entry of W
-    (h is summed in four partial sums, a rounding-level change of order)."""
+    (h is summed in partial sums, a rounding-level change of order). Compiled with reassociation
+    allowed, so that the sums over W's rows vectorise: 1.2x to 1.5x on float32 weights, 1.2x on
+    float64 where W fits in the cache (bench_sgd.py)."""
     m, d = W.shape
     x = np.empty(d)
     xp = np.empty(d)
@@ -90,7 +92,7 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
             if pending:
                 kp = keep[i]
                 cp = cs[i]
-                # four partial sums: independent chains the compiler can pipeline and vectorise
+                # four partial sums: independent chains (the vector width's more, with reassociation)
                 a0 = a1 = a2 = a3 = 0.0
                 d4 = d - d % 4
                 for k in range(0, d4, 4):
