@@ -7,7 +7,7 @@ warm-up solve that loads the compiled code. Solvers: ``compiled`` (odehild's Rad
 ``scipy`` (SciPy's Radau step with the same Woodbury solves: the baseline), ``dense`` (SciPy's Radau
 with dense LU, only up to ``--dense-upto``), ``threads2`` (odehild's Radau with its passes on two Numba
 threads, ``threads=2``), ``weighted`` (odehild's Radau with ``error_norm="weighted"``: each particle's
-error counted times sqrt(w / max w)).
+error counted times sqrt(w / max w)), ``weighted2`` (both: the weighted norm on two threads).
 
     python benchmarks/bench_particles.py    # N = 1e3, 1e4, 1e5; compiled, weighted, threads2, scipy
     python benchmarks/bench_particles.py --n 1000000 --solvers compiled weighted --max-wall 60
@@ -33,11 +33,11 @@ import json, resource, sys, time
 from odehild.models import MeanFieldModel
 from odehild.solve import initial_condition, integrate, solve
 N, solver, max_wall, precision = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4]
-threads = 2 if solver == "threads2" else 1
+threads = 2 if solver in ("threads2", "weighted2") else 1
 if solver == "scipy":
     integrate.STRUCTURED_RADAU = "scipy"
 structured = solver != "dense"
-norm = "weighted" if solver == "weighted" else "state"
+norm = "weighted" if solver in ("weighted", "weighted2") else "state"
 model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)", K=3, eps=1e-12)
 # loads every kernel; with threads, at enough unknowns that the parallel passes are loaded (or compiled) too
 warm = integrate.PARALLEL_MIN_UNKNOWNS // 2 if threads > 1 else 200
@@ -134,7 +134,7 @@ def main(ns, solvers, dense_upto, max_wall, precision):
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, nargs="+", default=[1000, 10000, 100000])
-    p.add_argument("--solvers", nargs="+", choices=("compiled", "weighted", "threads2", "scipy", "dense"),
+    p.add_argument("--solvers", nargs="+", choices=("compiled", "weighted", "threads2", "weighted2", "scipy", "dense"),
                    default=["compiled", "weighted", "threads2", "scipy"])
     p.add_argument("--dense-upto", type=int, default=4000, help="run the dense solver only up to this N")
     p.add_argument("--max-wall", type=float, default=0, help="stop each solve after this many seconds (0: never)")
