@@ -2,14 +2,16 @@
 
 The method, step-size control and Newton iteration are those of Hairer & Wanner, Solving ODEs II
 (section IV.8, RADAU5) as SciPy's ``Radau`` implements them, so the steps and counters agree with
-SciPy's to rounding, with two additions after a Newton failure: a step whose fresh Jacobian failed
-is retried once with the Jacobian at its predicted end (JACOBIAN_AT_END), and the next steps are
-capped (NEWTON_CAP), as RADAU5 and CVODE also keep a step from growing right back after a failure.
-Runs without Newton failures take SciPy's steps. What differs is where the time goes: SciPy's step is a
-sequence of NumPy expressions over (3, n) arrays (about 25 temporaries per Newton iteration, 17 ms
-of a 32 ms step at N = 1e5 particles); here each Newton iteration is a few Numba passes over
-buffers allocated once: the stage derivatives, then the residuals, the two Woodbury solves, the
-increment's norm and the update pass by pass, or, from FUSED_MIN_UNKNOWNS on, in two fused passes.
+SciPy's to rounding, with three differences where Newton's iteration struggles: it may take up to
+NEWTON_MAXITER = 10 iterations where SciPy stops at 6; a step whose fresh Jacobian failed is retried
+once with the Jacobian at its predicted end (JACOBIAN_AT_END); and the next steps are capped
+(NEWTON_CAP), as RADAU5 and CVODE also keep a step from growing right back after a failure. Runs
+whose Newton iterations converge within SciPy's 6 take SciPy's steps. What differs is where the
+time goes: SciPy's step is a sequence of NumPy expressions over (3, n) arrays (about 25
+temporaries per Newton iteration, 17 ms of a 32 ms step at N = 1e5 particles); here each Newton
+iteration is a few Numba passes over buffers allocated once: the stage derivatives, then the
+residuals, the two Woodbury solves, the increment's norm and the update pass by pass, or, from
+FUSED_MIN_UNKNOWNS on, in two fused passes.
 The Python left per step is the control logic (a few dozen scalar operations).
 
 The Newton systems are solved through the Jacobian's structure J = D + A Vt
@@ -50,7 +52,32 @@ E = np.array([-13 - 7 * _S6, -13 + 7 * _S6, -1]) / 3
 # dense output: the collocation polynomial through (0, 0) and (c_i, Z_i), in powers x, x^2, x^3
 P = np.linalg.inv(np.vander(C, 4, increasing=True)[:, 1:])
 
-NEWTON_MAXITER = 6
+# Newton iterations allowed per attempt (SciPy's Radau: 6). The iteration stops early where its rate
+# predicts no convergence within the iterations left, so a larger limit lets a slow but steady
+# iteration finish instead of halving the step and factoring anew. In the founding model at
+# eps = 1e-12 the tail particles' Jacobian changes within a step near t = 1e-4 and the iteration
+# contracts slowly there: weighted norm, rtol 1e-8, N = 1e4: 792 -> 750 steps, 1200 -> 926
+# factorizations; N = 1e5: 820 -> 777 steps, 1378 -> 1038 factorizations, 25.7 -> 22.3 s (one
+# process). State-norm runs, whose iterations converge in two or three, keep SciPy's steps (N = 1e4:
+# 2960 -> 2961). 20 gained more at rtol 1e-8 (N = 1e5: 755 steps, 19.0 s), but at rtol 1e-10, where
+# the weighted solve resolves the first drop with steps near eps, step counts there scatter by
+# factors of 3 to 8 with any change of the iteration, and 20 lost on that grid (below).
+NEWTON_MAXITER = 10
+# The step-size safety factor 0.9 (2 k + 1) / (2 k + n_iter) keeps SciPy's k = 6, with n_iter
+# counted up to SAFETY_ITERATIONS_MAX: a larger k would lengthen every step (a change of the error
+# control, not of the Newton iteration: k = 15 at N = 1e4, state norm, took 2752 steps and 884
+# factorizations against 2960 and 716), and a slow iteration's n_iter beyond 8 would shorten the
+# next steps below SciPy's range. Over 18 tight solves (N = 700 to 2000, rtol 1e-10, 3e-10 and
+# 1e-9, both norms; 20 s each at most) these choices took 79 s against 92 s with SciPy's 6 iterations.
+SAFETY_ITERATIONS = 6
+SAFETY_ITERATIONS_MAX = 8
+
+
+def _safety(n_iter):
+    n = min(n_iter, SAFETY_ITERATIONS_MAX)
+    return 0.9 * (2 * SAFETY_ITERATIONS + 1) / (2 * SAFETY_ITERATIONS + n)
+
+
 MIN_FACTOR = 0.2
 MAX_FACTOR = 10.0
 # After a Newton failure at step h (the step is then halved), steps stay below h / sqrt 2, a cap that
@@ -422,7 +449,7 @@ class CompiledRadau:
             k.error_rhs(f, Z, E, h, self.err_rhs)
             error = LU_real.solve(self.err_rhs)
             error_norm = k.weighted_rms(error, y, y_new, rtol, atol, self.g)
-            safety = 0.9 * (2 * NEWTON_MAXITER + 1) / (2 * NEWTON_MAXITER + n_iter)
+            safety = _safety(n_iter)
             if rejected and error_norm > 1:
                 k.add(y, error, self.buf)
                 f_err = self._eval(t, self.buf)
