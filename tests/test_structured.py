@@ -237,14 +237,17 @@ def test_solve_on_two_threads_matches_one_thread(monkeypatch):
     monkeypatch.setattr(integrate, "PARALLEL_MIN_UNKNOWNS", 0)
     two = solve(model, init, 5.0, rtol=1e-9, atol=1e-11, progress=False, threads=2)
     assert numba.get_num_threads() == before
-    assert abs(one.stats["nsteps"] - two.stats["nsteps"]) <= 0.01 * one.stats["nsteps"]
+    # per-thread sums change the rounding, and at rtol 1e-9 that moves Newton's iteration counts and
+    # so the steps: 2069 against 2037 with up to 10 Newton iterations (2038 against 2052 with 6), with
+    # learning times equal to 1e-14 and risks to 2e-13
+    assert abs(one.stats["nsteps"] - two.stats["nsteps"]) <= 0.02 * one.stats["nsteps"]
     np.testing.assert_allclose(learning_times(two.t, two.residuals), learning_times(one.t, one.residuals),
                                rtol=1e-6)
     np.testing.assert_allclose(two.risk, one.risk, atol=1e-7)
     # and the fused Newton passes' parallel variant (per-thread sums: to the tolerance)
     monkeypatch.setattr(radau, "FUSED_MIN_UNKNOWNS", 0)
     fused = solve(model, init, 5.0, rtol=1e-9, atol=1e-11, progress=False, threads=2)
-    assert abs(one.stats["nsteps"] - fused.stats["nsteps"]) <= 0.01 * one.stats["nsteps"]
+    assert abs(one.stats["nsteps"] - fused.stats["nsteps"]) <= 0.02 * one.stats["nsteps"]
     np.testing.assert_allclose(learning_times(fused.t, fused.residuals), learning_times(one.t, one.residuals),
                                rtol=1e-6)
     np.testing.assert_allclose(fused.risk, one.risk, atol=1e-7)
