@@ -70,7 +70,7 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
     computes h = W x (u_i <- keep_i u_i + cs_i x_prev, then h_i = u_i . x): W is read and written
     once per step instead of read twice and written once, with the same arithmetic per entry of W
     (h is summed in partial sums, a rounding-level change of order). Compiled with reassociation
-    allowed, so that the sums over W's rows vectorise: 1.2x to 1.5x on float32 weights, 1.2x on
+    allowed, so that the sums over W's rows vectorise: 1.1x to 1.5x on float32 weights, 1.2x on
     float64 where W fits in the cache (bench_sgd.py)."""
     m, d = W.shape
     x = np.empty(d)
@@ -92,7 +92,7 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
             if pending:
                 kp = keep[i]
                 cp = cs[i]
-                # four partial sums: independent chains (the vector width's more, with reassociation)
+                # four partial sums; with reassociation allowed the compiler widens them to vectors
                 a0 = a1 = a2 = a3 = 0.0
                 d4 = d - d % 4
                 for k in range(0, d4, 4):
