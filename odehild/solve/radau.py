@@ -67,8 +67,9 @@ NEWTON_MAXITER = 10
 # counted up to SAFETY_ITERATIONS_MAX: a larger k would lengthen every step (a change of the error
 # control, not of the Newton iteration: k = 15 at N = 1e4, state norm, took 2752 steps and 884
 # factorizations against 2960 and 716), and a slow iteration's n_iter beyond 8 would shorten the
-# next steps below SciPy's range. Over 18 tight solves (N = 700 to 2000, rtol 1e-10, 3e-10 and
-# 1e-9, both norms; 20 s each at most) these choices took 79 s against 92 s with SciPy's 6 iterations.
+# next steps below SciPy's range. Over 18 tight solves (N = 700 to 2000: 12 in both norms at rtol
+# 1e-10 and 1e-9, 6 weighted at 1e-10 and 3e-10; each stopped at 20 s, which 3 reached with 6, 2
+# with these choices) they took 79 s against 92 s with SciPy's 6 iterations.
 SAFETY_ITERATIONS = 6
 SAFETY_ITERATIONS_MAX = 8
 
@@ -92,9 +93,9 @@ NEWTON_CAP_GROWTH = 1.1
 # collocation solution with any iteration matrix; only its rate depends on the matrix. Where the
 # failures come from particles whose Jacobian changes within the step (the tail particles of the
 # founding model at eps = 1e-12, escaping at rates of 1e6 to 1e7 while the error control would
-# allow 3x longer steps), the end's Jacobian converges more often: at N = 1e4, weighted norm, 792
-# steps and 1200 factorizations against 892 and 1470; at N = 1e3, rtol 1e-10, 2834 and 3466 against
-# 5216 and 10930. A stale Jacobian that fails is refreshed at the step's start, as in SciPy (taking
+# allow 3x longer steps), the end's Jacobian converges more often: with SciPy's 6 Newton iterations,
+# at N = 1e4, weighted norm, 792 steps and 1200 factorizations against 892 and 1470; at N = 1e3,
+# rtol 1e-10, 2834 and 3466 against 5216 and 10930. A stale Jacobian that fails is refreshed at the step's start, as in SciPy (taking
 # it at the end there cost a tight state-norm run 16% more steps). Runs without Newton failures
 # take SciPy's steps.
 JACOBIAN_AT_END = True
