@@ -85,6 +85,28 @@ def test_woodbury_solves_of_larger_blocks_match_dense(r, threads, rng):
             np.testing.assert_allclose(x, np.linalg.solve(c * np.eye(b * N) - J, rhs), rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.parametrize("threads", [1, pytest.param(2, marks=two_threads)])
+@pytest.mark.parametrize("b", [2, 3])
+def test_refined_woodbury_solves_match_dense(b, threads, rng, monkeypatch):
+    """With every capacitance counted ill-conditioned, each solve is refined against the structured
+    matrix (its O(N r) residual, per-chunk sums on two threads): the dense solution to rounding."""
+    from odehild.solve import structured
+
+    monkeypatch.setattr(structured, "COND_LIMIT", 0.0)
+    N, r = 1500, 4
+    n = b * N
+    Js = LowRankJacobian(rng.normal(size=(N, b, b)), rng.normal(size=(n, r)) / N ** 0.5,
+                         rng.normal(size=(r, n)) / N ** 0.5)
+    J = Js.toarray()
+    for mu in (3.6378, 2.6811 + 3.0504j):
+        with compiled_threads(threads):
+            F = WoodburyFactor(IterationMatrix(mu / 1e-2, Js), threads)
+            assert F.refine
+            rhs = rng.normal(size=n) + (1j * rng.normal(size=n) if isinstance(mu, complex) else 0)
+            x = F.solve(rhs)
+        np.testing.assert_allclose(x, np.linalg.solve(mu / 1e-2 * np.eye(n) - J, rhs), rtol=1e-11, atol=1e-12)
+
+
 @pytest.mark.parametrize("b", [2, 3])
 def test_complex_passes_on_a_real_jacobian_equal_the_generic_ones(b, rng):
     """Radau's complex pair: the passes that take the products with the real A and Vt on real and
@@ -159,6 +181,55 @@ def test_fused_newton_update_equals_the_separate_passes(rng):
     assert not LR3.pairs_with(LC3)
 
 
+def test_joined_step_passes_equal_the_passes_they_join(rng):
+    """newton_start, newton_finish and predict against the passes whose arithmetic they join, bit
+    for bit."""
+    from odehild.solve import radau
+
+    n, h = 1001, 0.37
+    k = radau.step_passes()
+    y, f = rng.normal(size=n), rng.normal(size=n)
+    Z0, W, Q = (rng.normal(size=(3, n)) for _ in range(3))
+    W1, Ys1, W2, Ys2 = (np.empty((3, n)) for _ in range(4))
+    k.transform(radau.TI, Z0, W1)
+    k.stage_states(y, Z0, Ys1)
+    k.newton_start(radau.TI, Z0, y, W2, Ys2)
+    np.testing.assert_array_equal(W2, W1)
+    np.testing.assert_array_equal(Ys2, Ys1)
+    Z, y_new, err, Qd = np.empty((3, n)), np.empty(n), np.empty(n), np.empty((3, n))
+    k.transform(radau.T, W, Z)
+    k.add(y, Z[2], y_new)
+    k.error_rhs(f, Z, radau.E, h, err)
+    k.transform(radau.P, Z, Qd)
+    got = np.empty(n), np.empty(n), np.empty((3, n))
+    k.newton_finish(radau.T, radau.P, radau.E, h, W, y, f, *got)
+    for u, v in zip(got, (y_new, err, Qd)):
+        np.testing.assert_array_equal(u, v)
+    x = np.array([1.1, 1.5, 2.0])
+    poly, pred = np.empty((3, n)), np.empty((3, n))
+    k.evaluate_polynomial(y, Q, x, poly)
+    k.predict(y, Q, x, f, pred)
+    np.testing.assert_array_equal(pred, poly - f)
+
+
+def test_jacobian_parts_match_finite_differences_of_the_rhs(rng):
+    """The generated Jacobian, filled in chunks of particles (three here, the last one partial), times
+    a direction against central differences of the generated right-hand side."""
+    model = MeanFieldModel(*STAIR, K=3, eps=1e-2)
+    N = 2500
+    problem = model.problem(initial_condition(N))
+    y = problem.y0 + np.concatenate([rng.normal(size=N) * 0.1, rng.normal(size=N) * 0.5])
+    v = rng.normal(size=2 * N)
+    Js = problem.jac_parts(0.0, y)
+    Jv = Js.D[:, 0, 0] * v[:N] + Js.D[:, 0, 1] * v[N:], Js.D[:, 1, 0] * v[:N] + Js.D[:, 1, 1] * v[N:]
+    Jv = np.concatenate(Jv) + Js.A @ (Js.Vt @ v)
+    d = 1e-6
+    fp, fm = np.empty(2 * N), np.empty(2 * N)
+    problem.rhs(0.0, y + d * v, fp)
+    problem.rhs(0.0, y - d * v, fm)
+    np.testing.assert_allclose(Jv, (fp - fm) / (2 * d), rtol=1e-6, atol=1e-6 * np.abs(Jv).max())
+
+
 def test_solve_with_fused_newton_iterations_equals_the_separate_passes(monkeypatch):
     """Fused Newton passes (used from FUSED_MIN_UNKNOWNS on) forced at N = 300: the same steps, the
     same trajectory bit for bit, in either error norm; a failed run keeps what it computed."""
@@ -206,7 +277,10 @@ def test_parallel_step_passes_equal_the_serial_ones(rng):
             "transform": (radau.TI, Z, np.empty((3, n))), "error_rhs": (f, Z, radau.E, 0.1, np.empty(n)),
             "weighted_rms": (f, y, y + 1, 1e-8, 1e-10, inv), "add": (y, f, np.empty(n)),
             "inverse_scale": (y, 1e-8, 1e-10, inv, np.empty(n)),
-            "evaluate_polynomial": (y, Z, np.array([0.1, 0.5, 0.9]), np.empty((3, n)))}
+            "evaluate_polynomial": (y, Z, np.array([0.1, 0.5, 0.9]), np.empty((3, n))),
+            "newton_start": (radau.TI, Z, y, np.empty((3, n)), np.empty((3, n))),
+            "newton_finish": (radau.T, radau.P, radau.E, 0.1, W, y, f, np.empty(n), np.empty(n), np.empty((3, n))),
+            "predict": (y, Z, np.array([1.1, 1.5, 2.0]), f, np.empty((3, n)))}
     serial, parallel = radau.step_passes(False), radau.step_passes(True)
     with compiled_threads(2):
         for name, a in args.items():
@@ -309,6 +383,22 @@ def test_jacobian_written_into_the_arrays_it_replaces(rng):
     np.testing.assert_allclose(new.toarray(), dense, rtol=1e-13, atol=1e-13 * np.abs(dense).max())
     fresh = problem.jac_parts(0.0, y, LowRankJacobian(np.empty((N - 1, 2, 2)), old.A, old.Vt))  # shapes differ
     np.testing.assert_array_equal(fresh.toarray(), new.toarray())
+
+
+@pytest.mark.slow
+@needs_two_threads
+def test_parallel_jacobian_parts_equal_the_serial_ones(rng):
+    """The Jacobian's particle loop on two threads (its moments summed per thread): the serial
+    parts to rounding."""
+    model = MeanFieldModel(*STAIR, K=3, eps=1e-8)
+    N = 5000
+    problem = model.problem(initial_condition(N))
+    y = problem.y0 + np.concatenate([rng.normal(size=N), rng.normal(size=N)])
+    one = problem.jac_parts(0.0, y)
+    with compiled_threads(2):
+        two = problem.parallel_jac_parts()(0.0, y)
+    for u, v in zip((one.D, one.A, one.VtT), (two.D, two.A, two.VtT)):
+        np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12 * np.abs(u).max())
 
 
 def test_weighted_error_norm_with_equal_weights_is_the_state_norm():

@@ -167,17 +167,23 @@ class MeanFieldModel(FoundingDeclaration):
         w, inv_eps, n, nm = init.weights, 1.0 / self.eps, y0.size, self.K + 1
         jac, parts = compiled.jac, compiled.jac_parts_chart
 
-        def jac_parts(t, y, reuse=None):
-            # reuse: a Jacobian the caller discards, whose arrays are overwritten (fresh ones cost page
-            # faults: 4 of 5.4 ms at N = 1e5)
-            u = y[init.N:]
-            with np.errstate(over="ignore"):
-                c = np.cosh(u)
-                dsdu = 1.0 / (c * c)  # 1 - s^2 without cancellation; 0 where cosh(u)^2 overflows
-            arrays = reuse.buffers(init.N, 2, nm) if reuse is not None else None
-            D, A, VtT = arrays or (np.empty((init.N, 2, 2)), np.empty((n, nm)), np.empty((n, nm)))
-            parts(t, y, np.tanh(u), dsdu, w, inv_eps, D, A, VtT.T)
-            return LowRankJacobian.from_transposed(D, A, VtT)
+        def jac_parts_with(kernel):
+            def jac_parts(t, y, reuse=None):
+                # reuse: a Jacobian the caller discards, whose arrays are overwritten (fresh ones cost
+                # page faults: 4 of 5.4 ms at N = 1e5)
+                u = y[init.N:]
+                with np.errstate(over="ignore"):
+                    c = np.cosh(u)
+                    dsdu = 1.0 / (c * c)  # 1 - s^2 without cancellation; 0 where cosh(u)^2 overflows
+                arrays = reuse.buffers(init.N, 2, nm) if reuse is not None else None
+                D, A, VtT = arrays or (np.empty((init.N, 2, 2)), np.empty((n, nm)), np.empty((n, nm)))
+                kernel(t, y, np.tanh(u), dsdu, w, inv_eps, D, A, VtT.T)
+                return LowRankJacobian.from_transposed(D, A, VtT)
+
+            return jac_parts
+
+        def parallel_jac_parts():
+            return jac_parts_with(parallel_variant(parts, moments=parallel_variant(compiled.moments)))
 
         meta = {**self.meta(), "init": init.description, "N": init.N,
                 "learnability": self.learnability(s0_zero=not np.any(init.s0)).to_dict()}
@@ -194,8 +200,9 @@ class MeanFieldModel(FoundingDeclaration):
             return self._observables(compiled, values["a"], values["s"], w)
 
         return OdeProblem(y0, state, chart_rhs(compiled.rhs_chart),
-                          lambda t, y, J: jac(t, y, w, inv_eps, J), compiled, meta, jac_parts=jac_parts,
+                          lambda t, y, J: jac(t, y, w, inv_eps, J), compiled, meta, jac_parts=jac_parts_with(parts),
                           fast_eps=self.eps, context={"weights": w}, parallel_rhs=parallel_rhs,
+                          parallel_jac_parts=parallel_jac_parts,
                           component_weights=np.concatenate([w, w]), observables=observables)
 
     def _observables(self, compiled, a, s, w) -> dict:
@@ -292,7 +299,7 @@ def meanfield_source(model: MeanFieldModel) -> str:
         + [(f"A[i, {k}]", sub(d.state_rhs_dg[0][k])) for k in range(n)]
         + [(f"A[N + i, {k}]", sub(d.state_rhs_dg[1][k])) for k in range(n)]
         + [(f"Bi[0, {k}]", sub(d.state_moment_dy[0][k]) * sp.Symbol("wi")) for k in range(n)]
-        + [(f"Bi[1, {k}]", sub(d.state_moment_dy[1][k]) * sp.Symbol("wi")) for k in range(n)], 8, "xj")
+        + [(f"Bi[1, {k}]", sub(d.state_moment_dy[1][k]) * sp.Symbol("wi")) for k in range(n)], 12, "xj")
 
     return HEADER.format(version=__version__, kind=model.kind, key=model.cache_key()) + f'''
 K = {K}
@@ -398,29 +405,32 @@ def jac_parts_chart(t, y, s, dsdu, w, inv_eps, D, A, Vt):
     M = np.empty(NM)
     g = np.empty(NM)
     H = np.empty((NM, NM))
-    Bi = np.empty((2, NM))  # dM/dy of particle i (rows a_i, u_i)
     moments(y[:N], s, w, M)
     grad_moments(M, g)
     hess_moments(M, H)
 {unpack_g}
-    for i in range(N):
-        ai = y[i]
-        si = s[i]
-        dsdu_i = dsdu[i]
-        wi = w[i]
+    # particles in chunks of 1024, each with its own scratch row: the parallel variant splits the
+    # chunks across threads (the particles are independent, so the numbers do not depend on it)
+    for c in prange((N + 1023) // 1024):
+        Bi = np.empty((2, NM))  # dM/dy of particle i (rows a_i, u_i)
+        for i in range(1024 * c, min(1024 * c + 1024, N)):
+            ai = y[i]
+            si = s[i]
+            dsdu_i = dsdu[i]
+            wi = w[i]
 {jac_local}
-        D[i, 0, 0] = jaa
-        D[i, 0, 1] = jau
-        D[i, 1, 0] = jua
-        D[i, 1, 1] = juu
-        for k in range(NM):
-            va = 0.0
-            vu = 0.0
-            for m in range(NM):
-                va += H[k, m] * Bi[0, m]
-                vu += H[k, m] * Bi[1, m]
-            Vt[k, i] = va
-            Vt[k, N + i] = vu
+            D[i, 0, 0] = jaa
+            D[i, 0, 1] = jau
+            D[i, 1, 0] = jua
+            D[i, 1, 1] = juu
+            for k in range(NM):
+                va = 0.0
+                vu = 0.0
+                for m in range(NM):
+                    va += H[k, m] * Bi[0, m]
+                    vu += H[k, m] * Bi[1, m]
+                Vt[k, i] = va
+                Vt[k, N + i] = vu
 
 
 @njit(cache=True)

@@ -191,7 +191,7 @@ class OdeProblem:
     cache status are reported).
     ``fast_eps``: the rate ratio of a fast layer, below which explicit methods are warned against.
     ``parallel_rhs()``: the right-hand side with its sums over particles on Numba's threads (None:
-    the kind has none; its serial one is used).
+    the kind has none; its serial one is used); ``parallel_jac_parts()`` likewise ``jac_parts``.
     ``meta``: what the kind records about the declaration, the start and the runtime values.
     ``component_weights``: for a particle system, the weight of the particle each unknown belongs to
     (None: not one), for ``error_norm="weighted"``.
@@ -211,6 +211,7 @@ class OdeProblem:
     time_name: str = "t"
     context: dict = dataclasses.field(default_factory=dict)  # kind-private values its result needs
     parallel_rhs: Optional[Callable] = None
+    parallel_jac_parts: Optional[Callable] = None
     component_weights: Optional[np.ndarray] = None
     observables: Optional[Callable] = None
 
@@ -281,15 +282,18 @@ def _integrate(problem, t_end, t_eval, method, rtol, atol, first_step, max_wall,
         counters["njev"] += 1
         return J
 
+    solver_class = _solver_class(method, structured)
+    on_threads = solver_class is CompiledRadau and threads > 1
+    jac_parts = problem.parallel_jac_parts() if on_threads and problem.parallel_jac_parts else problem.jac_parts
+
     def jac_structured(t, y, reuse=None):
         counters["njev"] += 1
-        return problem.jac_parts(t, y, reuse)
+        return jac_parts(t, y, reuse)
 
     # compile (or load) before timing the solve; only the Jacobian form the solver will use
     compile_start = time.perf_counter()
-    solver_class = _solver_class(method, structured)
     rhs = problem.rhs
-    if solver_class is CompiledRadau and threads > 1 and problem.parallel_rhs is not None:
+    if on_threads and problem.parallel_rhs is not None:
         rhs = problem.parallel_rhs()
         rhs(0.0, problem.y0, np.empty(n))
     fun(0.0, problem.y0)

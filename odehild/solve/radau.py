@@ -189,6 +189,45 @@ def _inverse_scale(y, rtol, atol, g, out):
 
 
 @njit(cache=True)
+def _newton_start(TI, Z0, y, W, Ys):
+    """W = TI Z0 and the stage states Ys = y + Z0 (``_transform`` and ``_stage_states`` in one pass)."""
+    for j in prange(y.shape[0]):
+        z0, z1, z2 = Z0[0, j], Z0[1, j], Z0[2, j]
+        for i in range(3):
+            W[i, j] = TI[i, 0] * z0 + TI[i, 1] * z1 + TI[i, 2] * z2
+        Ys[0, j], Ys[1, j], Ys[2, j] = y[j] + z0, y[j] + z1, y[j] + z2
+
+
+@njit(cache=True)
+def _newton_finish(T, P, E, h, W, y, f, y_new, err_rhs, Q):
+    """From the converged W, with Z = T W (not stored): y_new = y + Z_2, the error estimate's
+    right-hand side f + (Z^T E) / h and the dense output's coefficients Q = P Z, in one pass (the
+    arithmetic of ``_transform``, ``_add`` and ``_error_rhs``)."""
+    for j in prange(y.shape[0]):
+        w0, w1, w2 = W[0, j], W[1, j], W[2, j]
+        z0 = T[0, 0] * w0 + T[0, 1] * w1 + T[0, 2] * w2
+        z1 = T[1, 0] * w0 + T[1, 1] * w1 + T[1, 2] * w2
+        z2 = T[2, 0] * w0 + T[2, 1] * w1 + T[2, 2] * w2
+        y_new[j] = y[j] + z2
+        err_rhs[j] = f[j] + (E[0] * z0 + E[1] * z1 + E[2] * z2) / h
+        for i in range(3):
+            Q[i, j] = P[i, 0] * z0 + P[i, 1] * z1 + P[i, 2] * z2
+
+
+@njit(cache=True)
+def _predict(y_old, Q, x, y, out):
+    """out[m] = (the collocation polynomial at x_m) - y: the next step's starting iterate Z0."""
+    x1, x2, x3 = x[0], x[0] * x[0], x[0] * x[0] * x[0]
+    u1, u2, u3 = x[1], x[1] * x[1], x[1] * x[1] * x[1]
+    v1, v2, v3 = x[2], x[2] * x[2], x[2] * x[2] * x[2]
+    for j in prange(y_old.shape[0]):
+        q0, q1, q2, yo, yj = Q[0, j], Q[1, j], Q[2, j], y_old[j], y[j]
+        out[0, j] = (yo + q0 * x1 + q1 * x2 + q2 * x3) - yj
+        out[1, j] = (yo + q0 * u1 + q1 * u2 + q2 * u3) - yj
+        out[2, j] = (yo + q0 * v1 + q1 * v2 + q2 * v3) - yj
+
+
+@njit(cache=True)
 def _evaluate_polynomial(y_old, Q, x, out):
     """out[m] = y_old + sum_k Q_k x_m^(k+1) for each x_m."""
     for m in range(x.shape[0]):
@@ -200,7 +239,8 @@ def _evaluate_polynomial(y_old, Q, x, out):
 
 
 _PASSES = ("_stage_states", "_newton_residual", "_increment_norm", "_apply_increment", "_transform", "_error_rhs",
-           "_weighted_rms", "_add", "_inverse_scale", "_evaluate_polynomial")
+           "_weighted_rms", "_add", "_inverse_scale", "_evaluate_polynomial", "_newton_start", "_newton_finish",
+           "_predict")
 
 
 def step_passes(parallel: bool = False) -> SimpleNamespace:
@@ -337,18 +377,16 @@ class CompiledRadau:
 
     def _newton(self, t, h, LU_real, LU_complex):
         """Simplified Newton for the collocation system from Z0; returns (converged, iterations,
-        rate). Z holds the last iterate."""
+        rate). W holds the last iterate, in the transformed variables (Z = T W)."""
         y, Z, W, F, Ys, k = self.y, self.Z, self.W, self.F, self.Ys, self.k
-        Z[:] = self.Z0
-        k.transform(TI, Z, W)
+        k.newton_start(TI, self.Z0, y, W, Ys)
         m_real, m_complex = MU_REAL / h, MU_COMPLEX / h
         dw_norm_old = rate = None
         tol = self.newton_tol
         # both factors by the Woodbury identity: each iteration in two fused passes, which apply the
         # increment at once (a failed iteration's W and Ys are not used again) and leave Z = T W
-        # to be formed once, at convergence
+        # to be formed once, at convergence (by newton_finish)
         fused = self.fuse and LU_real.pairs_with(LU_complex)
-        k.stage_states(y, Z, Ys)
         for it in range(NEWTON_MAXITER):
             for i in range(3):
                 self._eval(t + C[i] * h, Ys[i], F[i])
@@ -370,8 +408,6 @@ class CompiledRadau:
             if not fused:
                 k.apply_increment(dw_real, dw_complex, T, W, Z)
             if dw_norm == 0 or (rate is not None and rate / (1 - rate) * dw_norm < tol):
-                if fused:
-                    k.transform(T, W, Z)
                 return True, it + 1, rate
             if not fused:
                 k.stage_states(y, Z, Ys)
@@ -405,8 +441,7 @@ class CompiledRadau:
             if self.sol is None:
                 self.Z0[:] = 0.0
             else:
-                k.evaluate_polynomial(self.sol.y_old, self.sol.Q, (t + h * C - self.sol.t_old) / self.sol.h, self.Z0)
-                self.Z0 -= y
+                k.predict(self.sol.y_old, self.sol.Q, (t + h * C - self.sol.t_old) / self.sol.h, y, self.Z0)
             k.inverse_scale(y, rtol, atol, self.g, self.inv_scale)
             converged = False
             moved = self.sol is None or not JACOBIAN_AT_END  # the Jacobian at the predicted end: tried
@@ -445,16 +480,16 @@ class CompiledRadau:
                 LU_real = LU_complex = None
                 newton_failed = True
                 continue
-            Z = self.Z
-            k.add(y, Z[2], y_new)
-            k.error_rhs(f, Z, E, h, self.err_rhs)
+            Q = np.empty((3, self.n))  # the dense output's coefficients of x, x^2, x^3
+            k.newton_finish(T, P, E, h, self.W, y, f, y_new, self.err_rhs, Q)
             error = LU_real.solve(self.err_rhs)
             error_norm = k.weighted_rms(error, y, y_new, rtol, atol, self.g)
             safety = _safety(n_iter)
             if rejected and error_norm > 1:
                 k.add(y, error, self.buf)
                 f_err = self._eval(t, self.buf)
-                k.error_rhs(f_err, Z, E, h, self.err_rhs)
+                k.transform(T, self.W, self.Z)
+                k.error_rhs(f_err, self.Z, E, h, self.err_rhs)
                 error = LU_real.solve(self.err_rhs)
                 error_norm = k.weighted_rms(error, y, y_new, rtol, atol, self.g)
             if error_norm > 1:
@@ -490,8 +525,6 @@ class CompiledRadau:
         self.y_old = y
         self.t, self.y, self.f = t_new, y_new, f_new
         self.LU_real, self.LU_complex = LU_real, LU_complex
-        Q = np.empty((3, self.n))
-        k.transform(P, Z, Q)  # the dense output's coefficients of x, x^2, x^3
         self.t_old = t
         self.sol = CollocationOutput(t, t_new, y, Q, k.evaluate_polynomial)
         return True, None

@@ -516,27 +516,40 @@ def _apply_at(dr, dc, T, W, y, Ys, j):
 
 
 @njit(cache=True)
-def _residual(c, sc, D, A, Vt, x, b, out):
-    """out = b - (c I - sc J) x with J = D + A Vt, in O(N r); returns max |out|."""
+def _residual(c, sc, D, A, Vt, x, b, out, nchunk=1):
+    """out = b - (c I - sc J) x with J = D + A Vt, in O(N r); returns max |out|. With nchunk > 1
+    (the parallel variant) Vt x is summed per chunk."""
     zero = _zero_like(out)
     N, nb, r = D.shape[0], D.shape[1], Vt.shape[0]
     nd = nb - 1
+    partial = np.zeros((nchunk, r + PARTIAL_PAD), dtype=out.dtype)
+    for ch in prange(nchunk):
+        lo, hi = _chunk(ch, nchunk, nb * N)
+        for k in range(r):
+            acc = zero
+            for j in range(lo, hi):
+                acc += Vt[k, j] * x[j]
+            partial[ch, k] = acc
     v = np.zeros(r, dtype=out.dtype)
     for k in range(r):
-        for j in range(nb * N):
-            v[k] += Vt[k, j] * x[j]
-    top = 0.0
-    for i in range(N):
-        for p in range(nb):
-            jp = _at(N, nd, i, p)
-            jx = zero
-            for q in range(nb):
-                jx += D[i, p, q] * x[_at(N, nd, i, q)]
-            for k in range(r):
-                jx += A[jp, k] * v[k]
-            out[jp] = b[jp] - (c * x[jp] - sc * jx)
-            top = max(top, abs(out[jp]))
-    return top
+        for ch in range(nchunk):
+            v[k] += partial[ch, k]
+    tops = np.zeros(nchunk)
+    for ch in prange(nchunk):
+        lo, hi = _chunk(ch, nchunk, N)
+        top = 0.0
+        for i in range(lo, hi):
+            for p in range(nb):
+                jp = _at(N, nd, i, p)
+                jx = zero
+                for q in range(nb):
+                    jx += D[i, p, q] * x[_at(N, nd, i, q)]
+                for k in range(r):
+                    jx += A[jp, k] * v[k]
+                out[jp] = b[jp] - (c * x[jp] - sc * jx)
+                top = max(top, abs(out[jp]))
+        tops[ch] = top
+    return np.max(tops)
 
 
 @njit(cache=True, inline="always")
@@ -592,11 +605,12 @@ def _passes(parallel: bool, rank: int) -> SimpleNamespace:
     k = _rank_passes(rank)
     names = ("_capacitance", "_woodbury_solve", "_capacitance_complex", "_woodbury_solve_complex", "_newton_update")
     if not parallel:
-        return SimpleNamespace(_shifted_inverses_2x2=_shifted_inverses_2x2, **{n: getattr(k, n) for n in names})
+        return SimpleNamespace(_shifted_inverses_2x2=_shifted_inverses_2x2, _residual=_residual,
+                               **{n: getattr(k, n) for n in names})
     from ..threads import parallel_variant
 
     return SimpleNamespace(_shifted_inverses_2x2=parallel_variant(_shifted_inverses_2x2),
-                           **{n: parallel_variant(getattr(k, n)) for n in names})
+                           _residual=parallel_variant(_residual), **{n: parallel_variant(getattr(k, n)) for n in names})
 
 
 class WoodburyFactor:
@@ -670,7 +684,7 @@ class WoodburyFactor:
         r, dx = np.empty_like(b), np.empty_like(b)
         J = self.J
         for _ in range(REFINE_STEPS):
-            if _residual(self.c, self.sc, J.D, self.A, J.Vt, x, b, r) <= 1e-13 * scale:
+            if self._passes._residual(self.c, self.sc, J.D, self.A, J.Vt, x, b, r, self.nchunk) <= 1e-13 * scale:
                 break
             self._solve_pass(self.Pinv, self.A, self.sc, self.VtT, self.cap_inv, r, dx, self.nchunk)
             x += dx
