@@ -17,8 +17,14 @@ error counted times sqrt(w / max w)), ``weighted2`` (both: the weighted norm on 
 ``--accuracy N`` runs, in one fresh process, a reference in the state norm at rtol 1e-10 and then the
 state and weighted norms at rtol 1e-8 (and weighted at 1e-10), all on the same 400 log-spaced output
 times, and prints each run's steps and its errors against the reference: learning times (relative),
-moments M_k (max absolute), risk (max relative where the reference risk exceeds 1e-12), and the
-particles' own s (max absolute).
+moments M_k (max absolute), risk (max relative where the reference risk exceeds 1e-12; and its
+value at t = 5), and the particles' own s (max absolute). ``--threads`` and ``--output-precision`` apply to
+these solves (the reference keeps float64 outputs). At N = 1e5 a state-norm run at rtol 1e-10 had
+reached t = 0.05 after 20 minutes and 50541 steps, with steps of 6e-10, so there the reference is odehild's default,
+the state norm at rtol 1e-8, and the rows measure how far the weighted run lies from it:
+
+    python benchmarks/bench_particles.py --accuracy 100000 --threads 2 --output-precision float32 \
+        --reference-rtol 1e-8
 """
 
 from __future__ import annotations
@@ -61,15 +67,20 @@ import numpy as np
 from odehild.models import MeanFieldModel
 from odehild.solve import initial_condition, solve
 from odehild.solve.analysis import learning_times
-N = int(sys.argv[1])
+N, threads, precision, ref_rtol = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)", K=3, eps=1e-12)
 init = initial_condition(N)
 t_eval = np.concatenate([[0.0], np.logspace(-14, np.log10(5.0), 400)])
 solve(model, initial_condition(200), 5.0, points=3, progress=False, error_norm="weighted")
 runs = []
-for norm, rtol in (("state", 1e-10), ("state", 1e-8), ("weighted", 1e-8), ("weighted", 1e-10)):
+# a run tighter than the reference, or the reference itself, measures nothing
+cases = [("state", ref_rtol)] + [(n, r) for n, r in (("state", 1e-8), ("weighted", 1e-8), ("weighted", 1e-10))
+                                 if r > ref_rtol or (n == "weighted" and r == ref_rtol)]
+for norm, rtol in cases:
     t0 = time.perf_counter()
-    tr = solve(model, init, 5.0, t_eval=t_eval, rtol=rtol, atol=1e-2 * rtol, progress=False, error_norm=norm)
+    # the reference keeps float64 outputs; the others the precision asked for
+    tr = solve(model, init, 5.0, t_eval=t_eval, rtol=rtol, atol=1e-2 * rtol, progress=False, error_norm=norm,
+               threads=threads, output_precision=precision if runs else "float64")
     runs.append((norm, rtol, time.perf_counter() - t0, tr))
 ref = runs[0][3]
 lt_ref = learning_times(ref.t, ref.residuals)[1:]
@@ -80,27 +91,29 @@ for norm, rtol, wall, tr in runs[1:]:
                       "lt": (np.abs(lt / lt_ref - 1)).tolist(),
                       "moments": float(np.max(np.abs(tr.moments - ref.moments))),
                       "risk": float(np.max(np.abs(tr.risk[big] / ref.risk[big] - 1))),
+                      "risk_end": float(tr.risk[-1]),
                       "s": float(np.max(np.abs(tr.s - ref.s)))}))
-print(json.dumps({"reference_steps": ref.stats["nsteps"], "lt_ref": lt_ref.tolist()}))
+print(json.dumps({"reference_steps": ref.stats["nsteps"], "lt_ref": lt_ref.tolist(), "risk_end": float(ref.risk[-1])}))
 """
 
 
-def accuracy(N):
-    print(f"accuracy at N = {N}: errors against the state norm at rtol 1e-10 (atol = rtol / 100), "
-          "400 log-spaced output times")
-    out = subprocess.run([sys.executable, "-c", ACCURACY, str(N)], capture_output=True, text=True)
+def accuracy(N, threads, precision, ref_rtol):
+    print(f"accuracy at N = {N}: errors against the state norm at rtol {ref_rtol:g} (atol = rtol / 100), "
+          f"400 log-spaced output times, {threads} thread(s), outputs other than the reference's in {precision}")
+    out = subprocess.run([sys.executable, "-c", ACCURACY, str(N), str(threads), precision, repr(ref_rtol)],
+                         capture_output=True, text=True)
     if out.returncode:
         sys.exit("accuracy run failed: " + (out.stderr.strip().splitlines() or ["killed"])[-1])
     rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
     ref = rows.pop()
     print(f"reference: {ref['reference_steps']} steps, learning times "
-          + ", ".join(f"{x:.6g}" for x in ref["lt_ref"]))
+          + ", ".join(f"{x:.6g}" for x in ref["lt_ref"]) + f", risk at t = 5 {ref['risk_end']:.3e}")
     print(f"{'norm':>9} {'rtol':>6} {'wall s':>7} {'steps':>6} {'learning times, rel':>30} {'M_k, abs':>9} "
-          f"{'risk, rel':>9} {'s, abs':>9}")
+          f"{'risk, rel':>9} {'risk at 5':>10} {'s, abs':>9}")
     for r in rows:
         lt = ", ".join(f"{x:.1e}" for x in r["lt"])
         print(f"{r['norm']:>9} {r['rtol']:6.0e} {r['wall']:7.2f} {r['steps']:6d} {lt:>30} {r['moments']:9.1e} "
-              f"{r['risk']:9.1e} {r['s']:9.1e}")
+              f"{r['risk']:9.1e} {r['risk_end']:10.3e} {r['s']:9.1e}")
 
 
 def run(N, solver, max_wall, precision):
@@ -142,8 +155,11 @@ if __name__ == "__main__":
                    help="how the particles' states at the output times are kept (solve's output_precision)")
     p.add_argument("--accuracy", type=int, metavar="N", default=0,
                    help="instead of the timings, errors of each norm at this N against a tight run")
+    p.add_argument("--threads", type=int, default=1, help="with --accuracy: the solves' threads")
+    p.add_argument("--reference-rtol", type=float, default=1e-10,
+                   help="with --accuracy: the state-norm reference's rtol (runs not looser than it are left out)")
     a = p.parse_args()
     if a.accuracy:
-        accuracy(a.accuracy)
+        accuracy(a.accuracy, a.threads, a.output_precision, a.reference_rtol)
     else:
         main(a.n, a.solvers, a.dense_upto, a.max_wall, a.output_precision)
