@@ -18,10 +18,11 @@ error counted times sqrt(w / max w)), ``weighted2`` (both: the weighted norm on 
 state and weighted norms at rtol 1e-8 (and weighted at 1e-10), all on the same 400 log-spaced output
 times, and prints each run's steps and its errors against the reference: learning times (relative),
 moments M_k (max absolute), risk (max relative where the reference risk exceeds 1e-12; and its
-value at t = 5), and the particles' own s (max absolute). ``--threads`` and ``--output-precision`` apply to
-these solves (the reference keeps float64 outputs). At N = 1e5 a state-norm run at rtol 1e-10 had
-reached t = 0.05 after 20 minutes and 50541 steps, with steps of 6e-10, so there the reference is odehild's default,
-the state norm at rtol 1e-8, and the rows measure how far the weighted run lies from it:
+value at t = 5), and the particles' own s (max absolute). ``--threads`` and ``--output-precision``
+apply to these solves (the reference keeps float64 outputs). At N = 1e5 a state-norm run at rtol
+1e-10 had reached t = 0.05 after 20 minutes and 50541 steps, with steps of 6e-10, so there the
+reference is odehild's default, the state norm at rtol 1e-8, and the weighted row measures how far
+the weighted run lies from it:
 
     python benchmarks/bench_particles.py --accuracy 100000 --threads 2 --output-precision float32 \
         --reference-rtol 1e-8
@@ -157,7 +158,8 @@ if __name__ == "__main__":
                    help="instead of the timings, errors of each norm at this N against a tight run")
     p.add_argument("--threads", type=int, default=1, help="with --accuracy: the solves' threads")
     p.add_argument("--reference-rtol", type=float, default=1e-10,
-                   help="with --accuracy: the state-norm reference's rtol (runs not looser than it are left out)")
+                   help="with --accuracy: the state-norm reference's rtol (runs tighter than it, and the "
+                        "state-norm run at it, are left out)")
     a = p.parse_args()
     if a.accuracy:
         accuracy(a.accuracy, a.threads, a.output_precision, a.reference_rtol)
