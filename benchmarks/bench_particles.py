@@ -94,7 +94,8 @@ for norm, rtol, wall, tr in runs[1:]:
                       "risk": float(np.max(np.abs(tr.risk[big] / ref.risk[big] - 1))),
                       "risk_end": float(tr.risk[-1]),
                       "s": float(np.max(np.abs(tr.s - ref.s)))}))
-print(json.dumps({"reference_steps": ref.stats["nsteps"], "lt_ref": lt_ref.tolist(), "risk_end": float(ref.risk[-1])}))
+print(json.dumps({"reference_steps": ref.stats["nsteps"], "lt_ref": lt_ref.tolist(),
+                  "risk_end": float(ref.risk[-1])}))
 """
 
 

@@ -200,7 +200,8 @@ class MeanFieldModel(FoundingDeclaration):
             return self._observables(compiled, values["a"], values["s"], w)
 
         return OdeProblem(y0, state, chart_rhs(compiled.rhs_chart),
-                          lambda t, y, J: jac(t, y, w, inv_eps, J), compiled, meta, jac_parts=jac_parts_with(parts),
+                          lambda t, y, J: jac(t, y, w, inv_eps, J), compiled, meta,
+                          jac_parts=jac_parts_with(parts),
                           fast_eps=self.eps, context={"weights": w}, parallel_rhs=parallel_rhs,
                           parallel_jac_parts=parallel_jac_parts,
                           component_weights=np.concatenate([w, w]), observables=observables)

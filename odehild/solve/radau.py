@@ -95,8 +95,8 @@ NEWTON_CAP_GROWTH = 1.1
 # founding model at eps = 1e-12, escaping at rates of 1e6 to 1e7 while the error control would
 # allow 3x longer steps), the end's Jacobian converges more often: with SciPy's 6 Newton iterations,
 # at N = 1e4, weighted norm, 792 steps and 1200 factorizations against 892 and 1470; at N = 1e3,
-# rtol 1e-10, 2834 and 3466 against 5216 and 10930. A stale Jacobian that fails is refreshed at the step's start, as in SciPy (taking
-# it at the end there cost a tight state-norm run 16% more steps). Runs without Newton failures
+# rtol 1e-10, 2834 and 3466 against 5216 and 10930. A stale Jacobian that fails is refreshed at the
+# step's start, as in SciPy (taking it at the end there cost a tight state-norm run 16% more steps). Runs without Newton failures
 # take SciPy's steps.
 JACOBIAN_AT_END = True
 

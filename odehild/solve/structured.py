@@ -610,7 +610,8 @@ def _passes(parallel: bool, rank: int) -> SimpleNamespace:
     from ..threads import parallel_variant
 
     return SimpleNamespace(_shifted_inverses_2x2=parallel_variant(_shifted_inverses_2x2),
-                           _residual=parallel_variant(_residual), **{n: parallel_variant(getattr(k, n)) for n in names})
+                           _residual=parallel_variant(_residual),
+                           **{n: parallel_variant(getattr(k, n)) for n in names})
 
 
 class WoodburyFactor:
