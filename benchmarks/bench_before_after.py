@@ -28,7 +28,6 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -131,11 +130,7 @@ def extract(rev, scratch):
     folder = Path(scratch) / f"tree-{rev}"
     folder.mkdir()
     archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
-    tar = Path(scratch) / "tree.tar"
-    tar.write_bytes(archive)
-    with tarfile.open(tar) as fh:
-        fh.extractall(folder, filter="data")
-    tar.unlink()
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
 
 
@@ -163,7 +158,7 @@ def particles(trees, ns, max_wall):
 
 def busy(trees, repeats, nbusy=2):
     print(f"N = 1000, quiet and beside {nbusy} CPU-bound processes (median of {repeats})")
-    print(f"{'tree':>12} {'quiet s':>8} {'busy s':>8} {'ratio':>6}")
+    print(f"{'tree':>16} {'quiet s':>8} {'busy s':>8} {'ratio':>6}")
     for tree in trees:
         quiet = tree.run(BUSY, repeats, MEMORY_GB)
         spinners = [subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=3600)]) for _ in range(nbusy)]
@@ -173,12 +168,12 @@ def busy(trees, repeats, nbusy=2):
             for p in spinners:
                 p.kill()
                 p.wait()
-        print(f"{tree.name:>12} {quiet:8.2f} {loaded:8.2f} {loaded / quiet:5.2f}x", flush=True)
+        print(f"{tree.name:>16} {quiet:8.2f} {loaded:8.2f} {loaded / quiet:5.2f}x", flush=True)
 
 
 def startup(trees, repeats, scratch):
     print(f"whole-process wall time, median of {repeats}")
-    print(f"{'case':>32} " + " ".join(f"{t.name:>12}" for t in trees))
+    print(f"{'case':>32} " + " ".join(f"{t.name:>16}" for t in trees))
     rows = {"odehild --help": [float(np.median([t.wall(["--help"]) for _ in range(repeats)])) for t in trees]}
     for name, model in STARTUP.items():
         colds, warms = [], []
@@ -195,15 +190,15 @@ def startup(trees, repeats, scratch):
         rows[f"odehild solve, {name}, cold"] = colds
         rows[f"odehild solve, {name}, warm"] = warms
     for name, walls in rows.items():
-        print(f"{name:>32} " + " ".join(f"{w:10.2f} s" for w in walls), flush=True)
+        print(f"{name:>32} " + " ".join(f"{w:14.2f} s" for w in walls), flush=True)
 
 
-def sgd(trees, sizes=((4096, 256, 400), (16384, 1024, 50), (32768, 512, 50))):
+def sgd(trees, sizes=((4096, 256, 400), (16384, 1024, 100), (32768, 512, 100))):
     print("online SGD, float64, one sample per step: steps per second")
-    print(f"{'d':>6} {'m':>5} " + " ".join(f"{t.name:>12}" for t in trees) + f" {'this / before':>13}")
+    print(f"{'d':>6} {'m':>5} " + " ".join(f"{t.name:>16}" for t in trees) + f" {'this / before':>13}")
     for d, m, steps in sizes:
         rates = [tree.run(SGD, d, m, steps) for tree in trees]
-        print(f"{d:6d} {m:5d} " + " ".join(f"{r:12.0f}" for r in rates) + f" {rates[-1] / rates[0]:12.2f}x",
+        print(f"{d:6d} {m:5d} " + " ".join(f"{r:16.0f}" for r in rates) + f" {rates[-1] / rates[0]:12.2f}x",
               flush=True)
 
 
