@@ -11,18 +11,21 @@ the update moves 24 m d bytes; its bound is two thirds of that.
 
     python benchmarks/bench_sgd.py --dim 16384 --width 1024 --steps 100   # sizes papers use
 
-Also measured: float32 weights (bound: 8 m d bytes per step), the GEMM mini-batch step in samples
-per second against one-sample steps, and float32's effect on a risk curve against float64.
+Also measured: float32 weights (bound: 8 m d bytes per step), the float64 step on two threads
+(``online_sgd(threads=2)``: the pass over W's rows split across Numba's threads; same bound), the
+GEMM mini-batch step in samples per second against one-sample steps, and float32's effect on a
+risk curve against float64.
 """
 
 import argparse
 import time
 
+import numba
 import numpy as np
 
 from odehild.simulate import Network, online_sgd
 from odehild.simulate.networks import random_start
-from odehild.threads import blas_threads
+from odehild.threads import blas_threads, compiled_threads, parallel_variant
 
 SIG, PHI = "h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)"
 
@@ -85,6 +88,12 @@ def main():
             k.sgd_steps(Wp.copy(), a.copy(), 2, eta, 1 / eps, 1, 0.0)  # compile / load
             t = min(_timed(lambda: k.sgd_steps(Wp, a.copy(), args.steps, eta, 1 / eps, 1, 0.0)) for _ in range(3))
             rates[name] = args.steps / t
+        if numba.config.NUMBA_NUM_THREADS >= 2:
+            with compiled_threads(2):  # online_sgd(threads=2): the pass over W's rows on two threads
+                par = parallel_variant(k.sgd_steps)
+                par(W.copy(), a.copy(), 2, eta, 1 / eps, 1, 0.0)
+                t = min(_timed(lambda: par(W.copy(), a.copy(), args.steps, eta, 1 / eps, 1, 0.0)) for _ in range(3))
+                rates["float64 weights, 2 threads"] = args.steps / t
         nb = max(2, args.steps // args.batch)
         k.sgd_steps(W.copy(), a.copy(), 1, eta, 1 / eps, args.batch, 0.0)
         t_batch = min(_timed(lambda: k.sgd_steps(W.copy(), a.copy(), nb, eta, 1 / eps, args.batch, 0.0))
@@ -93,14 +102,18 @@ def main():
         W2, a2 = random_start(m, d, 0)
         t_numpy = min(_timed(lambda: numpy_steps(W2, a2, args.steps // 4, eta, 1 / eps, rng)) for _ in range(3)) * 4
     bw = bandwidth()
-    bound = {"float64": bw / (16 * m * d), "float32": bw / (8 * m * d)}
+    bound = {"float64": bw / (16 * m * d), "float32": bw / (8 * m * d), "float64 weights, 2 threads": bw / (16 * m * d)}
     sps_numpy = args.steps / t_numpy
     print(f"online SGD, d = {d}, m = {m}, one sample per step")
     print(f"  NumPy baseline {sps_numpy:.0f} steps/s; memory bandwidth {bw / 1e9:.1f} GB/s (np.copyto)")
     for name, sps in rates.items():
-        print(f"  {name} weights: {sps:.0f} steps/s = {sps / sps_numpy:.1f}x NumPy, {100 * sps / bound[name]:.0f}% "
-              f"of the bound {bound[name]:.0f} steps/s (one read and one write of W per step)")
+        label = name if "threads" in name else name + " weights"
+        print(f"  {label}: {sps:.0f} steps/s = {sps / sps_numpy:.1f}x NumPy, {100 * sps / bound[name]:.0f}% "
+              f"of the bound {bound[name]:.0f} steps/s (one read and one write of W per step; np.copyto's "
+              "bandwidth is one thread's)")
     print(f"  float32 / float64: {rates['float32'] / rates['float64']:.2f}x")
+    if "float64 weights, 2 threads" in rates:
+        print(f"  two threads / one (float64): {rates['float64 weights, 2 threads'] / rates['float64']:.2f}x")
     per_sample = nb * args.batch / t_batch
     print(f"  mini-batch {args.batch} through GEMM: {per_sample:.0f} samples/s = "
           f"{per_sample / rates['float64']:.1f}x the one-sample steps' samples/s")

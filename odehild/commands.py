@@ -293,7 +293,8 @@ def _cmd_simulate_committee(args):
     from .models.committee import solve_committee
 
     unused = [f for f, v in (("--eps", args.eps), ("--batch", args.batch), ("--samples", args.samples),
-                             ("--steps", args.steps), ("--precision", args.precision)) if v is not None]
+                             ("--steps", args.steps), ("--precision", args.precision),
+                             ("--threads", args.threads)) if v is not None]
     if args.algo != "sgd":
         unused.append("--algo " + args.algo)
     if unused:
@@ -390,15 +391,19 @@ def _cmd_simulate(args):
             kw["batch"] = args.batch
             if args.precision is not None:
                 kw["precision"] = args.precision
+            if args.threads is not None:
+                kw["threads"] = args.threads
         else:
             if args.samples is None:
                 raise InputError("--algo gd needs --samples N")
             kw["samples"] = args.samples
-    if args.precision is not None and args.algo != "sgd":
-        raise InputError(f"--precision applies to online SGD (--algo sgd), not --algo {args.algo}")
+    for flag, value in (("--precision", args.precision), ("--threads", args.threads)):
+        if value is not None and args.algo != "sgd":
+            raise InputError(f"{flag} applies to online SGD (--algo sgd), not --algo {args.algo}")
     multi = _is_multi_index(args.phi, args.kmax)
-    if multi and args.precision is not None:
-        raise InputError("--precision applies to the founding network's online SGD, not to multi-index targets")
+    for flag, value in (("--precision", args.precision), ("--threads", args.threads)):
+        if multi and value is not None:
+            raise InputError(f"{flag} applies to the founding network's online SGD, not to multi-index targets")
     if multi:
         if args.model != "meanfield":
             raise InputError(f"--model {args.model} simulates a target of z; {args.phi!r} is a multi-index target")
@@ -653,6 +658,10 @@ def register(sub):
     m.add_argument("--precision", default=None, choices=("float64", "float32"),
                    help="storage of the first-layer weights in online SGD of the founding network (default "
                         "float64; float32 halves the memory traffic at large m d, the update stays in double)")
+    m.add_argument("--threads", type=int, default=None,
+                   help="threads for online SGD of the founding network (default 1): each step's pass over the "
+                        "weights split across them; 1.5x to 1.9x on a quiet 2-core machine, a loss next to other "
+                        "work")
     m.add_argument("--samples", type=int, default=None, help="number of fixed samples for gd")
     m.add_argument("--noise", type=float, default=0.0, help="label noise standard deviation (default 0)")
     m.add_argument("--t-end", type=float, default=None,

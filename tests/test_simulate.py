@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 
@@ -108,6 +109,19 @@ def test_single_precision_weights_follow_the_double_precision_run():
         online_sgd(precision="float16", **kw)
 
 
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="Numba's pool has one thread here")
+def test_sgd_on_two_threads_draws_the_same_samples_and_agrees_to_rounding():
+    # m = 64 rows: both threads get rows; the serial run is the reference (hand-checked step above)
+    kw = dict(sigma=SIG, phi=PHI, eps=0.1, width=64, dim=128, t_end=0.5, kmax=2, points=8)
+    one, two = online_sgd(**kw), online_sgd(threads=2, **kw)
+    assert one.meta["threads"] == 1 and two.meta["threads"] == 2
+    assert np.max(np.abs(two.s - one.s)) < 1e-12 and np.max(np.abs(two.a - one.a)) < 1e-12
+    np.testing.assert_allclose(two.risk, one.risk, rtol=1e-10)
+    assert abs(one.risk[-1] - one.risk[0]) > 1e-3  # the weights moved: the agreement is not trivial
+    with pytest.raises(InputError, match="threads must be a positive integer .*got 0"):
+        online_sgd(threads=0, **kw)
+
+
 def test_expected_sgd_step_is_population_gradient():
     """Mean of many single-sample steps from one state, against the overlap ODE (2a)."""
     eps, eta = 0.5, 1e-4
@@ -199,10 +213,12 @@ def test_cli_simulate_and_compare(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "odehild.cli", *a], capture_output=True, text=True)
     res = run("simulate", "--sigma", SIG, "--phi", PHI, "--eps", "0.1", "--kmax", "2", "--width", "8", "--dim", "32",
               "--algo", "sgd", "--seeds", "2", "--t-end", "1", "--quiet", "--out", str(tmp_path / "sim.npz"),
-              "--ode", str(tmp_path / "traj.npz"), "--particles", "50")
+              "--ode", str(tmp_path / "traj.npz"), "--particles", "50",
+              "--threads", str(min(2, numba.config.NUMBA_NUM_THREADS)))
     assert res.returncode == 0, res.stderr
     sims = sorted(tmp_path.glob("sim_seed*.npz"))
     assert len(sims) == 2
+    assert Simulation.load(sims[0]).meta["threads"] == min(2, numba.config.NUMBA_NUM_THREADS)
     res = run("compare", str(tmp_path / "traj.npz"), *map(str, sims), "--report", str(tmp_path / "r.json"),
               "--plot", str(tmp_path / "c.png"))
     assert res.returncode == 0, res.stderr
@@ -215,6 +231,9 @@ def test_cli_simulate_and_compare(tmp_path):
     res = run("simulate", "--sigma", SIG, "--phi", PHI, "--eps", "0.1", "--width", "0", "--dim", "8",
               "--out", str(tmp_path / "x.npz"))
     assert res.returncode == 2 and "width" in res.stderr
+    res = run("simulate", "--sigma", SIG, "--phi", PHI, "--eps", "0.1", "--width", "4", "--dim", "8",
+              "--algo", "gd", "--samples", "10", "--threads", "2", "--out", str(tmp_path / "x.npz"))
+    assert res.returncode == 2 and "--threads applies to online SGD (--algo sgd), not --algo gd" in res.stderr
 
 
 @pytest.mark.parametrize("sigma, phi", [("relu(z)", "relu(z)"), ("erf(z)", "erf(2*z)")])
