@@ -460,8 +460,9 @@ def online_sgd(sigma, phi, eps, width, dim, lr=None, t_end=5.0, batch=1, noise=0
 
     ``threads`` > 1 splits each one-sample step's pass over W's rows across Numba's threads: the
     same samples, and the same weights to rounding (the network's output is summed per thread). On
-    a quiet 2-core machine two threads ran 1.5x to 1.9x faster (bench_sgd.py); next to other work
-    they are a loss, as in ``solve``. Default 1."""
+    a quiet 2-core machine two threads ran 1.5x to 1.9x faster at m d from 1e6 to 1.7e7
+    (bench_sgd.py); a small network gains less than a thread launch per step costs, and next to
+    other work threads are a loss, as in ``solve``. Default 1."""
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r} (allowed: {', '.join(PRECISIONS)})")
     threads = check_compiled_threads(threads)
