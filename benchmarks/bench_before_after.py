@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_startup import CASES as STARTUP_CASES  # the same two models as bench_startup.py
+
 ROOT = Path(__file__).resolve().parents[1]
 SIG, PHI = "h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)"
 MEMORY_GB = 6  # address-space limit of a solve's process
@@ -92,8 +94,6 @@ for n in (steps, 2 * steps):
 print(json.dumps(steps / (walls[2 * steps] - walls[steps])))
 """.format(sig=SIG, phi=PHI)
 
-STARTUP = {"K = 3": ["--sigma", SIG, "--phi", PHI, "--kmax", "3"],
-           "K = 8": ["--sigma", "tanh(z)", "--phi", "relu(z)", "--kmax", "8"]}
 
 
 class ChildFailed(RuntimeError):
@@ -175,7 +175,7 @@ def startup(trees, repeats, scratch):
     print(f"whole-process wall time, median of {repeats}")
     print(f"{'case':>32} " + " ".join(f"{t.name:>16}" for t in trees))
     rows = {"odehild --help": [float(np.median([t.wall(["--help"]) for _ in range(repeats)])) for t in trees]}
-    for name, model in STARTUP.items():
+    for name, model in STARTUP_CASES.items():
         colds, warms = [], []
         for tree in trees:
             c, w = [], []
