@@ -87,7 +87,7 @@ def main():
             Wp = W.astype(dtype)
             k.sgd_steps(Wp.copy(), a.copy(), 2, eta, 1 / eps, 1, 0.0)  # compile / load
             t = min(_timed(lambda: k.sgd_steps(Wp, a.copy(), args.steps, eta, 1 / eps, 1, 0.0)) for _ in range(3))
-            rates[name] = args.steps / t
+            rates[name + " weights"] = args.steps / t
         if numba.config.NUMBA_NUM_THREADS >= 2:
             with compiled_threads(2):  # online_sgd(threads=2): the pass over W's rows on two threads
                 par = parallel_variant(k.sgd_steps)
@@ -102,21 +102,21 @@ def main():
         W2, a2 = random_start(m, d, 0)
         t_numpy = min(_timed(lambda: numpy_steps(W2, a2, args.steps // 4, eta, 1 / eps, rng)) for _ in range(3)) * 4
     bw = bandwidth()
-    bound = {"float64": bw / (16 * m * d), "float32": bw / (8 * m * d), "float64 weights, 2 threads": bw / (16 * m * d)}
+    bound = {name: bw / ((8 if name.startswith("float32") else 16) * m * d) for name in rates}
     sps_numpy = args.steps / t_numpy
     print(f"online SGD, d = {d}, m = {m}, one sample per step")
     print(f"  NumPy baseline {sps_numpy:.0f} steps/s; memory bandwidth {bw / 1e9:.1f} GB/s (np.copyto)")
     for name, sps in rates.items():
-        label = name if "threads" in name else name + " weights"
-        print(f"  {label}: {sps:.0f} steps/s = {sps / sps_numpy:.1f}x NumPy, {100 * sps / bound[name]:.0f}% "
+        print(f"  {name}: {sps:.0f} steps/s = {sps / sps_numpy:.1f}x NumPy, {100 * sps / bound[name]:.0f}% "
               f"of the bound {bound[name]:.0f} steps/s (one read and one write of W per step; np.copyto's "
               "bandwidth is one thread's)")
-    print(f"  float32 / float64: {rates['float32'] / rates['float64']:.2f}x")
+    one = rates["float64 weights"]
+    print(f"  float32 / float64: {rates['float32 weights'] / one:.2f}x")
     if "float64 weights, 2 threads" in rates:
-        print(f"  two threads / one (float64): {rates['float64 weights, 2 threads'] / rates['float64']:.2f}x")
+        print(f"  two threads / one (float64): {rates['float64 weights, 2 threads'] / one:.2f}x")
     per_sample = nb * args.batch / t_batch
     print(f"  mini-batch {args.batch} through GEMM: {per_sample:.0f} samples/s = "
-          f"{per_sample / rates['float64']:.1f}x the one-sample steps' samples/s")
+          f"{per_sample / one:.1f}x the one-sample steps' samples/s")
     diff, final = risk_curve_difference("float32")
     print(f"  float32 accuracy (d = 512, m = 64, eps = 0.1, t in [0, 2], same seed): largest relative "
           f"difference of the risk curve from float64 {diff:.1e} (final risk {final:.3g})")

@@ -397,12 +397,11 @@ def _cmd_simulate(args):
             if args.samples is None:
                 raise InputError("--algo gd needs --samples N")
             kw["samples"] = args.samples
+    multi = _is_multi_index(args.phi, args.kmax)
     for flag, value in (("--precision", args.precision), ("--threads", args.threads)):
         if value is not None and args.algo != "sgd":
             raise InputError(f"{flag} applies to online SGD (--algo sgd), not --algo {args.algo}")
-    multi = _is_multi_index(args.phi, args.kmax)
-    for flag, value in (("--precision", args.precision), ("--threads", args.threads)):
-        if multi and value is not None:
+        if value is not None and multi:
             raise InputError(f"{flag} applies to the founding network's online SGD, not to multi-index targets")
     if multi:
         if args.model != "meanfield":
