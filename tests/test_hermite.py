@@ -184,6 +184,32 @@ def test_symbolic_work_has_a_time_budget(monkeypatch):
     assert time.perf_counter() - start < 5
 
 
+def test_a_budget_alarm_lost_in_a_finalizer_is_not_reported_and_the_next_one_stops_the_work():
+    import sys
+    import time
+
+    from odehild.symbolic.hermite import time_budget
+
+    class SlowFinalizer:
+        def __del__(self):
+            time.sleep(0.4)  # the first alarm fires here, where Python can only report it
+
+    reported = []
+    outer = sys.unraisablehook
+    sys.unraisablehook = reported.append
+    try:
+        start = time.perf_counter()
+        with pytest.raises(ExpressionError, match="budget of 0.2 s"):
+            with time_budget(0.2, "the work"):
+                SlowFinalizer()  # dropped at once: its __del__ runs inside the budget
+                while True:
+                    pass
+        assert time.perf_counter() - start < 5
+    finally:
+        sys.unraisablehook = outer
+    assert reported == []
+
+
 def test_jump_at_the_irrational_roots_of_a_hermite_polynomial():
     # Heaviside(h2) = 1{|z| > 1}: c0 = P(|z| > 1), c2 = E[(z^2 - 1) 1{|z| > 1}] / sqrt(2) = sqrt(2) phi(1)
     h = hermite("Heaviside(h(2,z))", 3)
