@@ -476,6 +476,14 @@ def sgd_term(y, K, M, T, A, c, ct, noise2, i, k, C, S, want_jac, dW):
 
 
 @njit(cache=True)
+def _sub_row(J, row, f, X, xrow):
+    """J[row, :] -= f X[xrow, :], as a loop: Numba compiles an array-to-slice assignment with its
+    shape-mismatch message, about 3 s of a cold start."""
+    for col in range(J.shape[1]):
+        J[row, col] -= f * X[xrow, col]
+
+
+@njit(cache=True)
 def rhs_jac(y, K, M, T, A, lr, lr2, lr_sq, noise2, c, ct, sphere, want_jac, dy, J):
     """d(state)/d(alpha) into dy and, if want_jac, its Jacobian into J. lr_sq multiplies the SGD
     term c^2 v_i v_k E[sigma' sigma' e^2] (lr^2 for online SGD, 0 for gradient flow); sphere projects
@@ -503,12 +511,12 @@ def rhs_jac(y, K, M, T, A, lr, lr2, lr_sq, noise2, c, ct, sphere, want_jac, dy, 
                 Rkn = y[roff + k * M + nn]
                 acc += Gik * Rkn
                 if want_jac:
-                    J[row, :] -= lr * f * Rkn * H[qs[i, k], :]
+                    _sub_row(J, row, lr * f * Rkn, H, qs[i, k])
                     J[row, roff + k * M + nn] -= lr * Gik
             for m in range(M):
                 acc += g[roff + i * M + m] * T[m, nn]
                 if want_jac:
-                    J[row, :] -= lr * T[m, nn] * H[roff + i * M + m, :]
+                    _sub_row(J, row, lr * T[m, nn], H, roff + i * M + m)
             dy[row] = -lr * acc
     # Q_ik: w_i . dw_k/d + w_k . dw_i/d, plus the SGD term lr^2 c^2 v_i v_k W_ik
     dW = np.empty(n)
@@ -525,14 +533,14 @@ def rhs_jac(y, K, M, T, A, lr, lr2, lr_sq, noise2, c, ct, sphere, want_jac, dy, 
                     Qlb = y[qs[l, b]]
                     acc += Gal * Qlb
                     if want_jac:
-                        J[row, :] -= lr * f * Qlb * H[qs[a, l], :]
+                        _sub_row(J, row, lr * f * Qlb, H, qs[a, l])
                         J[row, qs[l, b]] -= lr * Gal
                 for m in range(M):
                     Ham = g[roff + a * M + m]
                     Rbm = y[roff + b * M + m]
                     acc += Ham * Rbm
                     if want_jac:
-                        J[row, :] -= lr * Rbm * H[roff + a * M + m, :]
+                        _sub_row(J, row, lr * Rbm, H, roff + a * M + m)
                         J[row, roff + b * M + m] -= lr * Ham
             dy[row] = -lr * acc
             if lr_sq != 0.0:
@@ -541,14 +549,17 @@ def rhs_jac(y, K, M, T, A, lr, lr2, lr_sq, noise2, c, ct, sphere, want_jac, dy, 
                 scale = lr_sq * c * c
                 dy[row] += scale * vi * vk * W
                 if want_jac:
-                    J[row, :] += scale * vi * vk * dW
+                    vw = scale * vi * vk
+                    for col in range(n):
+                        J[row, col] += vw * dW[col]
                     J[row, voff + i] += scale * vk * W
                     J[row, voff + k] += scale * vi * W
     # v_i: -lr2 dL/dv_i
     for i in range(K):
         dy[voff + i] = -lr2 * g[voff + i]
         if want_jac:
-            J[voff + i, :] = -lr2 * H[voff + i, :]
+            for col in range(n):
+                J[voff + i, col] = -lr2 * H[voff + i, col]
     if sphere:
         project_sphere(y, K, M, want_jac, dy, J)
 
@@ -564,19 +575,22 @@ def project_sphere(y, K, M, want_jac, dy, J):
     for i in range(K):
         D[i] = dy[qs[i, i]]
         if want_jac:
-            JD[i, :] = J[qs[i, i], :]
+            for col in range(y.size):
+                JD[i, col] = J[qs[i, i], col]
     for i in range(K):
         for nn in range(M):
             row = nq + i * M + nn
             dy[row] -= 0.5 * y[row] * D[i]
             if want_jac:
-                J[row, :] -= 0.5 * y[row] * JD[i, :]
+                _sub_row(J, row, 0.5 * y[row], JD, i)
                 J[row, row] -= 0.5 * D[i]
         for k in range(i + 1, K):
             row = qs[i, k]
             dy[row] -= 0.5 * y[row] * (D[i] + D[k])
             if want_jac:
-                J[row, :] -= 0.5 * y[row] * (JD[i, :] + JD[k, :])
+                half = 0.5 * y[row]
+                for col in range(y.size):
+                    J[row, col] -= half * (JD[i, col] + JD[k, col])
                 J[row, row] -= 0.5 * (D[i] + D[k])
     for i in range(K):
         dy[qs[i, i]] = 0.0

@@ -442,7 +442,7 @@ def jac(t, y, w, inv_eps, J):
     A = np.empty((2 * N, NM))
     Vt = np.empty((NM, 2 * N))
     jac_parts(t, y, w, inv_eps, D, A, Vt)
-    J[:, :] = A @ Vt
+    np.dot(A, Vt, J)  # not J[:, :] = A @ Vt: see observables
     for i in range(N):
         J[i, i] += D[i, 0, 0]
         J[i, N + i] += D[i, 0, 1]
@@ -456,7 +456,10 @@ def observables(a, s, w, Mt, rt, Rt):
     M = np.empty(NM)
     for t in range(a.shape[0]):
         moments(a[t], s[t], w, M)
-        Mt[t, :] = M
+        # a loop, not Mt[t, :] = M: Numba compiles an array-to-slice assignment with its
+        # shape-mismatch message, about 3 s of a cold start
+        for k in range(NM):
+            Mt[t, k] = M[k]
         residuals(M, rt[t])
         Rt[t] = risk(M)
 '''

@@ -675,7 +675,12 @@ def jac_parts(t, y, w, inv_eps, par, D, A, Vt):
         wi = w[i]
 {load_s}
 {jac_local}
-    Vt[:, :] = H @ B.T
+    # loops, not Vt[:, :] = H @ B.T: Numba compiles an array-to-slice assignment with its
+    # shape-mismatch message, about 3 s of a cold start (Vt may be a transposed view)
+    HB = H @ B.T
+    for k in range(HB.shape[0]):
+        for j in range(HB.shape[1]):
+            Vt[k, j] = HB[k, j]
 
 
 @njit(cache=True)
@@ -686,7 +691,7 @@ def jac(t, y, w, inv_eps, par, J):
     A = np.empty(((NSLOT + 1) * N, NM))
     Vt = np.empty((NM, (NSLOT + 1) * N))
     jac_parts(t, y, w, inv_eps, par, D, A, Vt)
-    J[:, :] = A @ Vt
+    np.dot(A, Vt, J)  # not J[:, :] = A @ Vt: see jac_parts
     for i in range(N):
         for p in range(NSLOT + 1):
             rp = i if p == 0 else N + i * NSLOT + p - 1

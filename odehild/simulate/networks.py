@@ -193,7 +193,7 @@ def gd_steps(W, a, X, y, nsteps, eta, inv_eps):
     e = np.empty(n)
     train = 0.0
     for step in range(nsteps):
-        H[:, :] = X @ W.T
+        np.dot(X, W.T, H)  # not H[:, :] = X @ W.T: Numba compiles that with its shape-mismatch message
         train = 0.0
         for j in range(n):
             f = 0.0
