@@ -66,9 +66,40 @@ def test_one_sgd_step_by_hand():
     U /= np.linalg.norm(U, axis=1, keepdims=True)
     W2, a2 = W.copy(), a.copy()
     k.set_seed(123)
-    k.sgd_steps(W2, a2, 1, eta, 1 / 0.2, 1, noise)
+    k.sgd_steps(W2, a2, 1, eta, 1 / 0.2, noise)
     np.testing.assert_allclose(a2, a_new, rtol=1e-13)
     np.testing.assert_allclose(W2, U, rtol=1e-12, atol=1e-14)
+
+
+def minibatch_step_by_hand(k, seed, W, a, eta, noise, batch):
+    """(a, W) after one mini-batch step of tanh(z) against relu(z) at eps = 0.2, in NumPy, from the
+    draws the kernels make after ``set_seed(seed)``."""
+    m, d = W.shape
+    k.set_seed(seed)
+    draws = k.normals(batch * (d + 1)).reshape(batch, d + 1)
+    ga, gw = np.zeros(m), np.zeros((m, d))
+    for x, xi in zip(draws[:, :d], draws[:, d]):
+        h = W @ x
+        e = max(x[0], 0) + noise * xi - np.mean(a * np.tanh(h))
+        ga += eta / 0.2 * e * np.tanh(h) / batch
+        gw += (eta * e * a * (1 - np.tanh(h) ** 2))[:, None] * (x[None, :] - h[:, None] * W) / batch
+    U = W + gw
+    return a + ga, U / np.linalg.norm(U, axis=1, keepdims=True)
+
+
+def test_online_sgd_with_a_batch_takes_mini_batch_steps():
+    """online_sgd(batch > 1) runs the mini-batch kernel: its one step against the step by hand."""
+    from odehild.simulate.networks import random_start
+
+    m, d, eta, noise, batch, seed = 3, 6, 0.01, 0.3, 5, 7
+    sim = online_sgd("tanh(z)", "relu(z)", 0.2, m, d, lr=eta, t_end=eta, batch=batch, noise=noise, seed=seed,
+                     kmax=4, points=2)
+    assert sim.meta["batch"] == batch and sim.step[-1] == 1
+    W, a = random_start(m, d, seed, "normal")
+    a_new, U = minibatch_step_by_hand(Network("tanh(z)", "relu(z)", 0.2, kmax=4).compiled(), seed, W, a, eta,
+                                      noise, batch)
+    np.testing.assert_allclose(sim.a[-1], a_new, rtol=1e-12)
+    np.testing.assert_allclose(sim.s[-1], U[:, 0], rtol=1e-12, atol=1e-14)
 
 
 def test_one_minibatch_step_by_hand():
@@ -80,22 +111,13 @@ def test_one_minibatch_step_by_hand():
     W = rng.normal(size=(m, d))
     W /= np.linalg.norm(W, axis=1, keepdims=True)
     a = rng.normal(size=m)
-    k.set_seed(321)
-    draws = k.normals(batch * (d + 1)).reshape(batch, d + 1)
-    ga, gw = np.zeros(m), np.zeros((m, d))
-    for x, xi in zip(draws[:, :d], draws[:, d]):
-        h = W @ x
-        e = max(x[0], 0) + noise * xi - np.mean(a * np.tanh(h))
-        ga += eta / 0.2 * e * np.tanh(h) / batch
-        gw += (eta * e * a * (1 - np.tanh(h) ** 2))[:, None] * (x[None, :] - h[:, None] * W) / batch
-    U = W + gw
-    U /= np.linalg.norm(U, axis=1, keepdims=True)
+    a_new, U = minibatch_step_by_hand(k, 321, W, a, eta, noise, batch)
     for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-6)):
         W2, a2 = W.astype(dtype), a.copy()
         k.set_seed(321)
-        k.sgd_steps(W2, a2, 1, eta, 1 / 0.2, batch, noise)
+        k.minibatch_steps(W2, a2, 1, eta, 1 / 0.2, batch, noise)
         assert W2.dtype == dtype
-        np.testing.assert_allclose(a2, a + ga, rtol=tol)
+        np.testing.assert_allclose(a2, a_new, rtol=tol)
         np.testing.assert_allclose(W2, U, rtol=tol, atol=tol)
 
 
@@ -137,7 +159,7 @@ def test_expected_sgd_step_is_population_gradient():
     k.set_seed(7)
     for i in range(n):
         W2, a2 = W.copy(), a.copy()
-        k.sgd_steps(W2, a2, 1, eta, 1 / eps, 1, 0.0)
+        k.sgd_steps(W2, a2, 1, eta, 1 / eps, 0.0)
         da[i], ds[i] = (a2 - a) / eta, (W2[:, 0] - W[:, 0]) / eta
     model = net.overlap_model
     ref_a, ref_s, _ = finite_width_rhs(a, W[:, 0], W @ W.T, model.sigma.coefficients, model.phi.coefficients, eps)

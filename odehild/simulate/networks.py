@@ -62,8 +62,9 @@ def renormalize(W):
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
-def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
-    """Online SGD, one fresh Gaussian sample (or a mini-batch) per step; u* = e_1.
+def sgd_steps(W, a, nsteps, eta, inv_eps, noise):
+    """Online SGD, one fresh Gaussian sample per step (mini-batches: ``minibatch_steps``, a kernel
+    of its own, so that a one-sample run does not compile it); u* = e_1.
     a_i += (eta/eps) e sigma(h_i); u_i <- normalize(u_i + eta e a_i sigma'(h_i) (x - h_i u_i)).
 
     With one sample per step the update of W is applied lazily, inside the next step's pass that
@@ -81,9 +82,6 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
     keep = np.ones(m)
     cs = np.zeros(m)
     pending = False
-    if batch > 1:
-        _minibatch_steps(W, a, nsteps, eta, inv_eps, batch, noise)
-        return
     for step in range(nsteps):
         for k in range(d):
             x[k] = np.random.standard_normal()
@@ -143,7 +141,7 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
 
 
 @njit(cache=True)
-def _minibatch_steps(W, a, nsteps, eta, inv_eps, batch, noise):
+def minibatch_steps(W, a, nsteps, eta, inv_eps, batch, noise):
     """Mini-batch SGD: the batch's pre-activations H = X W^T and the update C^T X are two GEMMs
     (BLAS), the rest O(batch m). Samples are drawn in the order of the one-sample loop (each x,
     then its label noise)."""
@@ -486,10 +484,16 @@ def online_sgd(sigma, phi, eps, width, dim, lr=None, t_end=5.0, batch=1, noise=0
     k.set_seed(int(seed) % (2**32))
     steps = record_steps(nsteps, points)
     extra = {"algo": "sgd", "lr": eta, "batch": batch, "noise": noise, "precision": precision, "threads": threads}
-    kernel = parallel_variant(k.sgd_steps) if threads > 1 else k.sgd_steps
+    if batch > 1:  # BLAS GEMMs, on one thread inside compiled_threads
+        def run(W, a, n):
+            k.minibatch_steps(W, a, n, eta, 1 / net.eps, batch, noise)
+    else:
+        kernel = parallel_variant(k.sgd_steps) if threads > 1 else k.sgd_steps
+
+        def run(W, a, n):
+            kernel(W, a, n, eta, 1 / net.eps, noise)
     with compiled_threads(threads):
-        return _run_chunks(net, W, a, steps, eta, lambda W, a, n: kernel(W, a, n, eta, 1 / net.eps, batch, noise),
-                           extra, seed, a0, quiet)
+        return _run_chunks(net, W, a, steps, eta, run, extra, seed, a0, quiet)
 
 
 def batch_gd(sigma, phi, eps, width, dim, samples, lr=None, t_end=5.0, noise=0.0, seed=0, a0="normal",
