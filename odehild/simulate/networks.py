@@ -460,7 +460,8 @@ def online_sgd(sigma, phi, eps, width, dim, lr=None, t_end=5.0, batch=1, noise=0
     same samples, and the same weights to rounding (the network's output is summed per thread). On
     a quiet 2-core machine two threads ran 1.5x to 1.9x faster at m d from 1e6 to 1.7e7
     (bench_sgd.py); a small network gains less than a thread launch per step costs, and next to
-    other work threads are a loss, as in ``solve``. Default 1."""
+    other work threads are a loss, as in ``solve``. Default 1. With ``batch`` > 1 the steps are GEMMs
+    on one BLAS thread, whatever ``threads`` says."""
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r} (allowed: {', '.join(PRECISIONS)})")
     threads = check_compiled_threads(threads)
