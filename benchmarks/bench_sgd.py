@@ -13,8 +13,9 @@ the update moves 24 m d bytes; its bound is two thirds of that.
 
 Also measured: float32 weights (bound: 8 m d bytes per step), the float64 step on two threads
 (``online_sgd(threads=2)``: the pass over W's rows split across Numba's threads; same bound), the
-GEMM mini-batch step in samples per second against one-sample steps, and float32's effect on a
-risk curve against float64.
+GEMM mini-batch step in samples per second against one-sample steps (on one BLAS thread and, as
+``online_sgd(batch=..., threads=2)`` runs it, on two), and float32's effect on a risk curve against
+float64.
 """
 
 import argparse
@@ -98,6 +99,11 @@ def main():
         k.minibatch_steps(W.copy(), a.copy(), 1, eta, 1 / eps, args.batch, 0.0)
         t_batch = min(_timed(lambda: k.minibatch_steps(W.copy(), a.copy(), nb, eta, 1 / eps, args.batch, 0.0))
                       for _ in range(3))
+        t_batch2 = None
+        if numba.config.NUMBA_NUM_THREADS >= 2:
+            with blas_threads(2):  # online_sgd(batch > 1, threads=2): the GEMMs on two BLAS threads
+                t_batch2 = min(_timed(lambda: k.minibatch_steps(W.copy(), a.copy(), nb, eta, 1 / eps, args.batch, 0.0))
+                               for _ in range(3))
         rng = np.random.default_rng(0)
         W2, a2 = random_start(m, d, 0)
         t_numpy = min(_timed(lambda: numpy_steps(W2, a2, args.steps // 4, eta, 1 / eps, rng)) for _ in range(3)) * 4
@@ -117,6 +123,9 @@ def main():
     per_sample = nb * args.batch / t_batch
     print(f"  mini-batch {args.batch} through GEMM: {per_sample:.0f} samples/s = "
           f"{per_sample / one:.1f}x the one-sample steps' samples/s")
+    if t_batch2 is not None:
+        print(f"  mini-batch {args.batch} with its GEMMs on two BLAS threads (threads=2): {nb * args.batch / t_batch2:.0f} "
+              f"samples/s = {t_batch / t_batch2:.2f}x one thread")
     diff, final = risk_curve_difference("float32")
     print(f"  float32 accuracy (d = 512, m = 64, eps = 0.1, t in [0, 2], same seed): largest relative "
           f"difference of the risk curve from float64 {diff:.1e} (final risk {final:.3g})")

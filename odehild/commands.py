@@ -659,8 +659,8 @@ def register(sub):
                         "float64; float32 halves the memory traffic at large m d, the update stays in double)")
     m.add_argument("--threads", type=int, default=None,
                    help="threads for online SGD of the founding network (default 1): each one-sample step's pass "
-                        "over the weights split across them (no effect with --batch > 1); 1.5x to 1.9x at "
-                        "m d >= 1e6 on a quiet 2-core machine, a loss next to other work")
+                        "over the weights split across them, with --batch > 1 the BLAS threads of its GEMMs; "
+                        "1.4x to 1.9x at m d >= 1e6 on a quiet 2-core machine, a loss next to other work")
     m.add_argument("--samples", type=int, default=None, help="number of fixed samples for gd")
     m.add_argument("--noise", type=float, default=0.0, help="label noise standard deviation (default 0)")
     m.add_argument("--t-end", type=float, default=None,

@@ -102,6 +102,38 @@ def test_online_sgd_with_a_batch_takes_mini_batch_steps():
     np.testing.assert_allclose(sim.s[-1], U[:, 0], rtol=1e-12, atol=1e-14)
 
 
+def test_online_sgd_with_a_batch_runs_its_gemms_on_threads_blas_threads(monkeypatch):
+    """threads with batch > 1 is the BLAS pool of the mini-batch kernel (its GEMMs), the same steps."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    threads = min(2, numba.config.NUMBA_NUM_THREADS)
+    pools = []
+    real = Network.compiled
+
+    def compiled(self):
+        k = real(self)
+
+        class Recording:
+            def __getattr__(self, name):
+                return getattr(k, name)
+
+            def minibatch_steps(self, *args):
+                pools.append({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+                k.minibatch_steps(*args)
+
+        return Recording()
+
+    monkeypatch.setattr(Network, "compiled", compiled)
+    kw = dict(sigma="tanh(z)", phi="relu(z)", eps=0.2, width=40, dim=300, lr=1e-3, t_end=5e-3, batch=8, kmax=4,
+              points=3)
+    one, many = online_sgd(**kw), online_sgd(threads=threads, **kw)
+    assert pools and pools[0] == {1} and pools[-1] == {threads}
+    assert many.meta["threads"] == threads
+    np.testing.assert_allclose(many.s, one.s, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(many.risk, one.risk, rtol=1e-12)
+
+
 def test_one_minibatch_step_by_hand():
     """The GEMM mini-batch step against the per-sample formula in NumPy, with the same draws."""
     net = Network("tanh(z)", "relu(z)", 0.2, kmax=4)
