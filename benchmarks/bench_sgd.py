@@ -81,28 +81,28 @@ def main():
     eps, eta = 0.01, 0.01 / d
     k = Network(SIG, PHI, eps, kmax=3).compiled()
     W, a = random_start(m, d, 0)
-    k.set_seed(0)
+    rng = np.random.default_rng(0)
     rates = {}
     with blas_threads(1):
         for name, dtype in (("float64", np.float64), ("float32", np.float32)):
             Wp = W.astype(dtype)
-            k.sgd_steps(Wp.copy(), a.copy(), 2, eta, 1 / eps, 0.0)  # compile / load
-            t = min(_timed(lambda: k.sgd_steps(Wp, a.copy(), args.steps, eta, 1 / eps, 0.0)) for _ in range(3))
+            k.sgd_steps(Wp.copy(), a.copy(), 2, eta, 1 / eps, 0.0, rng)  # compile / load
+            t = min(_timed(lambda: k.sgd_steps(Wp, a.copy(), args.steps, eta, 1 / eps, 0.0, rng)) for _ in range(3))
             rates[name + " weights"] = args.steps / t
         if numba.config.NUMBA_NUM_THREADS >= 2:
             with compiled_threads(2):  # online_sgd(threads=2): the pass over W's rows on two threads
                 par = parallel_variant(k.sgd_steps)
-                par(W.copy(), a.copy(), 2, eta, 1 / eps, 0.0)
-                t = min(_timed(lambda: par(W.copy(), a.copy(), args.steps, eta, 1 / eps, 0.0)) for _ in range(3))
+                par(W.copy(), a.copy(), 2, eta, 1 / eps, 0.0, rng)
+                t = min(_timed(lambda: par(W.copy(), a.copy(), args.steps, eta, 1 / eps, 0.0, rng)) for _ in range(3))
                 rates["float64 weights, 2 threads"] = args.steps / t
         nb = max(2, args.steps // args.batch)
-        k.minibatch_steps(W.copy(), a.copy(), 1, eta, 1 / eps, args.batch, 0.0)
-        t_batch = min(_timed(lambda: k.minibatch_steps(W.copy(), a.copy(), nb, eta, 1 / eps, args.batch, 0.0))
+        k.minibatch_steps(W.copy(), a.copy(), 1, eta, 1 / eps, args.batch, 0.0, rng)
+        t_batch = min(_timed(lambda: k.minibatch_steps(W.copy(), a.copy(), nb, eta, 1 / eps, args.batch, 0.0, rng))
                       for _ in range(3))
         t_batch2 = None
         if numba.config.NUMBA_NUM_THREADS >= 2:
             with blas_threads(2):  # online_sgd(batch > 1, threads=2): the GEMMs on two BLAS threads
-                t_batch2 = min(_timed(lambda: k.minibatch_steps(W.copy(), a.copy(), nb, eta, 1 / eps, args.batch, 0.0))
+                t_batch2 = min(_timed(lambda: k.minibatch_steps(W.copy(), a.copy(), nb, eta, 1 / eps, args.batch, 0.0, rng))
                                for _ in range(3))
         rng = np.random.default_rng(0)
         W2, a2 = random_start(m, d, 0)

@@ -55,8 +55,7 @@ def test_one_sgd_step_by_hand():
     W = rng.normal(size=(m, d))
     W /= np.linalg.norm(W, axis=1, keepdims=True)
     a = rng.normal(size=m)
-    k.set_seed(123)
-    draws = k.normals(d + 1)
+    draws = np.random.default_rng(123).standard_normal(d + 1)  # NumPy's own draws of the kernel's stream
     x, xi = draws[:d], draws[d]
     y = max(x[0], 0) + noise * xi
     h = W @ x
@@ -65,18 +64,16 @@ def test_one_sgd_step_by_hand():
     U = W + (eta * e * a * (1 - np.tanh(h) ** 2))[:, None] * (x[None, :] - h[:, None] * W)
     U /= np.linalg.norm(U, axis=1, keepdims=True)
     W2, a2 = W.copy(), a.copy()
-    k.set_seed(123)
-    k.sgd_steps(W2, a2, 1, eta, 1 / 0.2, noise)
+    k.sgd_steps(W2, a2, 1, eta, 1 / 0.2, noise, np.random.default_rng(123))
     np.testing.assert_allclose(a2, a_new, rtol=1e-13)
     np.testing.assert_allclose(W2, U, rtol=1e-12, atol=1e-14)
 
 
-def minibatch_step_by_hand(k, seed, W, a, eta, noise, batch):
+def minibatch_step_by_hand(seed, W, a, eta, noise, batch):
     """(a, W) after one mini-batch step of tanh(z) against relu(z) at eps = 0.2, in NumPy, from the
-    draws the kernels make after ``set_seed(seed)``."""
+    draws the kernels make from ``np.random.default_rng(seed)`` (drawn here by NumPy)."""
     m, d = W.shape
-    k.set_seed(seed)
-    draws = k.normals(batch * (d + 1)).reshape(batch, d + 1)
+    draws = np.random.default_rng(seed).standard_normal(batch * (d + 1)).reshape(batch, d + 1)
     ga, gw = np.zeros(m), np.zeros((m, d))
     for x, xi in zip(draws[:, :d], draws[:, d]):
         h = W @ x
@@ -96,8 +93,7 @@ def test_online_sgd_with_a_batch_takes_mini_batch_steps():
                      kmax=4, points=2)
     assert sim.meta["batch"] == batch and sim.step[-1] == 1
     W, a = random_start(m, d, seed, "normal")
-    a_new, U = minibatch_step_by_hand(Network("tanh(z)", "relu(z)", 0.2, kmax=4).compiled(), seed, W, a, eta,
-                                      noise, batch)
+    a_new, U = minibatch_step_by_hand([seed, 2], W, a, eta, noise, batch)  # online_sgd's stream of samples
     np.testing.assert_allclose(sim.a[-1], a_new, rtol=1e-12)
     np.testing.assert_allclose(sim.s[-1], U[:, 0], rtol=1e-12, atol=1e-14)
 
@@ -143,11 +139,10 @@ def test_one_minibatch_step_by_hand():
     W = rng.normal(size=(m, d))
     W /= np.linalg.norm(W, axis=1, keepdims=True)
     a = rng.normal(size=m)
-    a_new, U = minibatch_step_by_hand(k, 321, W, a, eta, noise, batch)
+    a_new, U = minibatch_step_by_hand(321, W, a, eta, noise, batch)
     for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-6)):
         W2, a2 = W.astype(dtype), a.copy()
-        k.set_seed(321)
-        k.minibatch_steps(W2, a2, 1, eta, 1 / 0.2, batch, noise)
+        k.minibatch_steps(W2, a2, 1, eta, 1 / 0.2, batch, noise, np.random.default_rng(321))
         assert W2.dtype == dtype
         np.testing.assert_allclose(a2, a_new, rtol=tol)
         np.testing.assert_allclose(W2, U, rtol=tol, atol=tol)
@@ -188,10 +183,10 @@ def test_expected_sgd_step_is_population_gradient():
     a = rng.normal(size=m)
     n = 40_000
     da, ds = np.zeros((n, m)), np.zeros((n, m))
-    k.set_seed(7)
+    samples = np.random.default_rng(7)
     for i in range(n):
         W2, a2 = W.copy(), a.copy()
-        k.sgd_steps(W2, a2, 1, eta, 1 / eps, 0.0)
+        k.sgd_steps(W2, a2, 1, eta, 1 / eps, 0.0, samples)
         da[i], ds[i] = (a2 - a) / eta, (W2[:, 0] - W[:, 0]) / eta
     model = net.overlap_model
     ref_a, ref_s, _ = finite_width_rhs(a, W[:, 0], W @ W.T, model.sigma.coefficients, model.phi.coefficients, eps)

@@ -37,20 +37,6 @@ RISK_KMAX = 16
 _KERNELS = '''
 
 @njit(cache=True)
-def set_seed(seed):
-    np.random.seed(seed)
-
-
-@njit(cache=True)
-def normals(n):
-    """The next n draws of the generator sgd_steps uses (for replaying a step by hand)."""
-    out = np.empty(n)
-    for k in range(n):
-        out[k] = np.random.standard_normal()
-    return out
-
-
-@njit(cache=True)
 def renormalize(W):
     for i in range(W.shape[0]):
         n = 0.0
@@ -62,9 +48,11 @@ def renormalize(W):
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
-def sgd_steps(W, a, nsteps, eta, inv_eps, noise):
+def sgd_steps(W, a, nsteps, eta, inv_eps, noise, rng):
     """Online SGD, one fresh Gaussian sample per step (mini-batches: ``minibatch_steps``, a kernel
-    of its own, so that a one-sample run does not compile it); u* = e_1.
+    of its own, so that a one-sample run does not compile it); u* = e_1. The samples are ``rng``'s
+    (a NumPy Generator): each x, then its label noise; NumPy's own ``rng.standard_normal`` gives
+    the same numbers.
     a_i += (eta/eps) e sigma(h_i); u_i <- normalize(u_i + eta e a_i sigma'(h_i) (x - h_i u_i)).
 
     With one sample per step the update of W is applied lazily, inside the next step's pass that
@@ -83,8 +71,8 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, noise):
     pending = False
     for step in range(nsteps):
         for k in range(d):
-            x[k] = np.random.standard_normal()
-        y = phi(x[0]) + noise * np.random.standard_normal()
+            x[k] = rng.standard_normal()
+        y = phi(x[0]) + noise * rng.standard_normal()
         f = 0.0
         for i in prange(m):
             row = W[i]
@@ -123,7 +111,7 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, noise):
 
 
 @njit(cache=True)
-def minibatch_steps(W, a, nsteps, eta, inv_eps, batch, noise):
+def minibatch_steps(W, a, nsteps, eta, inv_eps, batch, noise, rng):
     """Mini-batch SGD: the batch's pre-activations H = X W^T and the update C^T X are two GEMMs
     (BLAS), the rest O(batch m). Samples are drawn in the order of the one-sample loop (each x,
     then its label noise)."""
@@ -136,8 +124,8 @@ def minibatch_steps(W, a, nsteps, eta, inv_eps, batch, noise):
     for step in range(nsteps):
         for b in range(batch):
             for k in range(d):
-                X[b, k] = np.random.standard_normal()
-            yb[b] = phi(np.float64(X[b, 0])) + noise * np.random.standard_normal()
+                X[b, k] = rng.standard_normal()
+            yb[b] = phi(np.float64(X[b, 0])) + noise * rng.standard_normal()
         np.dot(X, W.T, H)
         GA = np.zeros(m)
         S = np.zeros(m)
@@ -467,19 +455,20 @@ def online_sgd(sigma, phi, eps, width, dim, lr=None, t_end=5.0, batch=1, noise=0
     k = net.compiled()
     W, a = random_start(m, d, seed, a0)
     W = W.astype(PRECISIONS[precision])
-    k.set_seed(int(seed) % (2**32))
+    # the samples' stream, apart from the start's (random_start) and batch GD's ([seed, 1])
+    rng = np.random.default_rng(None if seed is None else [seed, 2])
     steps = record_steps(nsteps, points)
     extra = {"algo": "sgd", "lr": eta, "batch": batch, "noise": noise, "precision": precision, "threads": threads}
     if batch > 1:  # the GEMMs on `threads` BLAS threads, the compiled loops serial
         def run(W, a, n):
-            k.minibatch_steps(W, a, n, eta, 1 / net.eps, batch, noise)
+            k.minibatch_steps(W, a, n, eta, 1 / net.eps, batch, noise, rng)
 
         with compiled_threads(1):
             return _run_chunks(net, W, a, steps, eta, run, extra, seed, a0, quiet, blas=threads)
     kernel = parallel_variant(k.sgd_steps) if threads > 1 else k.sgd_steps
 
     def run(W, a, n):
-        kernel(W, a, n, eta, 1 / net.eps, noise)
+        kernel(W, a, n, eta, 1 / net.eps, noise, rng)
 
     with compiled_threads(threads):
         return _run_chunks(net, W, a, steps, eta, run, extra, seed, a0, quiet)
