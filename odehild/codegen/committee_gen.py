@@ -600,7 +600,7 @@ def project_sphere(y, K, M, want_jac, dy, J):
 
 
 @njit(cache=True)
-def sgd_steps(W, Ws, v, A, nsteps, lr, lr2, noise, c, ct, sphere):
+def sgd_steps(W, Ws, v, A, nsteps, lr, lr2, noise, c, ct, sphere, rng):
     """Online SGD of the real network, one fresh Gaussian sample per step (spec section 2):
     w_i += (lr/sqrt(d)) c v_i sigma'(lambda_i) e x, v_i += (lr2/d) c sigma(lambda_i) e. On the
     sphere (rows of W of norm sqrt(d)) the step is projected on the tangent space, x -> x - lambda_i
@@ -612,7 +612,7 @@ def sgd_steps(W, Ws, v, A, nsteps, lr, lr2, noise, c, ct, sphere):
     lam = np.empty(K)
     for step in range(nsteps):
         for j in range(d):
-            x[j] = np.random.standard_normal()
+            x[j] = rng.standard_normal()
         y = 0.0
         for n in range(M):
             acc = 0.0
@@ -620,7 +620,7 @@ def sgd_steps(W, Ws, v, A, nsteps, lr, lr2, noise, c, ct, sphere):
                 acc += Ws[n, j] * x[j]
             y += ct * A[n] * phi(acc / sq)
         if noise > 0.0:
-            y += noise * np.random.standard_normal()
+            y += noise * rng.standard_normal()
         yhat = 0.0
         for i in range(K):
             acc = 0.0
@@ -649,11 +649,6 @@ def sgd_steps(W, Ws, v, A, nsteps, lr, lr2, noise, c, ct, sphere):
         if not math.isfinite(e):
             return step + 1
     return nsteps
-
-
-@njit(cache=True)
-def seed_numba(seed):
-    np.random.seed(seed)
 
 
 @njit(cache=True)

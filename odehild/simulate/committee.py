@@ -84,13 +84,13 @@ def simulate_committee(model: CommitteeModel, K: int, M: int, d: int, *, lr: flo
     c, ct = output_scale(model.output, K), output_scale(model.output, M)
     nsteps = int(round(alpha_end * d))
     steps = record_steps(nsteps, points)
-    compiled.seed_numba(0 if seed is None else seed + 1)
+    rng = np.random.default_rng(None if seed is None else [seed, 2])  # the samples, apart from the start's
     Qs, Rs, vs, done = [], [], [], 0
     wall = time.perf_counter()
     with blas_threads(1):  # the overlaps at each record are small products: one BLAS thread
         for target in steps:
             if target > done:
-                ran = compiled.sgd_steps(W, Ws, v, A, int(target - done), lr, lr2, noise, c, ct, sphere)
+                ran = compiled.sgd_steps(W, Ws, v, A, int(target - done), lr, lr2, noise, c, ct, sphere, rng)
                 done += ran
             init = overlaps(W, Ws, v, A) if np.all(np.isfinite(W)) else None
             if init is None or np.max(np.abs(init.Q)) > DIVERGED:

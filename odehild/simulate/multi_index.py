@@ -44,11 +44,6 @@ ALGORITHMS = ("gf", "sgd", "gd")
 _KERNELS = '''
 
 @njit(cache=True)
-def set_seed(seed):
-    np.random.seed(seed)
-
-
-@njit(cache=True)
 def accumulate(W, a, x, y, h, GA, GW):
     """Add one sample's update directions to GA, GW: e = y - f, e sigma(h_i) for a_i and
     e a_i sigma'(h_i) (x - h_i u_i) for u_i (h is scratch)."""
@@ -84,7 +79,7 @@ def apply(W, a, GA, GW, eta, inv_eps, n):
 
 
 @njit(cache=True)
-def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
+def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise, rng):
     """Online SGD on fresh Gaussian samples, u*_j = e_j. Per sample: e = y - f;
     a_i += (eta/eps) e sigma(h_i); u_i <- normalize(u_i + eta e a_i sigma'(h_i) (x - h_i u_i)),
     averaged over a mini-batch."""
@@ -98,8 +93,8 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, batch, noise):
         GW[:, :] = 0.0
         for b in range(batch):
             for k in range(d):
-                x[k] = np.random.standard_normal()
-            y = target(x) + noise * np.random.standard_normal()
+                x[k] = rng.standard_normal()
+            y = target(x) + noise * rng.standard_normal()
             accumulate(W, a, x, y, h, GA, GW)
         apply(W, a, GA, GW, eta, inv_eps, batch)
 
@@ -350,9 +345,9 @@ def online_sgd(sigma, phi, eps, width, dim, lr=None, t_end=5.0, batch=1, noise=0
     nsteps = step_count(positive_float("t_end", t_end), eta)
     k = net.compiled
     W, a = random_start(m, d, seed, a0)
-    k.set_seed(int(seed) % (2**32))
+    rng = np.random.default_rng(None if seed is None else [seed, 2])  # the samples (as the founding network's)
     return _run(net, W, a, record_steps(nsteps, points), eta,
-                lambda W, a, n: k.sgd_steps(W, a, n, eta, 1 / net.eps, batch, noise), "sgd", seed, a0, quiet,
+                lambda W, a, n: k.sgd_steps(W, a, n, eta, 1 / net.eps, batch, noise, rng), "sgd", seed, a0, quiet,
                 {"batch": batch, "noise": noise})
 
 
