@@ -195,7 +195,7 @@ def startup(trees, repeats, scratch):
         print(f"{name:>32} " + " ".join(f"{w:14.2f} s" for w in walls), flush=True)
 
 
-def sgd(trees, sizes=((4096, 256, 400, 1), (16384, 1024, 100, 1), (32768, 512, 100, 1), (16384, 1024, 10, 64),
+def sgd(trees, sizes=((4096, 256, 400, 1), (16384, 1024, 300, 1), (32768, 512, 300, 1), (16384, 1024, 10, 64),
                      (32768, 512, 10, 64))):
     print("online SGD, float64, one thread: samples per second (one sample per step where batch = 1)")
     print(f"{'d':>6} {'m':>5} {'batch':>5} " + " ".join(f"{t.name:>16}" for t in trees) + f" {'this / before':>13}")
