@@ -78,7 +78,7 @@ def sgd_steps(W, a, nsteps, eta, inv_eps, noise, rng):
             row = W[i]
             if pending:
                 # the row's pending update, then its dot with x from the cache (a row of 32768
-                # doubles, 256 KB, stays in L2): one loop doing both ran at 17 GB/s, these two at 36
+                # doubles, 256 KB, stays in L2): one loop doing both ran at 17 GB/s, these two at 36 GB/s
                 kp = keep[i]
                 cp = cs[i]
                 for k in range(d):
@@ -433,8 +433,9 @@ def online_sgd(sigma, phi, eps, width, dim, lr=None, t_end=5.0, batch=1, noise=0
     a quiet 2-core machine two threads ran 1.5x to 1.9x faster at m d from 1e6 to 1.7e7
     (bench_sgd.py); a small network gains less than a thread launch per step costs, and next to
     other work threads are a loss, as in ``solve``. Default 1. With ``batch`` > 1 ``threads`` is the
-    BLAS pool of the steps' GEMMs (and of W W^T at each record): at (d, m, batch) = (16384, 1024,
-    64) two threads took 1.5x more samples per second than one (bench_sgd.py)."""
+    BLAS pool of the steps' GEMMs (and of W W^T at each record): at (d, m) = (16384, 1024) and
+    (32768, 512), batch 64, two threads took 1.3x to 1.6x more samples per second than one
+    (bench_sgd.py)."""
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r} (allowed: {', '.join(PRECISIONS)})")
     threads = check_compiled_threads(threads)
