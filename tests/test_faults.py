@@ -154,11 +154,11 @@ def test_ctrl_c_in_sgd_exits_130_promptly_with_the_partial_file(tmp_path):
     online_sgd("h(0,z)+h(1,z)+h(2,z)", "h(1,z)+h(2,z)", 0.05, 4, 16, t_end=0.01, kmax=2)
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-m", "odehild", "simulate", *S, "--eps", "0.05", "--width", "64",
-                             "--dim", "1000", "--t-end", "3", "--out", "s.npz"], cwd=tmp_path,
+                             "--dim", "1000", "--t-end", "30", "--out", "s.npz"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(root)},
                             preexec_fn=default_sigint)
-    time.sleep(5.0)
+    time.sleep(5.0)  # the run takes far longer: 3e6 steps, about 50 s (t_end 3 took 5.0 s on 2026-12-02)
     sent = time.perf_counter()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
