@@ -100,7 +100,6 @@ def test_online_sgd_with_a_batch_takes_mini_batch_steps():
 
 def test_online_sgd_with_a_batch_runs_its_gemms_on_threads_blas_threads(monkeypatch):
     """threads with batch > 1 is the BLAS pool of the mini-batch kernel (its GEMMs), the same steps."""
-    import numba
     from threadpoolctl import threadpool_info
 
     threads = min(2, numba.config.NUMBA_NUM_THREADS)

@@ -16,7 +16,7 @@ from ..io import load_npz, save_npz
 from ..models.committee import CommitteeInit, CommitteeModel, overlaps, pack, random_weights
 from ..symbolic.committee import output_scale
 from ..threads import blas_threads
-from .networks import record_steps
+from .networks import record_steps, sample_stream
 
 DIVERGED = 1e6  # |overlap| beyond this: the run diverged (learning rate too large)
 
@@ -84,7 +84,7 @@ def simulate_committee(model: CommitteeModel, K: int, M: int, d: int, *, lr: flo
     c, ct = output_scale(model.output, K), output_scale(model.output, M)
     nsteps = int(round(alpha_end * d))
     steps = record_steps(nsteps, points)
-    rng = np.random.default_rng(None if seed is None else [seed, 2])  # the samples, apart from the start's
+    rng = sample_stream(seed)
     Qs, Rs, vs, done = [], [], [], 0
     wall = time.perf_counter()
     with blas_threads(1):  # the overlaps at each record are small products: one BLAS thread

@@ -36,7 +36,7 @@ from ..symbolic.founding import as_function, check_eps, check_kmax
 from ..symbolic.multi_hermite import multi_hermite
 from ..symbolic.parse import parse_expression, parse_target, z
 from ..threads import blas_threads
-from .networks import _Bar, _check_noise, _check_sizes, random_start, record_steps, step_count
+from .networks import _Bar, _check_noise, _check_sizes, random_start, record_steps, sample_stream, step_count
 
 RISK_KMAX = 12
 ALGORITHMS = ("gf", "sgd", "gd")
@@ -345,7 +345,7 @@ def online_sgd(sigma, phi, eps, width, dim, lr=None, t_end=5.0, batch=1, noise=0
     nsteps = step_count(positive_float("t_end", t_end), eta)
     k = net.compiled
     W, a = random_start(m, d, seed, a0)
-    rng = np.random.default_rng(None if seed is None else [seed, 2])  # the samples (as the founding network's)
+    rng = sample_stream(seed)
     return _run(net, W, a, record_steps(nsteps, points), eta,
                 lambda W, a, n: k.sgd_steps(W, a, n, eta, 1 / net.eps, batch, noise, rng), "sgd", seed, a0, quiet,
                 {"batch": batch, "noise": noise})

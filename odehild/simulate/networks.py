@@ -339,6 +339,13 @@ def random_start(m: int, d: int, seed, a0: str = "normal"):
     return W, a
 
 
+def sample_stream(seed) -> np.random.Generator:
+    """The Generator of an online-SGD run's samples (every simulator's): a stream of its own, apart
+    from the start's (``seed``) and batch GD's samples (``[seed, 1]``)."""
+    seed = seed_value("seed", seed)
+    return np.random.default_rng(None if seed is None else [seed, 2])
+
+
 MAX_STEPS = 10**12  # beyond this a run would not finish: refuse it with the count
 
 
@@ -456,8 +463,7 @@ def online_sgd(sigma, phi, eps, width, dim, lr=None, t_end=5.0, batch=1, noise=0
     k = net.compiled()
     W, a = random_start(m, d, seed, a0)
     W = W.astype(PRECISIONS[precision])
-    # the samples' stream, apart from the start's (random_start) and batch GD's ([seed, 1])
-    rng = np.random.default_rng(None if seed is None else [seed, 2])
+    rng = sample_stream(seed)
     steps = record_steps(nsteps, points)
     extra = {"algo": "sgd", "lr": eta, "batch": batch, "noise": noise, "precision": precision, "threads": threads}
     if batch > 1:  # the GEMMs on `threads` BLAS threads, the compiled loops serial
