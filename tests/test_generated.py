@@ -36,7 +36,7 @@ def fd_jacobian(f, y, h=1e-6):
 def test_meanfield_rhs_matches_numpy(mf_models, rng):
     for model in mf_models:
         c = compile_model(model)
-        for N in (1, 7, 64):
+        for N in (1, 7, 64, 2500):  # 2500: the particle loop's chunks of 1024, the last one partial
             a, s, w = random_state(rng, N)
             dy = np.empty(2 * N)
             # the state is (a, u) with s = tanh(u): du/dt = (ds/dt) / (1 - s^2)
@@ -44,6 +44,21 @@ def test_meanfield_rhs_matches_numpy(mf_models, rng):
             da, ds = meanfield_rhs(a, s, w, model.sigma.coefficients, model.phi.coefficients, model.eps)
             np.testing.assert_allclose(dy[:N], da, rtol=1e-12, atol=1e-12)
             np.testing.assert_allclose(dy[N:] * (1 - s**2), ds, rtol=1e-11, atol=1e-12)
+
+
+def test_meanfield_moments_reassociated_sums_match_exactly_rounded_sums(mf_models, rng):
+    """The moment sums run in whatever order vectorises them: against math.fsum of the same terms,
+    within a few roundings of the sum of their magnitudes."""
+    import math
+
+    for model in mf_models:
+        c = compile_model(model)
+        a, s, w = random_state(rng, 3001)
+        M = np.empty(model.K + 1)
+        c.moments(a, s, w, M)
+        for k in range(model.K + 1):
+            terms = w * (a * s**k)
+            assert abs(M[k] - math.fsum(terms)) <= 1e-14 * np.sum(np.abs(terms)), k
 
 
 def test_meanfield_tanh_chart_is_within_two_ulp_of_libm(mf_models, rng):

@@ -401,6 +401,22 @@ def test_parallel_jacobian_parts_equal_the_serial_ones(rng):
         np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12 * np.abs(u).max())
 
 
+@pytest.mark.slow
+@needs_two_threads
+def test_parallel_rhs_equals_the_serial_one(rng):
+    """The right-hand side's particle loop in chunks on two threads (the last chunk partial), its
+    moments summed per thread: the serial values to rounding."""
+    model = MeanFieldModel(*STAIR, K=3, eps=1e-8)
+    N = 5000
+    problem = model.problem(initial_condition(N))
+    y = problem.y0 + np.concatenate([rng.normal(size=N), rng.normal(size=N)])
+    one, two = np.empty(2 * N), np.full(2 * N, np.nan)
+    problem.rhs(0.0, y, one)
+    with compiled_threads(2):
+        problem.parallel_rhs()(0.0, y, two)
+    np.testing.assert_allclose(two, one, rtol=1e-12, atol=1e-12 * np.abs(one).max())
+
+
 def test_weighted_error_norm_with_equal_weights_is_the_state_norm():
     model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)", "h(1,z)+h(2,z)", K=2, eps=1e-6)
     init = initial_condition(50, nodes="quantiles")
