@@ -341,3 +341,47 @@ def test_a_learning_rate_beyond_sgd_stability_fails_in_the_ode_as_in_the_network
     assert 0.3 < ode.value.t_fail < 1.5 and 0.3 < sgd.value.t_fail < 1.5
     slow = solve_committee(model, init, 100.0, lr=0.05)  # a tenth of the rate learns
     assert slow.risk[-1] < 0.5 * slow.risk[0]
+
+
+def literal_arguments(source: str) -> list:
+    """Calls in ``source`` that pass a bare int or bool constant (alone or in a tuple) to a function
+    defined in it: Numba types such an argument as a literal and compiles the callee once more."""
+    import ast
+
+    tree = ast.parse(source)
+    defined = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
+    found = []
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in defined:
+            parts = [p for a in call.args for p in (a.elts if isinstance(a, ast.Tuple) else [a])]
+            parts = [p.operand if isinstance(p, ast.UnaryOp) else p for p in parts]  # -1
+            if any(isinstance(p, ast.Constant) and type(p.value) in (bool, int) for p in parts):
+                found.append(ast.unparse(call))
+    return found
+
+
+@pytest.mark.parametrize("sigma, backend", [(ERF, "erf"), ("relu(z)", "relu"), ("z + z**3/3", "polynomial")])
+def test_generated_committee_code_passes_no_literal_constants_to_its_functions(sigma, backend):
+    from odehild.codegen.committee_gen import committee_source
+
+    source = committee_source(CommitteeModel(sigma, sigma, backend=backend))
+    assert source.count("_risk(C, S, y,") == 3 and source.count("_scatter_pair(out,") == 3  # def and two calls
+    assert literal_arguments(source) == []
+    assert literal_arguments("def f(x, flag):\n    pass\n\ndef g():\n    f((1, -1), True)\n") == ["f((1, -1), True)"]
+
+
+@pytest.mark.slow
+def test_generated_committee_code_compiles_each_function_once(tmp_path, monkeypatch, rng):
+    """From an empty cache, a solve and its risk series compile no generated function for a literal
+    signature (Literal[bool](True) is not bool: each would be a second compilation)."""
+    from numba.core import types
+    from numba.core.registry import CPUDispatcher
+
+    monkeypatch.setenv("ODEHILD_CACHE_DIR", str(tmp_path))
+    model = CommitteeModel(ERF, ERF)
+    solve_committee(model, random_state(rng, 2, 2), 5.0, lr=0.5)
+    module = compile_model(model).module
+    signatures = {name: f.signatures for name, f in vars(module).items() if isinstance(f, CPUDispatcher)}
+    assert signatures["_risk"] and signatures["_scatter_pair"] and signatures["P_ss"]
+    assert {name: len(s) for name, s in signatures.items() if len(s) > 1} == {}
+    assert not [s for ss in signatures.values() for s in ss if any(isinstance(t, types.Literal) for t in s)]

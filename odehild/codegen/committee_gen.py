@@ -378,7 +378,9 @@ def risk_grad_hess(y, K, M, T, A, c, ct, want_hess, g, H):
     """Noise-free risk L = (1/2) E[(y* - yhat)^2] at the packed state y; fills its gradient g and
     (if want_hess) its Hessian H in the packed coordinates (upper-triangle Q entries as variables)."""
     C, S = fields(y, K, M, T)
-    return _risk(C, S, y, K, M, T, A, c, ct, want_hess, g, H, True)
+    # bool(...) and np.int64(...) around constants: Numba compiles a callee once more for each
+    # literal argument (Literal[bool](True) is not bool), 3.5 s of a cold start when they were bare
+    return _risk(C, S, y, K, M, T, A, c, ct, want_hess, g, H, bool(True))
 
 
 @njit(cache=True)
@@ -403,11 +405,12 @@ def _risk(C, S, y, K, M, T, A, c, ct, want_hess, g, H, want_value):
             out = P_sp(C[i, i], C[K + m, K + m], C[i, K + m], want_hess)
             w = -c * ct * A[m]
             L += w * vi * out[0]
-            _scatter_pair(out, (S[i, i], -1, S[i, K + m]), w, g, H, want_hess, voff + i, vi, -1, 1.0)
+            _scatter_pair(out, (S[i, i], np.int64(-1), S[i, K + m]), w, g, H, want_hess, voff + i, vi,
+                          np.int64(-1), 1.0)
     if want_value:  # the teacher's own term is constant: the flow does not need it
         for n1 in range(M):
             for n2 in range(M):
-                L += 0.5 * ct * ct * A[n1] * A[n2] * P_pp(T[n1, n1], T[n2, n2], T[n1, n2], False)[0]
+                L += 0.5 * ct * ct * A[n1] * A[n2] * P_pp(T[n1, n1], T[n2, n2], T[n1, n2], bool(False))[0]
     return L
 
 
@@ -496,7 +499,7 @@ def rhs_jac(y, K, M, T, A, lr, lr2, lr_sq, noise2, c, ct, sphere, want_jac, dy, 
     g = np.empty(n)
     H = np.empty((n, n)) if want_jac else np.empty((1, 1))
     C, S = fields(y, K, M, T)
-    _risk(C, S, y, K, M, T, A, c, ct, want_jac, g, H, False)
+    _risk(C, S, y, K, M, T, A, c, ct, want_jac, g, H, bool(False))
     dy[:] = 0.0
     if want_jac:
         J[:, :] = 0.0
@@ -658,7 +661,7 @@ def risk_series(Y, K, M, T, A, c, ct):
     g = np.empty(Y.shape[1])
     H = np.empty((1, 1))
     for t in range(Y.shape[0]):
-        out[t] = risk_grad_hess(Y[t], K, M, T, A, c, ct, False, g, H)
+        out[t] = risk_grad_hess(Y[t], K, M, T, A, c, ct, bool(False), g, H)
     return out
 '''
 
