@@ -460,8 +460,15 @@ def jac(t, y, w, inv_eps, J):
 def observables(a, s, w, Mt, rt, Rt):
     """Moments, residuals and risk along a trajectory (time on the first axis)."""
     M = np.empty(NM)
+    # each row copied to contiguous arrays: moments then sums in the order the right-hand side's call
+    # does, whatever the layout of a and s (views of the output, or not), and compiles once
+    N = w.shape[0]
+    a_t, s_t = np.empty(N), np.empty(N)
     for t in range(a.shape[0]):
-        moments(a[t], s[t], w, M)
+        for i in range(N):
+            a_t[i] = a[t, i]
+            s_t[i] = s[t, i]
+        moments(a_t, s_t, w, M)
         # a loop, not Mt[t, :] = M: Numba compiles an array-to-slice assignment with its
         # shape-mismatch message, about 3 s of a cold start
         for k in range(NM):
