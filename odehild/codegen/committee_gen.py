@@ -378,8 +378,9 @@ def risk_grad_hess(y, K, M, T, A, c, ct, want_hess, g, H):
     """Noise-free risk L = (1/2) E[(y* - yhat)^2] at the packed state y; fills its gradient g and
     (if want_hess) its Hessian H in the packed coordinates (upper-triangle Q entries as variables)."""
     C, S = fields(y, K, M, T)
-    # bool(...) and np.int64(...) around constants: Numba compiles a callee once more for each
-    # literal argument (Literal[bool](True) is not bool), 3.5 s of a cold start when they were bare
+    # bool(...) and np.int64(...) around constants, here and in the calls below: Numba compiles a
+    # callee once more for each literal argument (Literal[bool](True) is not bool), about 1.6 s of
+    # a cold erf solve when they were bare
     return _risk(C, S, y, K, M, T, A, c, ct, want_hess, g, H, bool(True))
 
 
