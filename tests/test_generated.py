@@ -46,9 +46,9 @@ def test_meanfield_rhs_matches_numpy(mf_models, rng):
             np.testing.assert_allclose(dy[N:] * (1 - s**2), ds, rtol=1e-11, atol=1e-12)
 
 
-def test_meanfield_moments_reassociated_sums_match_exactly_rounded_sums(mf_models, rng):
-    """The moment sums run in whatever order vectorises them: against math.fsum of the same terms,
-    within a few roundings of the sum of their magnitudes."""
+def test_meanfield_moments_match_exactly_rounded_sums(mf_models, rng):
+    """The moment sums against math.fsum of the same terms, within a few roundings of the sum of
+    their magnitudes."""
     import math
 
     for model in mf_models:

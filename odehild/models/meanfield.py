@@ -307,9 +307,12 @@ K = {K}
 NM = {n}
 
 
-@njit(cache=True, fastmath={{"reassoc"}})
+@njit(cache=True)
 def moments(a, s, w, M):
-    """M_k = sum_j w_j m_k(a_j, s_j); the sums reassociated, so that they vectorise (4.6x at N = 1e5)."""
+    """M_k = sum_j w_j m_k(a_j, s_j), in particle order. Reassociated, the sums vectorised (4.6x at
+    N = 1e5) but their rounding at a learned state (M_0 = 0 from terms of magnitude 25 at N = 300)
+    moved the right-hand side's noise floor (1/eps times it) past the Newton tolerance of a solve at
+    rtol 1e-9 on two threads, which then stalled in steps of 1e-8."""
 {zero}
     for i in prange(a.shape[0]):
         ai = a[i]
@@ -460,8 +463,7 @@ def jac(t, y, w, inv_eps, J):
 def observables(a, s, w, Mt, rt, Rt):
     """Moments, residuals and risk along a trajectory (time on the first axis)."""
     M = np.empty(NM)
-    # each row copied to contiguous arrays: moments then sums in the order the right-hand side's call
-    # does, whatever the layout of a and s (views of the output, or not), and compiles once
+    # each row copied to contiguous arrays: moments compiles for one layout, the right-hand side's
     N = w.shape[0]
     a_t, s_t = np.empty(N), np.empty(N)
     for t in range(a.shape[0]):
