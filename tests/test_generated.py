@@ -61,6 +61,36 @@ def test_meanfield_moments_match_exactly_rounded_sums(mf_models, rng):
             assert abs(M[k] - math.fsum(terms)) <= 1e-14 * np.sum(np.abs(terms)), k
 
 
+def test_meanfield_moments_are_compensated_sums(mf_models, rng):
+    """Terms that are exact in floating point (s in {0, +-1/4, +-1/2, +-1}, w = 2^-13) and cancel:
+    each a_j with its negative, so M_0 = 0 from terms of magnitude up to 25, over two chunks and a
+    partial one (codegen.numba_gen.MOMENT_CHUNK). The compensated sums are the exact sums rounded
+    once (within an ulp, and 0 for M_0), where a plain sum in particle order errs by about 1e-16."""
+    import math
+
+    from odehild.codegen.numba_gen import MOMENT_CHUNK
+
+    half = MOMENT_CHUNK + 517
+    a = rng.uniform(-25.0, 25.0, size=half)
+    s = rng.choice([0.0, 0.25, -0.25, 0.5, -0.5, 1.0, -1.0], size=half)
+    a, s = np.concatenate([a, -a]), np.concatenate([s, s])
+    order = rng.permutation(a.size)
+    a, s, w = a[order], s[order], np.full(a.size, 2.0 ** -13)
+    for model in mf_models:
+        M = np.empty(model.K + 1)
+        compile_model(model).moments(a, s, w, M)
+        for k in range(model.K + 1):
+            terms = w * (a * s**k)
+            exact = math.fsum(terms)
+            assert abs(M[k] - exact) <= np.spacing(abs(exact)), (k, M[k], exact)
+            if k == 0:
+                assert exact == 0.0 and M[0] == 0.0
+                plain = 0.0
+                for x in terms:
+                    plain += x
+                assert abs(plain) > 1e-17  # the case is not trivial for a plain sum
+
+
 def test_meanfield_tanh_chart_is_within_two_ulp_of_libm(mf_models, rng):
     tanh_chart = compile_model(mf_models[0]).module.tanh_chart
     u = np.concatenate([rng.normal(size=2000) * 10.0 ** rng.integers(-12, 2, size=2000),

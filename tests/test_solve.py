@@ -109,6 +109,19 @@ def test_tightening_rtol_changes_solution_by_less_than_promised():
     np.testing.assert_allclose(lt_l[ok], lt_t[ok], rtol=1e-3)
 
 
+def test_a_state_at_rest_whose_error_is_exactly_zero_is_integrated():
+    """sigma_0 = 0 and s(0) = 0 with symmetric a(0): the moments are sums that cancel exactly, the
+    state is at rest and Radau's error estimate is exactly 0. The step then grows by its largest
+    factor (a Python float 0.0 ** -0.25 had raised ZeroDivisionError at t = 0)."""
+    from odehild.solve.radau import MAX_FACTOR, CompiledRadau
+
+    assert CompiledRadau._predict_factor(1e-3, 1e-3, 0.0, 0.5) == np.inf
+    model = MeanFieldModel("tanh(z)", "He(2,z)+He(3,z)", K=3, eps=1e-4)
+    tr = solve(model, initial_condition(20), 5.0, points=21, progress=False)
+    assert tr.stats["status"] == 0 and np.all(tr.s == 0.0) and np.all(tr.moments == 0.0)
+    assert tr.stats["nsteps"] < np.log(5.0 / 1e-6) / np.log(MAX_FACTOR) + 5
+
+
 def test_plateaus_and_degree_order_at_small_eps():
     model = MeanFieldModel(*STAIR, K=3, eps=1e-10)
     tr = solve(model, initial_condition(60), 5.0)

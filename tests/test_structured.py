@@ -391,7 +391,7 @@ def test_parallel_jacobian_parts_equal_the_serial_ones(rng):
     """The Jacobian's particle loop on two threads (its moments summed per thread): the serial
     parts to rounding."""
     model = MeanFieldModel(*STAIR, K=3, eps=1e-8)
-    N = 5000
+    N = 9000  # three chunks of moments (codegen.numba_gen.MOMENT_CHUNK), the last partial
     problem = model.problem(initial_condition(N))
     y = problem.y0 + np.concatenate([rng.normal(size=N), rng.normal(size=N)])
     one = problem.jac_parts(0.0, y)
@@ -405,16 +405,16 @@ def test_parallel_jacobian_parts_equal_the_serial_ones(rng):
 @needs_two_threads
 def test_parallel_rhs_equals_the_serial_one(rng):
     """The right-hand side's particle loop in chunks on two threads (the last chunk partial), its
-    moments summed per thread: the serial values to rounding."""
+    moments summed in chunks fixed by N alone: the serial values, bit for bit."""
     model = MeanFieldModel(*STAIR, K=3, eps=1e-8)
-    N = 5000
+    N = 9000  # three chunks of moments (codegen.numba_gen.MOMENT_CHUNK), the last partial
     problem = model.problem(initial_condition(N))
     y = problem.y0 + np.concatenate([rng.normal(size=N), rng.normal(size=N)])
     one, two = np.empty(2 * N), np.full(2 * N, np.nan)
     problem.rhs(0.0, y, one)
     with compiled_threads(2):
         problem.parallel_rhs()(0.0, y, two)
-    np.testing.assert_allclose(two, one, rtol=1e-12, atol=1e-12 * np.abs(one).max())
+    np.testing.assert_array_equal(two, one)
 
 
 def test_weighted_error_norm_with_equal_weights_is_the_state_norm():

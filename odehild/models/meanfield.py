@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import __version__
-from ..codegen.numba_gen import HEADER, compile_model, emit_block, moment_sums
+from ..codegen.numba_gen import HEADER, TWO_SUM, compile_model, compensated_moments, emit_block
 from ..errors import InputError
 from ..threads import parallel_variant
 from ..solve.integrate import OdeProblem
@@ -287,8 +287,10 @@ def meanfield_source(model: MeanFieldModel) -> str:
 
     unpack_M = "\n".join(f"    M_{k} = M[{k}]" for k in range(n))
     unpack_g = "\n".join(f"    g_{k} = g[{k}]" for k in range(n))
-    mom = emit_block([(f"m_{k}", sub(d.moment_fns[k])) for k in range(n)], 8, "xm")
-    zero, acc, store = moment_sums(n, "wi")
+    moments = compensated_moments(
+        "moments(a, s, w, M)", "M_k = sum_j w_j m_k(a_j, s_j), compensated (codegen.numba_gen.MOMENT_LANES).", n,
+        [("a", "ai"), ("s", "si"), ("w", "wi")],
+        lambda indent: emit_block([(f"m_{k}", sub(d.moment_fns[k])) for k in range(n)], indent, "xm"), "wi")
     grad = emit_block([(f"g[{k}]", sub(d.grad[k])) for k in range(n)], 4, "xg")
     hess = emit_block([(f"H[{k}, {l}]", sub(d.hess[k][l])) for k in range(n) for l in range(n)], 4, "xh")
     resid = emit_block([(f"out[{k}]", sub(d.residuals[k])) for k in range(n)], 4, "xr")
@@ -307,21 +309,8 @@ K = {K}
 NM = {n}
 
 
-@njit(cache=True)
-def moments(a, s, w, M):
-    """M_k = sum_j w_j m_k(a_j, s_j), in particle order. Reassociated, the sums vectorised (4.6x at
-    N = 1e5) but their rounding at a learned state (M_0 = 0 from terms of magnitude 25 at N = 300)
-    moved the right-hand side's noise floor (1/eps times it) past the Newton tolerance of a solve at
-    rtol 1e-9 on two threads, which then stalled in steps of 1e-8."""
-{zero}
-    for i in prange(a.shape[0]):
-        ai = a[i]
-        si = s[i]
-        wi = w[i]
-{mom}
-{acc}
-{store}
-
+{TWO_SUM}
+{moments}
 
 @njit(cache=True)
 def grad_moments(M, g):

@@ -36,7 +36,7 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-CODEGEN_FORMAT = 12  # bump when generated code changes shape
+CODEGEN_FORMAT = 13  # bump when generated code changes shape
 
 
 # the range of eps the solvers are tested on. Below EPS_MIN the fast layer's rates (~ sigma_0^2 / eps)
