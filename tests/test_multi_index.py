@@ -137,6 +137,38 @@ def _numpy_flow(a, S, w, model):
     return F / model.eps, ds, 0.5 * np.sum(r**2) + 0.5 * model.phi.tail, F, grad
 
 
+def test_generated_moments_are_compensated_sums(rng):
+    """Exact terms (s in {0, +-1/4, +-1/2}, w = 2^-13), most of which cancel (each a_j with its
+    negative, |a_j| up to 25), over two chunks and a partial one (codegen.numba_gen.MOMENT_CHUNK):
+    each moment is the exact sum rounded once, where a plain sum in particle order errs."""
+    from odehild.codegen import compile_model
+    from odehild.codegen.numba_gen import MOMENT_CHUNK
+
+    model = MultiIndexModel("relu(z) + 0.3*z**3", "z1 + z1*z2 + tanh(z3)*z2", K=3, eps=0.3)
+    half = MOMENT_CHUNK + 517
+    a = rng.uniform(-25.0, 25.0, size=half)
+    S = rng.choice([0.0, 0.25, -0.25, 0.5, -0.5], size=(half + 40, 3))
+    a = np.concatenate([a, -a, rng.uniform(-1.0, 1.0, size=40)])
+    S = np.concatenate([S[:half], S[:half], S[half:]])
+    order = rng.permutation(a.size)
+    a, S, w = a[order], S[order], np.full(a.size, 2.0 ** -13)
+    y = np.concatenate([a, np.column_stack([S, np.sqrt(1 - np.sum(S**2, axis=1))]).ravel()])
+    alphas = model.derivation.alphas
+    M = np.empty(len(alphas))
+    compile_model(model).moments(y, w, M)
+    plain_errors = []
+    for k, alpha in enumerate(alphas):
+        terms = (w * a) * np.prod(S ** np.array(alpha), axis=1)
+        exact = math.fsum(terms)
+        assert abs(M[k] - exact) <= np.spacing(abs(exact)), (alpha, M[k], exact)
+        plain = 0.0
+        for x in terms:
+            plain += x
+        plain_errors.append(abs(plain - exact))
+    assert max(plain_errors) > 1e-17  # the case is not trivial for a plain sum
+    assert a.size > 2 * MOMENT_CHUNK
+
+
 def test_generated_rhs_and_jacobian_against_numpy(rng):
     # relu + 0.3 z^3 has every sigma_k != 0 up to 3: the structure (and compiled code) of SIGMA3
     model = MultiIndexModel("relu(z) + 0.3*z**3", "z1 + z1*z2 + tanh(z3)*z2", K=3, eps=0.3)

@@ -82,16 +82,6 @@ def emit_block(outputs: list, indent: int, prefix: str = "x") -> str:
     return textwrap.indent("\n".join(lines), " " * indent)
 
 
-def moment_sums(n: int, weight: str) -> tuple:
-    """(zero, accumulate, store) lines of the weighted moment sums M_k += weight * m_k over the
-    particles, in scalar accumulators: ``M[k] +=`` would store and reload M every particle (the
-    compiler cannot rule out that M aliases the inputs)."""
-    zero = "\n".join(f"    M_{k} = 0.0" for k in range(n))
-    acc = "\n".join(f"        M_{k} += {weight} * m_{k}" for k in range(n))
-    store = "\n".join(f"    M[{k}] = M_{k}" for k in range(n))
-    return zero, acc, store
-
-
 # Compensated moment sums. At a learned state a moment can vanish from terms whose magnitudes sum
 # to tens (M_0 = sum w a = 0 with |a| up to 25), and the rounding of a plain sum, times 1/eps in the
 # right-hand side, set a noise floor that depends on the summation order: a solve that passed with one
@@ -112,11 +102,13 @@ def two_sum(total, comp, x):
 """
 
 
-def compensated_moments(signature: str, doc: str, n: int, arrays: list, moment_block, weight: str) -> str:
+def compensated_moments(signature: str, doc: str, n: int, arrays: list, moment_block, weight: str,
+                        prelude: str = "") -> str:
     """Source of ``def signature`` writing the n moments M[k] = sum_i weight * m_k, compensated, in
     lanes and chunks (see MOMENT_LANES). ``arrays``: (array, local) name pairs, 1-D arrays of the
     particles (the first one's length is N) whose i-th values the locals hold;
-    ``moment_block(indent)`` assigns m_0 .. m_(n-1) from the locals. Needs TWO_SUM in the module.
+    ``moment_block(indent)`` assigns m_0 .. m_(n-1) from the locals; ``prelude`` (indented 4, after N
+    is set) may bind the arrays as views of an argument. Needs TWO_SUM in the module.
     The lanes read slices: indexed from j + l, LLVM cannot rule out negative indices and does not
     vectorise."""
     lanes, tails, views = [], [], []
@@ -134,6 +126,7 @@ def compensated_moments(signature: str, doc: str, n: int, arrays: list, moment_b
 def {signature}:
     """{doc}"""
     N = {first}.shape[0]
+{prelude}
     nchunk = (N + {MOMENT_CHUNK - 1}) // {MOMENT_CHUNK}
     part = np.zeros((nchunk, {2 * n}, {MOMENT_LANES}))  # per chunk and moment: lane sums, their errors
     for c in prange(nchunk):

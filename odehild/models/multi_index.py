@@ -28,7 +28,7 @@ import numpy as np
 import sympy as sp
 
 from .. import __version__
-from ..codegen.numba_gen import HEADER, compile_model, emit_block, moment_sums
+from ..codegen.numba_gen import HEADER, TWO_SUM, compile_model, compensated_moments, emit_block
 from ..errors import InputError
 from ..io import load_npz, save_npz
 from ..solve.integrate import OdeProblem
@@ -581,8 +581,12 @@ def multi_index_source(model: MultiIndexModel) -> str:
     unpack_g = "\n".join(f"    g_{i} = g[{i}]" for i in range(n))
     unpack_par = "\n".join([f"    c_{i} = par[{i}]" for i in range(n)] + [f"    phi_{i} = par[{n + i}]" for i in range(n)]
                            + [f"    tau = par[{2 * n}]"])
-    mono = _monomial_block(M, d.alphas, "m_{k}", 8, "xm")
-    zero, acc, store = moment_sums(n, "wa")
+    moments = compensated_moments(
+        "moments(y, w, M)", "M_alpha = sum_j w_j a_j s_j^alpha over the moved multi-indices, compensated "
+        "(codegen.numba_gen.MOMENT_LANES).", n,
+        [("w", "wi"), ("y_a", "ai")] + [(f"y_s{j + 1}", f"s{j + 1}") for j in range(M)],
+        lambda indent: _monomial_block(M, d.alphas, "m_{k}", indent, "xm"), "(wi * ai)",
+        "\n".join(["    y_a = y[:N]"] + [f"    y_s{j + 1} = y[N + {j}:N + NSLOT * N:NSLOT]" for j in range(M)]))
     grad = emit_block([(f"g[{i}]", sub(d.grad[i])) for i in range(n)], 4, "xg")
     hess = emit_block([(f"H[{i}, {j}]", sub(d.hess[i][j])) for i in range(n) for j in range(n)
                        if d.hess[i][j] != 0], 4, "xh")
@@ -605,18 +609,8 @@ NM = {n}
 NALL = {P}
 
 
-@njit(cache=True)
-def moments(y, w, M):
-    """M_alpha = sum_j w_j a_j s_j^alpha over the moved multi-indices."""
-    N = w.shape[0]
-{zero}
-    for i in range(N):
-        wa = w[i] * y[i]
-{load_s}
-{mono}
-{acc}
-{store}
-
+{TWO_SUM}
+{moments}
 
 @njit(cache=True)
 def grad_moments(M, par, g):
