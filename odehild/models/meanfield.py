@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import __version__
-from ..codegen.numba_gen import HEADER, TWO_SUM, compile_model, compensated_moments, emit_block
+from ..codegen.numba_gen import HEADER, compile_model, compensated_moments, emit_block
 from ..errors import InputError
 from ..threads import parallel_variant
 from ..solve.integrate import OdeProblem
@@ -309,7 +309,6 @@ K = {K}
 NM = {n}
 
 
-{TWO_SUM}
 {moments}
 
 @njit(cache=True)

@@ -28,7 +28,7 @@ import numpy as np
 import sympy as sp
 
 from .. import __version__
-from ..codegen.numba_gen import HEADER, TWO_SUM, compile_model, compensated_moments, emit_block
+from ..codegen.numba_gen import HEADER, compile_model, compensated_moments, emit_block
 from ..errors import InputError
 from ..io import load_npz, save_npz
 from ..solve.integrate import OdeProblem
@@ -609,7 +609,6 @@ NM = {n}
 NALL = {P}
 
 
-{TWO_SUM}
 {moments}
 
 @njit(cache=True)
