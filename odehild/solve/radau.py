@@ -420,9 +420,11 @@ class CompiledRadau:
             multiplier = 1.0
         else:
             multiplier = h_abs / h_abs_old * (error_norm_old / error_norm) ** 0.25
-        # an exact zero error (a state at rest, its moments summed exactly) lets the step grow at most
-        # MAX_FACTOR; 0.0 ** -0.25 of a Python float raises where NumPy's float64 gave inf
-        return min(1.0, multiplier) * error_norm ** -0.25 if error_norm > 0 else np.inf
+        if error_norm == 0:
+            # a state at rest (its moments summed exactly): the step grows by MAX_FACTOR; 0.0 ** -0.25
+            # of a Python float raises where NumPy's float64 gave inf (a NaN still propagates)
+            return np.inf
+        return min(1.0, multiplier) * error_norm ** -0.25
 
     def _step_impl(self):
         t, y, f, k = self.t, self.y, self.f, self.k
