@@ -388,8 +388,8 @@ def test_jacobian_written_into_the_arrays_it_replaces(rng):
 @pytest.mark.slow
 @needs_two_threads
 def test_parallel_jacobian_parts_equal_the_serial_ones(rng):
-    """The Jacobian's particle loop on two threads (its moments summed per thread): the serial
-    parts to rounding."""
+    """The Jacobian's particle loop on two threads (its moments summed in chunks fixed by N): the
+    serial parts to rounding."""
     model = MeanFieldModel(*STAIR, K=3, eps=1e-8)
     N = 9000  # three chunks of moments (codegen.numba_gen.MOMENT_CHUNK), the last partial
     problem = model.problem(initial_condition(N))

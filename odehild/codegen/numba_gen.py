@@ -101,12 +101,12 @@ def _two_sum_lines(total: str, comp: str, x: str, indent: int) -> str:
     return "\n".join(" " * indent + line for line in lines)
 
 
-def compensated_moments(signature: str, doc: str, n: int, arrays: list, moment_block, weight: str,
+def compensated_moments(signature: str, doc: str, n: int, arrays: list, moment_block: str, weight: str,
                         prelude: str = "") -> str:
     """Source of ``def signature`` writing the n moments M[k] = sum_i weight * m_k, compensated, in
     lanes and chunks (see MOMENT_LANES). ``arrays``: (array, local) name pairs, 1-D arrays of the
     particles (the first one's length is N) whose i-th values the locals hold;
-    ``moment_block(indent)`` assigns m_0 .. m_(n-1) from the locals; ``prelude`` (indented 4, after N
+    ``moment_block`` (not indented) assigns m_0 .. m_(n-1) from the locals; ``prelude`` (indented 4, after N
     is set) may bind the arrays as views of an argument. The lanes read slices of fixed width:
     indexed from j + l, LLVM cannot rule out negative indices and does not vectorise; with the
     width of the last block variable, the loop ran 1.3x (serial) to 3.5x (two threads) slower. A
@@ -135,11 +135,11 @@ def {signature}:
             {block_names} = {slices}
             for l in range({L}):
 {load_lane}
-{moment_block(16)}
+{textwrap.indent(moment_block, ' ' * 16)}
 {lanes}
         for i in range(lo + {L} * nb, hi):
 {load_tail}
-{moment_block(12)}
+{textwrap.indent(moment_block, ' ' * 12)}
 {tails}
     for k in range({n}):
         total = 0.0

@@ -290,7 +290,7 @@ def meanfield_source(model: MeanFieldModel) -> str:
     moments = compensated_moments(
         "moments(a, s, w, M)", "M_k = sum_j w_j m_k(a_j, s_j), compensated (codegen.numba_gen.MOMENT_LANES).", n,
         [("a", "ai"), ("s", "si"), ("w", "wi")],
-        lambda indent: emit_block([(f"m_{k}", sub(d.moment_fns[k])) for k in range(n)], indent, "xm"), "wi")
+        emit_block([(f"m_{k}", sub(d.moment_fns[k])) for k in range(n)], 0, "xm"), "wi")
     grad = emit_block([(f"g[{k}]", sub(d.grad[k])) for k in range(n)], 4, "xg")
     hess = emit_block([(f"H[{k}, {l}]", sub(d.hess[k][l])) for k in range(n) for l in range(n)], 4, "xh")
     resid = emit_block([(f"out[{k}]", sub(d.residuals[k])) for k in range(n)], 4, "xr")

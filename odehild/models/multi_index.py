@@ -585,7 +585,7 @@ def multi_index_source(model: MultiIndexModel) -> str:
         "moments(y, w, M)", "M_alpha = sum_j w_j a_j s_j^alpha over the moved multi-indices, compensated "
         "(codegen.numba_gen.MOMENT_LANES).", n,
         [("w", "wi"), ("y_a", "ai")] + [(f"y_s{j + 1}", f"s{j + 1}") for j in range(M)],
-        lambda indent: _monomial_block(M, d.alphas, "m_{k}", indent, "xm"), "(wi * ai)",
+        _monomial_block(M, d.alphas, "m_{k}", 0, "xm"), "(wi * ai)",
         "\n".join(["    y_a = y[:N]"] + [f"    y_s{j + 1} = y[N + {j}:N + NSLOT * N:NSLOT]" for j in range(M)]))
     grad = emit_block([(f"g[{i}]", sub(d.grad[i])) for i in range(n)], 4, "xg")
     hess = emit_block([(f"H[{i}, {j}]", sub(d.hess[i][j])) for i in range(n) for j in range(n)
