@@ -39,10 +39,18 @@ def passes_of(rev):
     spec = importlib.util.spec_from_file_location("structured_at_" + rev, path)
     old = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(old)
+    def inverses(fn):
+        # before the fused passes read P^-1 in rows, the block inverses took no ``rows`` argument
+        return fn if fn.py_func.__code__.co_argcount == 5 else lambda D, c, sc, Pinv, rows: fn(D, c, sc, Pinv)
+
     if hasattr(old, "_rank_passes"):
-        return lambda parallel, rank: old._passes(False, rank)
+        def rank_passes(parallel, rank):
+            o = old._passes(False, rank)
+            return SimpleNamespace(**{**vars(o), "_shifted_inverses_2x2": inverses(o._shifted_inverses_2x2)})
+
+        return rank_passes
     o = old._passes(False)  # before the rank-specialized and complex passes: one generic set
-    ns = SimpleNamespace(_shifted_inverses_2x2=o._shifted_inverses_2x2, _capacitance=o._capacitance,
+    ns = SimpleNamespace(_shifted_inverses_2x2=inverses(o._shifted_inverses_2x2), _capacitance=o._capacitance,
                          _woodbury_solve=o._woodbury_solve, _capacitance_complex=o._capacitance,
                          _woodbury_solve_complex=o._woodbury_solve)
     return lambda parallel, rank: ns

@@ -141,15 +141,15 @@ def newton_case(rng, N, b=2, r=4):
     J = LowRankJacobian(rng.normal(size=(N, b, b)), rng.normal(size=(n, r)) / N ** 0.5,
                         rng.normal(size=(r, n)) / N ** 0.5)
     h = 1e-3
-    LR, LC = (WoodburyFactor(IterationMatrix(mu / h, J)) for mu in (radau.MU_REAL, radau.MU_COMPLEX))
+    LR, LC = (WoodburyFactor(IterationMatrix(mu / h, J), rows=True) for mu in (radau.MU_REAL, radau.MU_COMPLEX))
     F, W = rng.normal(size=(3, n)), rng.normal(size=(3, n))
     return LR, LC, F, W, rng.normal(size=n), rng.uniform(0.5, 2.0, size=n), radau.MU_REAL / h, radau.MU_COMPLEX / h
 
 
 def test_fused_newton_update_equals_the_separate_passes(rng):
     """The two fused passes against the residual, the two Woodbury solves (themselves tested against
-    dense LU above), the norm and the update pass by pass: the same W and stage states to the last
-    bit, the norm to rounding (summed in particle order, not unknown order)."""
+    dense LU above), the norm and the update pass by pass: the same W, stage states and norm to
+    rounding (the fused passes sum over particles in vector lanes, the separate ones in order)."""
     from odehild.solve import radau
     from odehild.solve.structured import newton_update
 
@@ -166,9 +166,19 @@ def test_fused_newton_update_equals_the_separate_passes(rng):
     k.stage_states(y, Z, Ys)
     W2, Ys2 = W.copy(), np.empty((3, n))
     bad, norm2 = newton_update(LR, LC, F, W2, radau.TI, radau.T, m_real, m_complex, y, inv, Ys2)
-    assert bad == 0 and norm2 == pytest.approx(norm, rel=1e-14)
-    np.testing.assert_array_equal(W2, W1)
-    np.testing.assert_array_equal(Ys2, Ys)
+    assert bad == 0 and norm2 == pytest.approx(norm, rel=1e-13)
+    increment = np.abs(W1 - W).max()
+    assert np.abs(W2 - W1).max() <= 1e-13 * increment
+    assert np.abs(Ys2 - Ys).max() <= 1e-14 * np.abs(Ys).max()
+    # factors without rows (the threads' case) take the passes that read P^-1 as blocks: the separate
+    # passes' W and stage states to the last bit, the norm summed in particle order
+    LR0, LC0 = (WoodburyFactor(IterationMatrix(F_.c, F_.J)) for F_ in (LR, LC))
+    assert LR0.pairs_with(LC0) and not LR0.pairs_with(LC)
+    W4, Ys4 = W.copy(), np.empty((3, n))
+    bad, norm4 = newton_update(LR0, LC0, F, W4, radau.TI, radau.T, m_real, m_complex, y, inv, Ys4)
+    assert bad == 0 and norm4 == pytest.approx(norm, rel=1e-14)
+    np.testing.assert_array_equal(W4, W1)
+    np.testing.assert_array_equal(Ys4, Ys)
     F[2, n - 1] = np.inf  # the last particle's s: a non-finite stage leaves W as it was
     W3 = W.copy()
     bad, _ = newton_update(LR, LC, F, W3, radau.TI, radau.T, m_real, m_complex, y, inv, Ys2)
@@ -231,8 +241,11 @@ def test_jacobian_parts_match_finite_differences_of_the_rhs(rng):
 
 
 def test_solve_with_fused_newton_iterations_equals_the_separate_passes(monkeypatch):
-    """Fused Newton passes (used from FUSED_MIN_UNKNOWNS on) forced at N = 300: the same steps, the
-    same trajectory bit for bit, in either error norm; a failed run keeps what it computed."""
+    """Fused Newton passes (used from FUSED_MIN_UNKNOWNS on) forced at N = 300: the trajectory of the
+    separate passes to far below the tolerance (rtol 1e-8) in either error norm, the state norm's in
+    the same steps (the fused passes' sums over particles round differently: measured, moments within
+    1.1e-14 in the state norm and 2e-11 in the weighted one, 601 against 602 steps there); a failed run
+    keeps what it computed."""
     from helpers import break_rhs_after
     from odehild import IntegrationError
     from odehild.solve import radau
@@ -252,10 +265,15 @@ def test_solve_with_fused_newton_iterations_equals_the_separate_passes(monkeypat
         monkeypatch.setattr(radau, "FUSED_MIN_UNKNOWNS", threshold)
         runs[threshold] = [solve(model, init, 5.0, progress=False, error_norm=norm) for norm in ("state", "weighted")]
         assert (len(calls) > 1000) == (threshold == 0)
-    for separate, fused in zip(runs[np.inf], runs[0]):
-        assert fused.stats["nsteps"] == separate.stats["nsteps"] and fused.stats["nfev"] == separate.stats["nfev"]
-        for name in ("a", "s", "risk", "moments"):
-            np.testing.assert_array_equal(getattr(fused, name), getattr(separate, name))
+    # the weighted norm holds light particles less tightly: a differs by up to 8e-7 (of 0.73) and 2e-9
+    # relative, within its rtol 1e-8
+    for (separate, fused), atol, a_tol in zip(zip(runs[np.inf], runs[0]), (1e-12, 1e-9), ((1e-9, 1e-9), (1e-8, 1e-5))):
+        assert abs(fused.stats["nsteps"] - separate.stats["nsteps"]) <= 0.01 * separate.stats["nsteps"]
+        for name in ("s", "risk", "moments"):
+            np.testing.assert_allclose(getattr(fused, name), getattr(separate, name), rtol=0, atol=atol)
+        np.testing.assert_allclose(fused.a, separate.a, rtol=a_tol[0], atol=a_tol[1])
+    state = [run[0].stats for run in runs.values()]
+    assert state[0]["nsteps"] == state[1]["nsteps"] and state[0]["nfev"] == state[1]["nfev"]
     break_rhs_after(monkeypatch, model, 0.01)
     with pytest.raises(IntegrationError) as err:
         solve(model, init, 1.0, progress=False)
@@ -319,7 +337,7 @@ def test_solve_on_two_threads_matches_one_thread(monkeypatch):
                                rtol=1e-6)
     np.testing.assert_allclose(two.risk, one.risk, atol=1e-7)
     # and the fused Newton passes' parallel variant (per-thread sums: to the tolerance)
-    monkeypatch.setattr(radau, "FUSED_MIN_UNKNOWNS", 0)
+    monkeypatch.setattr(radau, "FUSED_MIN_UNKNOWNS_THREADS", 0)
     fused = solve(model, init, 5.0, rtol=1e-9, atol=1e-11, progress=False, threads=2)
     assert abs(one.stats["nsteps"] - fused.stats["nsteps"]) <= 0.02 * one.stats["nsteps"]
     np.testing.assert_allclose(learning_times(fused.t, fused.residuals), learning_times(one.t, one.residuals),

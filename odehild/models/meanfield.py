@@ -178,7 +178,7 @@ class MeanFieldModel(FoundingDeclaration):
                 arrays = reuse.buffers(init.N, 2, nm) if reuse is not None else None
                 D, A, VtT = arrays or (np.empty((init.N, 2, 2)), np.empty((n, nm)), np.empty((n, nm)))
                 kernel(t, y, np.tanh(u), dsdu, w, inv_eps, D, A, VtT.T)
-                return LowRankJacobian.from_transposed(D, A, VtT)
+                return LowRankJacobian.from_transposed(D, A, VtT, reuse)
 
             return jac_parts
 

@@ -397,7 +397,7 @@ class MultiIndexModel(ModelKind):
             arrays = reuse.buffers(init.N, b, nm) if reuse is not None else None
             D, A, VtT = arrays or (np.empty((init.N, b, b)), np.empty((n, nm)), np.empty((n, nm)))
             parts(t, y, w, inv_eps, par, D, A, VtT.T)
-            return LowRankJacobian.from_transposed(D, A, VtT)
+            return LowRankJacobian.from_transposed(D, A, VtT, reuse)
 
         meta = {**self.meta(), "init": init.description, "N": init.N,
                 "stuck_directions": self.invariance_report(init.s0)}

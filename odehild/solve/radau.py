@@ -101,11 +101,16 @@ NEWTON_CAP_GROWTH = 1.1
 JACOBIAN_AT_END = True
 
 # From this many unknowns on, Newton iterations run in two fused passes where both factors are plain
-# Woodbury ones (structured.newton_update): the same numbers, fewer bytes moved. Below it, where the
-# arrays fit in the cache, the separate passes are faster (they vectorise, the fused ones do not):
-# on the 2-core machine the two break even near N = 6e4 particles of the founding model; at 1e5 the
-# fused ones solve 1.08x faster (benchmarks/bench_passes.py --against separate).
-FUSED_MIN_UNKNOWNS = 120_000
+# Woodbury ones (structured.newton_update). On one thread they are generated per rank and vectorise
+# (odehild.codegen.radau_gen), and solve faster at every N measured (benchmarks/bench_passes.py
+# --against separate, median wall time of the separate passes over the fused ones: N = 300 1.34x
+# state norm, 1.11x weighted; 1000 1.25x, 1.23x; 1e4 1.86x, 1.28x). Below this many unknowns a solve
+# is too short to repay their compilation on first use (5 s; from the cache they load in 0.02 s).
+FUSED_MIN_UNKNOWNS = 2_000
+# On threads the fused passes read the factors as they are and do not vectorise: below this many
+# unknowns, where the arrays fit in the cache, the separate passes are faster; the two break even near
+# N = 6e4 particles of the founding model, and at 1e5 the fused ones solve 1.08x faster.
+FUSED_MIN_UNKNOWNS_THREADS = 120_000
 
 
 @njit(cache=True)
@@ -297,7 +302,7 @@ class CompiledRadau:
         self.t, self.t_bound, self.t_old = float(t0), float(t_bound), None
         self.y = np.array(y0, dtype=float)
         self.n = n = self.y.size
-        self.fuse = n >= FUSED_MIN_UNKNOWNS
+        self.fuse = n >= (FUSED_MIN_UNKNOWNS if threads == 1 else FUSED_MIN_UNKNOWNS_THREADS)
         self.status = "running"
         self.nfev = 0
         self.rtol, self.atol, self.max_step = float(rtol), float(atol), max_step
@@ -358,7 +363,7 @@ class CompiledRadau:
 
     def _factor(self, mu, h):
         self.nlu += 1
-        F = WoodburyFactor(IterationMatrix(mu / h, self.J), threads=self.threads)
+        F = WoodburyFactor(IterationMatrix(mu / h, self.J), threads=self.threads, rows=self.fuse and self.threads == 1)
         self.ndense += F.dense is not None
         return F
 

@@ -1,0 +1,189 @@
+"""Radau's fused Newton iteration for one rank r of the Woodbury term, written out and cached.
+
+The iteration (:func:`odehild.solve.structured.newton_update`) is two passes over the particles:
+the residuals and Vt P^-1 of both Newton systems (real and complex), then the solutions, the
+increment's norm, W += dW and the next stage states. Written with the factors in rows (one row of N
+per block entry: P^-1 real (4, N), complex (8, N) as real then imaginary parts; A and Vt as
+(r, 2N)), one scalar sum per moment and a single written array per inner loop, LLVM vectorises both
+passes, which a loop over the moments and per-particle blocks kept scalar (2.5x at N = 1e5 on one
+thread). The scalar sums need the moments' count at the time of writing: hence generated source, one
+module per rank, compiled once and cached as the models' code is.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .. import __version__
+from .numba_gen import HEADER, _file_sha, compile_source
+
+# particles per block of the second pass: its new W and stage states go to a block buffer (12 rows)
+# and are copied out after, so that the loop writes one array and needs few aliasing checks (with 12
+# written rows LLVM gave up: "too many memory checks")
+BLOCK = 512
+
+_ROWS = ("F0a, F1a, F2a, F0s, F1s, F2s = F[0, {lo}:{hi}], F[1, {lo}:{hi}], F[2, {lo}:{hi}], "
+         "F[0, N + {lo}:N + {hi}], F[1, N + {lo}:N + {hi}], F[2, N + {lo}:N + {hi}]",
+         "W0a, W1a, W2a, W0s, W1s, W2s = W[0, {lo}:{hi}], W[1, {lo}:{hi}], W[2, {lo}:{hi}], "
+         "W[0, N + {lo}:N + {hi}], W[1, N + {lo}:N + {hi}], W[2, N + {lo}:N + {hi}]",
+         "p00, p01, p10, p11 = Pr[0, {lo}:{hi}], Pr[1, {lo}:{hi}], Pr[2, {lo}:{hi}], Pr[3, {lo}:{hi}]",
+         "c00r, c01r, c10r, c11r = Pc[0, {lo}:{hi}], Pc[1, {lo}:{hi}], Pc[2, {lo}:{hi}], Pc[3, {lo}:{hi}]",
+         "c00i, c01i, c10i, c11i = Pc[4, {lo}:{hi}], Pc[5, {lo}:{hi}], Pc[6, {lo}:{hi}], Pc[7, {lo}:{hi}]")
+
+# the residuals of both systems at particle i: real (TI F)_0 - m_real W0, complex (TI F)_1 + i (TI F)_2
+# - m_complex (W1 + i W2), for a_i (ra, ca) and s_i (rs, cs)
+_RESIDUALS = """\
+fa0, fa1, fa2, fs0, fs1, fs2 = F0a[i], F1a[i], F2a[i], F0s[i], F1s[i], F2s[i]
+wa0, wa1, wa2, ws0, ws1, ws2 = W0a[i], W1a[i], W2a[i], W0s[i], W1s[i], W2s[i]
+ra = t00 * fa0 + t01 * fa1 + t02 * fa2 - m_re * wa0
+rs = t00 * fs0 + t01 * fs1 + t02 * fs2 - m_re * ws0
+ca_re = t10 * fa0 + t11 * fa1 + t12 * fa2 - (mc_re * wa1 - mc_im * wa2)
+ca_im = t20 * fa0 + t21 * fa1 + t22 * fa2 - (mc_re * wa2 + mc_im * wa1)
+cs_re = t10 * fs0 + t11 * fs1 + t12 * fs2 - (mc_re * ws1 - mc_im * ws2)
+cs_im = t20 * fs0 + t21 * fs1 + t22 * fs2 - (mc_re * ws2 + mc_im * ws1)"""
+
+# P^-1 times the residuals: real (xa, xs), complex (xca, xcs) as real and imaginary parts
+_BLOCK_SOLVE = """\
+{x}a = p00[i] * ra + p01[i] * rs
+{x}s = p10[i] * ra + p11[i] * rs
+{x}ca_re = c00r[i] * ca_re - c00i[i] * ca_im + c01r[i] * cs_re - c01i[i] * cs_im
+{x}ca_im = c00r[i] * ca_im + c00i[i] * ca_re + c01r[i] * cs_im + c01i[i] * cs_re
+{x}cs_re = c10r[i] * ca_re - c10i[i] * ca_im + c11r[i] * cs_re - c11i[i] * cs_im
+{x}cs_im = c10r[i] * ca_im + c10i[i] * ca_re + c11r[i] * cs_im + c11i[i] * cs_re"""
+
+
+def _indent(text: str, n: int) -> str:
+    pad = " " * n
+    return "\n".join(pad + line if line else line for line in text.splitlines())
+
+
+def _rows(lo: str, hi: str) -> str:
+    """Views of particles [lo, hi) of each row the passes read (loops from 0 over views vectorise)."""
+    return "\n".join(r.format(lo=lo, hi=hi) for r in _ROWS)
+
+
+def newton_pass_source(rank: int) -> str:
+    """The module of ``newton_update`` for ``rank`` moments (see the module's docstring)."""
+    R = rank
+    ks = range(R)
+    zero = " = ".join([f"r{k} = c{k} = d{k}" for k in ks]) + " = 0.0"
+    vt_rows = "\n".join(f"V{k}a, V{k}s = Vt[{k}, lo:hi], Vt[{k}, N + lo:N + hi]" for k in ks)
+    sums = "\n".join(f"va, vs = V{k}a[i], V{k}s[i]\n"
+                     f"r{k} += va * ya + vs * ys\n"
+                     f"c{k} += va * yca_re + vs * ycs_re\n"
+                     f"d{k} += va * yca_im + vs * ycs_im" for k in ks)
+    store = "\n".join(f"partial[c, {3 * k}], partial[c, {3 * k + 1}], partial[c, {3 * k + 2}] = r{k}, c{k}, d{k}"
+                      for k in ks)
+    z_scalars = "\n".join(f"zr{k}, zc{k}, zd{k} = z_r[{k}], z_re[{k}], z_im[{k}]" for k in ks)
+    a_rows = "\n".join(f"A{k}a, A{k}s = AT[{k}, b:e], AT[{k}, N + b:N + e]" for k in ks)
+    a_terms = "\n".join(f"a0, a1 = A{k}a[i], A{k}s[i]\n"
+                        f"ra += a0 * zr{k}\nrs += a1 * zr{k}\n"
+                        f"ca_re += a0 * zc{k}\nca_im += a0 * zd{k}\n"
+                        f"cs_re += a1 * zc{k}\ncs_im += a1 * zd{k}" for k in ks)
+    return HEADER.format(version=__version__, kind="Radau", key=f"Newton iteration, rank {R}").replace(
+        "Radau model", "the Radau") + f'''
+R = {R}
+BLOCK = {BLOCK}
+PAD = 16  # each thread's partial sums at least two cache lines past the previous thread's
+
+
+@njit(cache=True, fastmath={{"reassoc"}})
+def newton_update(F, W, TI, T, m_real, m_complex, Pr, Pc, cap_r, cap_c, AT, scale, Vt, y, inv_scale, Ys, nchunk=1):
+    """One simplified-Newton iteration of Radau's collocation system after its stage derivatives F
+    (3, 2N), in two passes: the residuals, both Woodbury solves (real P^-1 in rows Pr (4, N), complex
+    in Pc (8, N): real parts, then imaginary), W += dW and the stage states Ys = y + T W. Returns
+    (number of non-finite stage derivatives, RMS of dW * inv_scale); with a non-finite one W is left
+    as it was. Sums over particles are reassociated (vector lanes), the rest as written."""
+    N = Pr.shape[1]
+    t00, t01, t02 = TI[0, 0], TI[0, 1], TI[0, 2]
+    t10, t11, t12 = TI[1, 0], TI[1, 1], TI[1, 2]
+    t20, t21, t22 = TI[2, 0], TI[2, 1], TI[2, 2]
+    m_re, mc_re, mc_im = m_real, m_complex.real, m_complex.imag
+    partial = np.zeros((nchunk, 3 * R + PAD))
+    bad = np.zeros(nchunk, dtype=np.int64)
+    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+{_indent(_rows("lo", "hi"), 8)}
+{_indent(vt_rows, 8)}
+        {zero}
+        nonfinite = 0
+        for i in range(hi - lo):
+{_indent(_RESIDUALS, 12)}
+            # x - x is 0 for a finite x, NaN otherwise: one test of all six that vectorises
+            nonfinite += (fa0 - fa0) + (fa1 - fa1) + (fa2 - fa2) + (fs0 - fs0) + (fs1 - fs1) + (fs2 - fs2) != 0.0
+{_indent(_BLOCK_SOLVE.format(x="y"), 12)}
+            # one scalar sum per moment and part: sums in an array kept the loop scalar
+{_indent(sums, 12)}
+        bad[c] = nonfinite
+{_indent(store, 8)}
+    if np.sum(bad) > 0:
+        return np.sum(bad), 0.0
+    z_r, z_re, z_im = np.zeros(R), np.zeros(R), np.zeros(R)
+    for k in range(R):
+        for l in range(R):
+            total = t_re = t_im = 0.0
+            for c in range(nchunk):
+                total += partial[c, 3 * l]
+                t_re += partial[c, 3 * l + 1]
+                t_im += partial[c, 3 * l + 2]
+            z_r[k] += scale * cap_r[k, l] * total
+            zk = scale * cap_c[k, l] * complex(t_re, t_im)
+            z_re[k] += zk.real
+            z_im[k] += zk.imag
+{_indent(z_scalars, 4)}
+    T00, T01, T02 = T[0, 0], T[0, 1], T[0, 2]
+    T10, T11, T12 = T[1, 0], T[1, 1], T[1, 2]
+    T20, T21, T22 = T[2, 0], T[2, 1], T[2, 2]
+    norm = np.zeros((nchunk, PAD))
+    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+        out = np.empty(12 * BLOCK)  # a block's new W (rows 0-5) and stage states (6-11)
+        acc = 0.0
+        for b in range(lo, hi, BLOCK):
+            e = min(b + BLOCK, hi)
+{_indent(_rows("b", "e"), 12)}
+{_indent(a_rows, 12)}
+            ya_, ys_, ga_, gs_ = y[b:e], y[N + b:N + e], inv_scale[b:e], inv_scale[N + b:N + e]
+            for i in range(e - b):
+{_indent(_RESIDUALS, 16)}
+{_indent(a_terms, 16)}
+{_indent(_BLOCK_SOLVE.format(x="d"), 16)}
+                ga, gs = ga_[i], gs_[i]
+                acc += ((da * da + dca_re * dca_re + dca_im * dca_im) * (ga * ga)
+                        + (ds * ds + dcs_re * dcs_re + dcs_im * dcs_im) * (gs * gs))
+                wa0 += da
+                wa1 += dca_re
+                wa2 += dca_im
+                ws0 += ds
+                ws1 += dcs_re
+                ws2 += dcs_im
+                ya, ys = ya_[i], ys_[i]
+                out[i], out[BLOCK + i], out[2 * BLOCK + i] = wa0, wa1, wa2
+                out[3 * BLOCK + i], out[4 * BLOCK + i], out[5 * BLOCK + i] = ws0, ws1, ws2
+                out[6 * BLOCK + i] = ya + (T00 * wa0 + T01 * wa1 + T02 * wa2)
+                out[7 * BLOCK + i] = ya + (T10 * wa0 + T11 * wa1 + T12 * wa2)
+                out[8 * BLOCK + i] = ya + (T20 * wa0 + T21 * wa1 + T22 * wa2)
+                out[9 * BLOCK + i] = ys + (T00 * ws0 + T01 * ws1 + T02 * ws2)
+                out[10 * BLOCK + i] = ys + (T10 * ws0 + T11 * ws1 + T12 * ws2)
+                out[11 * BLOCK + i] = ys + (T20 * ws0 + T21 * ws1 + T22 * ws2)
+            for q in range(3):
+                _copy(out[q * BLOCK:], W[q, b:e])
+                _copy(out[(3 + q) * BLOCK:], W[q, N + b:N + e])
+                _copy(out[(6 + q) * BLOCK:], Ys[q, b:e])
+                _copy(out[(9 + q) * BLOCK:], Ys[q, N + b:N + e])
+        norm[c, 0] = acc
+    return 0, (np.sum(norm[:, 0]) / (6 * N)) ** 0.5
+
+
+@njit(cache=True, inline="always")
+def _copy(src, dst):
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
+'''
+
+
+def newton_pass(rank: int):
+    """The compiled ``newton_update`` for ``rank`` moments, from the on-disk cache when it holds it."""
+    template = _file_sha(sys.modules[__name__].__file__)
+    return compile_source(f"radau-newton-r{rank}", lambda: newton_pass_source(rank), {"rank": rank},
+                          "Radau Newton pass", template).newton_update
