@@ -40,7 +40,7 @@ import sys
 CHILD = r"""
 import json, resource, sys, time
 from odehild.models import MeanFieldModel
-from odehild.solve import initial_condition, integrate, solve
+from odehild.solve import initial_condition, integrate, radau, solve
 N, solver, max_wall, precision = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4]
 threads = 2 if solver in ("threads2", "weighted2") else 1
 if solver == "scipy":
@@ -48,8 +48,9 @@ if solver == "scipy":
 structured = solver != "dense"
 norm = "weighted" if solver in ("weighted", "weighted2") else "state"
 model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)", K=3, eps=1e-12)
-# loads every kernel; with threads, at enough unknowns that the parallel passes are loaded (or compiled) too
-warm = integrate.PARALLEL_MIN_UNKNOWNS // 2 if threads > 1 else 200
+# loads every kernel: at enough unknowns that the parallel passes (with threads) or the fused Newton
+# pass (on one thread) are loaded, or compiled, too
+warm = (integrate.PARALLEL_MIN_UNKNOWNS if threads > 1 else radau.FUSED_MIN_UNKNOWNS) // 2
 solve(model, initial_condition(warm), 5.0 if threads == 1 else 1e-6, points=3, progress=False,
       structured=structured, threads=threads, error_norm=norm, output_precision=precision)
 init = initial_condition(N)
