@@ -8,8 +8,14 @@ everything else shared. ``--against separate`` compares this tree's fused Newton
 separate ones, at every N. Prints each wall time, the ratio of medians, and the largest difference
 between the two trajectories (0 where the passes compute the same numbers).
 
+``--kernel`` times one fused Newton iteration alone (``structured.newton_update``, rank 4, random
+factors as in the tests): the generated pass that one thread takes (factors in rows) against the
+pass that reads the factors as blocks (the threads' pass, on one thread), alternated in one
+process; prints the median of each in ns a particle and their ratio.
+
     python benchmarks/bench_passes.py --against a43ecee --n 10000 --repeats 3
     python benchmarks/bench_passes.py --against separate --n 10000 100000 --repeats 1
+    python benchmarks/bench_passes.py --kernel --n 1000 10000 100000
 """
 
 from __future__ import annotations
@@ -90,6 +96,36 @@ def main(rev, ns, norms, repeats):
     print(f"ratio: median wall time with {rev}'s passes over this tree's (above 1: this tree is faster)")
 
 
+def kernel(ns, repeats):
+    from odehild.solve import radau
+    from odehild.solve.structured import IterationMatrix, LowRankJacobian, WoodburyFactor, newton_update
+
+    rng = np.random.default_rng(0)
+    print(f"{'N':>7} {'generated: ns a particle':>25} {'blocks: ns a particle':>22} {'ratio':>6}")
+    for N in ns:
+        n, r, h = 2 * N, 4, 1e-3
+        J = LowRankJacobian(rng.normal(size=(N, 2, 2)), rng.normal(size=(n, r)) / N ** 0.5,
+                            rng.normal(size=(r, n)) / N ** 0.5)
+        F, W0, y = rng.normal(size=(3, n)), rng.normal(size=(3, n)), rng.normal(size=n)
+        inv, Ys = rng.uniform(0.5, 2.0, size=n), np.empty((3, n))
+        factors = {name: [WoodburyFactor(IterationMatrix(mu / h, J), rows=rows)
+                          for mu in (radau.MU_REAL, radau.MU_COMPLEX)]
+                   for name, rows in (("generated", True), ("blocks", False))}
+        calls = max(3, int(2e6 / N))  # about 2e6 particles a timing
+        times = {name: [] for name in factors}
+        for _ in range(max(repeats, 5)):
+            for name, (LR, LC) in factors.items():
+                W = W0.copy()
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    newton_update(LR, LC, F, W, radau.TI, radau.T, radau.MU_REAL / h, radau.MU_COMPLEX / h, y, inv,
+                                  Ys)
+                times[name].append((time.perf_counter() - t0) / calls / N * 1e9)
+        gen, blocks = (np.median(times[k]) for k in ("generated", "blocks"))
+        print(f"{N:>7} {gen:>25.1f} {blocks:>22.1f} {blocks / gen:6.2f}", flush=True)
+    print("ratio: the blocks pass's median time over the generated pass's (above 1: the generated one is faster)")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--against", default="a43ecee",
@@ -97,5 +133,6 @@ if __name__ == "__main__":
     p.add_argument("--n", type=int, nargs="+", default=[10000])
     p.add_argument("--norms", nargs="+", choices=("state", "weighted"), default=["state", "weighted"])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--kernel", action="store_true", help="time one fused Newton iteration alone (see above)")
     a = p.parse_args()
-    main(a.against, a.n, a.norms, a.repeats)
+    kernel(a.n, a.repeats) if a.kernel else main(a.against, a.n, a.norms, a.repeats)
