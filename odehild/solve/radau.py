@@ -11,7 +11,7 @@ time goes: SciPy's step is a sequence of NumPy expressions over (3, n) arrays (a
 temporaries per Newton iteration, 17 ms of a 32 ms step at N = 1e5 particles); here each Newton
 iteration is a few Numba passes over buffers allocated once: the stage derivatives, then the
 residuals, the two Woodbury solves, the increment's norm and the update pass by pass, or, from
-FUSED_MIN_UNKNOWNS on, in two fused passes.
+FUSED_MIN_UNKNOWNS on (FUSED_MIN_UNKNOWNS_THREADS on threads), in two fused passes.
 The Python left per step is the control logic (a few dozen scalar operations).
 
 The Newton systems are solved through the Jacobian's structure J = D + A Vt
