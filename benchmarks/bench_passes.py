@@ -11,7 +11,8 @@ between the two trajectories (0 where the passes compute the same numbers).
 ``--kernel`` times one fused Newton iteration alone (``structured.newton_update``, rank 4, random
 factors as in the tests): the generated pass that one thread takes (factors in rows) against the
 pass that reads the factors as blocks (the threads' pass, on one thread), alternated in one
-process; prints the median of each in ns a particle and their ratio.
+process; prints the median of each in ns a particle, their ratio, and how far one iteration's W
+from each lies apart (relative to the increment).
 
     python benchmarks/bench_passes.py --against a43ecee --n 10000 --repeats 3
     python benchmarks/bench_passes.py --against separate --n 10000 100000 --repeats 1
@@ -101,7 +102,7 @@ def kernel(ns, repeats):
     from odehild.solve.structured import IterationMatrix, LowRankJacobian, WoodburyFactor, newton_update
 
     rng = np.random.default_rng(0)
-    print(f"{'N':>7} {'generated: ns a particle':>25} {'blocks: ns a particle':>22} {'ratio':>6}")
+    print(f"{'N':>7} {'generated: ns a particle':>25} {'blocks: ns a particle':>22} {'ratio':>6} {'W diff, rel':>11}")
     for N in ns:
         n, r, h = 2 * N, 4, 1e-3
         J = LowRankJacobian(rng.normal(size=(N, 2, 2)), rng.normal(size=(n, r)) / N ** 0.5,
@@ -122,8 +123,14 @@ def kernel(ns, repeats):
                                   Ys)
                 times[name].append((time.perf_counter() - t0) / calls / N * 1e9)
         gen, blocks = (np.median(times[k]) for k in ("generated", "blocks"))
-        print(f"{N:>7} {gen:>25.1f} {blocks:>22.1f} {blocks / gen:6.2f}", flush=True)
-    print("ratio: the blocks pass's median time over the generated pass's (above 1: the generated one is faster)")
+        # one iteration of each from the same iterate: the same W to rounding (sums in another order)
+        Ws = {name: W0.copy() for name in factors}
+        for name, (LR, LC) in factors.items():
+            newton_update(LR, LC, F, Ws[name], radau.TI, radau.T, radau.MU_REAL / h, radau.MU_COMPLEX / h, y, inv, Ys)
+        diff = np.abs(Ws["generated"] - Ws["blocks"]).max() / np.abs(Ws["blocks"] - W0).max()
+        print(f"{N:>7} {gen:>25.1f} {blocks:>22.1f} {blocks / gen:6.2f} {diff:11.1e}", flush=True)
+    print("ratio: the blocks pass's median time over the generated pass's (above 1: the generated one is faster);"
+          " W diff: the largest difference of one iteration's W, over the largest increment")
 
 
 if __name__ == "__main__":
@@ -135,4 +142,7 @@ if __name__ == "__main__":
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--kernel", action="store_true", help="time one fused Newton iteration alone (see above)")
     a = p.parse_args()
-    kernel(a.n, a.repeats) if a.kernel else main(a.against, a.n, a.norms, a.repeats)
+    if a.kernel:
+        kernel(a.n, a.repeats)
+    else:
+        main(a.against, a.n, a.norms, a.repeats)
