@@ -102,23 +102,32 @@ def test_meanfield_tanh_chart_is_within_two_ulp_of_libm(mf_models, rng):
     assert np.isnan(tanh_chart(np.nan))
 
 
-def test_meanfield_solve_rhs_takes_s_from_numpy_tanh_and_matches_numpy(mf_models, rng):
-    """The solve's right-hand side (s = tanh(u) by NumPy's ufunc, then the compiled rhs_chart)
-    against the NumPy formula, and the chart values against a 200-bit reference."""
+@pytest.mark.parametrize("vector_tanh", [True, False])
+def test_meanfield_solve_rhs_matches_numpy(mf_models, rng, monkeypatch, vector_tanh):
+    """The solve's right-hand side (s = tanh(u) by the generated tanh_into where it vectorises, by
+    NumPy's ufunc elsewhere; then the compiled rhs_chart), on one thread and on two, against the
+    NumPy formula, and the chart values against a 200-bit reference."""
     import mpmath as mp
 
+    import odehild.models.meanfield as meanfield
     from odehild.solve.trajectory import InitialCondition
+    from odehild.threads import compiled_threads
 
+    monkeypatch.setattr(meanfield, "vector_int_conversions", lambda: vector_tanh)
+    monkeypatch.setattr(meanfield, "VECTOR_TANH_MIN_PARTICLES", 1)
     for model in mf_models:
         N = 40
         a, s, w = random_state(rng, N)
         problem = model.problem(InitialCondition(a, s, w))
         y = problem.y0.copy()
-        dy = np.empty(2 * N)
+        dy, dy2 = np.empty(2 * N), np.empty(2 * N)
         problem.rhs(0.0, y, dy)
+        with compiled_threads(2):
+            problem.parallel_rhs()(0.0, y, dy2)
         da, ds = meanfield_rhs(a, s, w, model.sigma.coefficients, model.phi.coefficients, model.eps)
-        np.testing.assert_allclose(dy[:N], da, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(dy[N:] * (1 - s**2), ds, rtol=1e-11, atol=1e-12)
+        for got in (dy, dy2):
+            np.testing.assert_allclose(got[:N], da, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(got[N:] * (1 - s**2), ds, rtol=1e-11, atol=1e-12)
         direct = np.empty(2 * N)
         compile_model(model).rhs(0.0, y, w, 1 / model.eps, direct)  # the scalar tanh_chart
         np.testing.assert_allclose(dy, direct, rtol=1e-13, atol=1e-13 * np.abs(direct).max())
@@ -126,6 +135,44 @@ def test_meanfield_solve_rhs_takes_s_from_numpy_tanh_and_matches_numpy(mf_models
     with mp.workdps(60):
         ref = np.array([float(mp.tanh(mp.mpf(x))) for x in u])
     assert np.all(np.abs(np.tanh(u) - ref) <= 2 * np.spacing(np.abs(ref)))
+
+
+def test_meanfield_tanh_into_is_within_three_ulp_of_a_50_digit_tanh(mf_models, rng):
+    """The generated vectorisable tanh (the solve's where the CPU converts int64 in vector registers)
+    against mpmath, on one thread and in its parallel variant (elementwise: the same bits), over
+    N = 2500 (two full chunks of 1024 and a partial one) and the edges: signed zeros, subnormals,
+    the clamp at |u| = 20, where tanh rounds to 1, infinities and NaN."""
+    import mpmath as mp
+
+    from odehild.threads import compiled_threads, parallel_variant
+
+    tanh_into = compile_model(mf_models[0]).module.tanh_into
+    edges = [0.0, -0.0, 5e-324, -1e-310, 1e-300, 0.3465, 0.3466, 0.5, 19.0, 19.07, 19.1, 20.0, 20.5, -400.0,
+             1e308, np.inf, -np.inf]
+    n = 2500 - len(edges) - 1
+    u = np.concatenate([rng.normal(size=n) * 10.0 ** rng.integers(-14, 2, size=n), edges, [np.nan]])
+    s, s2 = np.empty_like(u), np.empty_like(u)
+    tanh_into(u, s)
+    with compiled_threads(2):
+        parallel_variant(tanh_into)(u, s2)
+    assert np.array_equal(s, s2, equal_nan=True)
+    assert np.isnan(s[-1])
+    with mp.workdps(50):
+        # mpmath has no signed zero: the sign of tanh is the sign of u
+        ref = np.copysign([float(mp.tanh(mp.mpf(x))) if np.isfinite(x) else 1.0 for x in u[:-1]], u[:-1])
+    assert np.all(np.abs(s[:-1] - ref) <= 3 * np.spacing(np.abs(ref)))
+    assert np.array_equal(np.signbit(s[:-1]), np.signbit(ref))
+
+
+def test_vector_int_conversions_follows_numba_cpu_features(monkeypatch):
+    """The vectorised tanh is chosen by the features Numba compiles for: NUMBA_CPU_FEATURES when set."""
+    from numba.core import config
+
+    from odehild.codegen.numba_gen import vector_int_conversions
+
+    for features, expected in [("+avx2,+fma,-avx512dq", False), ("+avx2,+avx512f,+avx512dq", True), ("+neon", False)]:
+        monkeypatch.setattr(config, "CPU_FEATURES", features)
+        assert vector_int_conversions.__wrapped__() is expected
 
 
 def test_meanfield_jacobian_matches_finite_differences(mf_models, rng):
