@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 # from this many particles on a solve takes s = tanh(u) from the generated ``tanh_into`` (where it
 # vectorises): in whole solves 1.04x faster at N = 1000 (one thread), 1.06 to 1.08x at 1e4 and 1e5,
-# 1.12x on two threads. Below, NumPy's tanh: a cold run of a few particles does not compile it.
+# 1.12 and 1.13x on two threads (docs/performance.md, fourteenth session). Below, NumPy's tanh: a cold run of a few particles does not compile it.
 VECTOR_TANH_MIN_PARTICLES = 1000
 
 
@@ -363,8 +363,8 @@ def tanh_chart(u):
 @njit(cache=True, error_model="numpy", fastmath={{"contract"}})
 def tanh_into(u, s):
     """s = tanh(u) by ``tanh_lanes``, in chunks of 1024 that the parallel variant shares among the
-    threads (NumPy's tanh runs on one). Vectorised: 0.081 ms at N = 1e5 on one thread against
-    NumPy's 0.089 ms, 0.047 ms on two."""
+    threads (NumPy's tanh runs on one). Vectorised: 0.069 ms at N = 1e5 on one thread against
+    NumPy's 0.088 ms, 0.045 ms on two."""
     N = u.shape[0]
     for c in prange((N + 1023) // 1024):
         lo, hi = 1024 * c, min(1024 * c + 1024, N)
@@ -379,8 +379,8 @@ def tanh_lanes(u):
     zero-division check) and contracts to fused multiply-adds: tanh = -e / (2 + e),
     e = expm1(-2|u|) = 2^k (expm1(r) + 1) - 1 with -2|u| = k ln 2 + r, |r| <= ln 2 / 2, expm1(r)
     by its Taylor series to degree 13 (a remainder below 2e-17 relative), ln 2 in two parts so that
-    r is exact to rounding. Within 3 ulp of tanh (tests/test_codegen.py). |u| is clamped at 20,
-    where tanh rounds to 1; NaN passes through."""
+    r is exact to rounding. Within 3 ulp of tanh (tests/test_generated.py). |u| is clamped at 20,
+    where tanh rounds to 1; NaN passes through (the shift takes 60 then: no conversion of a NaN)."""
     x = abs(u)
     x = x if not x > 20.0 else 20.0
     v = -2.0 * x
@@ -389,7 +389,8 @@ def tanh_lanes(u):
     p = r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (1.0 / 720 + r * (
         1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880 + r * (1.0 / 3628800 + r * (1.0 / 39916800 + r * (
             1.0 / 479001600 + r * (1.0 / 6227020800)))))))))))))
-    scale = float(1 << int(k + 60.0)) * 8.673617379884035e-19  # 2^k, k in [-58, 0], without a division
+    shift = k + 60.0 if k >= -58.0 else 60.0
+    scale = float(1 << int(shift)) * 8.673617379884035e-19  # 2^k, k in [-58, 0], without a division
     e = scale * p + (scale - 1.0)
     return math.copysign(-e / (2.0 + e), u)
 
