@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 # from this many particles on a solve takes s = tanh(u) from the generated ``tanh_into`` (where it
 # vectorises): in whole solves 1.04x faster at N = 1000 (one thread), 1.06 to 1.08x at 1e4 and 1e5,
-# 1.12 and 1.13x on two threads (docs/performance.md, fourteenth session). Below, NumPy's tanh: a cold run of a few particles does not compile it.
+# 1.12 and 1.13x on two threads (docs/performance.md, fourteenth session). Below, NumPy's tanh: a
+# cold run of a few particles does not compile it.
 VECTOR_TANH_MIN_PARTICLES = 1000
 
 
@@ -197,24 +198,25 @@ class MeanFieldModel(FoundingDeclaration):
         # s = tanh(u) by the generated vectorised tanh where it vectorises (its parallel variant
         # shares it among the threads), by NumPy's ufunc elsewhere; the rest compiled
         vector_tanh = init.N >= VECTOR_TANH_MIN_PARTICLES and vector_int_conversions()
+        tanh = compiled.tanh_into if vector_tanh else np.tanh
 
-        def chart_rhs(kernel, tanh):
+        def chart_rhs(kernel, chart_tanh):
             def rhs(t, y, out):
                 s = np.empty(init.N)
-                tanh(y[init.N:], s)
+                chart_tanh(y[init.N:], s)
                 kernel(t, y, s, w, inv_eps, out)
 
             return rhs
 
         def parallel_rhs():
             return chart_rhs(parallel_variant(compiled.rhs_chart, moments=parallel_variant(compiled.moments)),
-                             parallel_variant(compiled.tanh_into) if vector_tanh else np.tanh)
+                             parallel_variant(tanh) if vector_tanh else tanh)
 
         def observables(Y):
             values = state.unpack(Y)
             return self._observables(compiled, values["a"], values["s"], w)
 
-        return OdeProblem(y0, state, chart_rhs(compiled.rhs_chart, compiled.tanh_into if vector_tanh else np.tanh),
+        return OdeProblem(y0, state, chart_rhs(compiled.rhs_chart, tanh),
                           lambda t, y, J: jac(t, y, w, inv_eps, J), compiled, meta,
                           jac_parts=jac_parts_with(parts),
                           fast_eps=self.eps, context={"weights": w}, parallel_rhs=parallel_rhs,
