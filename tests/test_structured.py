@@ -242,10 +242,11 @@ def test_jacobian_parts_match_finite_differences_of_the_rhs(rng):
 
 def test_solve_with_fused_newton_iterations_equals_the_separate_passes(monkeypatch):
     """Fused Newton passes (used from FUSED_MIN_UNKNOWNS on) forced at N = 300: the trajectory of the
-    separate passes to far below the tolerance (rtol 1e-8) in either error norm, the state norm's in
-    the same steps (the fused passes' sums over particles round differently: measured, moments within
-    1.1e-14 in the state norm and 2e-11 in the weighted one, 601 against 602 steps there); a failed run
-    keeps what it computed."""
+    separate passes to the tolerance (rtol 1e-8) in either error norm, the state norm's to far below
+    it in the same steps (the fused passes' sums over particles round differently: measured, moments
+    within 1.5e-14 in the state norm; in the weighted one, which holds light particles loosely, s
+    within 1.1e-8 and moments within 1.5e-9, 598 against 596 steps); a failed run keeps what it
+    computed."""
     from helpers import break_rhs_after
     from odehild import IntegrationError
     from odehild.solve import radau
@@ -265,9 +266,8 @@ def test_solve_with_fused_newton_iterations_equals_the_separate_passes(monkeypat
         monkeypatch.setattr(radau, "FUSED_MIN_UNKNOWNS", threshold)
         runs[threshold] = [solve(model, init, 5.0, progress=False, error_norm=norm) for norm in ("state", "weighted")]
         assert (len(calls) > 1000) == (threshold == 0)
-    # the weighted norm holds light particles less tightly: a differs by up to 8e-7 (of 0.73) and 2e-9
-    # relative, within its rtol 1e-8
-    for (separate, fused), atol, a_tol in zip(zip(runs[np.inf], runs[0]), (1e-12, 1e-9), ((1e-9, 1e-9), (1e-8, 1e-5))):
+    # the weighted norm holds light particles less tightly: a differs by up to 6e-6 relative there
+    for (separate, fused), atol, a_tol in zip(zip(runs[np.inf], runs[0]), (1e-12, 5e-8), ((1e-9, 1e-9), (2e-5, 1e-5))):
         assert abs(fused.stats["nsteps"] - separate.stats["nsteps"]) <= 0.01 * separate.stats["nsteps"]
         for name in ("s", "risk", "moments"):
             np.testing.assert_allclose(getattr(fused, name), getattr(separate, name), rtol=0, atol=atol)
@@ -476,14 +476,19 @@ def test_weighted_error_norm_keeps_moments_risk_and_learning_times_at_the_tolera
 
 
 @pytest.mark.filterwarnings("ignore::odehild.errors.ResolutionWarning")
-@pytest.mark.parametrize("setting, scipy_value", [("JACOBIAN_AT_END", False), ("NEWTON_MAXITER", 6)])
-def test_where_newton_struggles_fewer_steps_and_factorizations(monkeypatch, setting, scipy_value):
-    """Where the Newton iteration struggles, the compiled Radau departs from SciPy's: a step whose
-    fresh Jacobian failed is retried with the Jacobian at its predicted end before it is halved
-    (radau.JACOBIAN_AT_END), and a slowly contracting iteration may take 10 iterations instead of 6
-    (radau.NEWTON_MAXITER). In the weighted norm at eps = 1e-12 the tail particles' Newton
-    failures set the steps near t = 1e-4: each gives fewer steps and factorizations than SciPy's
-    choice, with the same learning times and moments to the tolerance's level as a run at rtol 1e-9."""
+@pytest.mark.parametrize("scipy_choice, both", [({"JACOBIAN_AHEAD": False}, {}),
+                                                  ({"JACOBIAN_AT_END": False}, {"JACOBIAN_AHEAD": False}),
+                                                  ({"NEWTON_MAXITER": 6}, {})])
+def test_where_newton_struggles_fewer_steps_and_factorizations(monkeypatch, scipy_choice, both):
+    """Where the Newton iteration struggles, the compiled Radau departs from SciPy's: a Jacobian
+    refreshed after a step is taken at the next step's predicted end (radau.JACOBIAN_AHEAD), a step
+    whose fresh Jacobian failed is retried with the Jacobian at its predicted end before it is halved
+    (radau.JACOBIAN_AT_END: measured with the Jacobian refreshed at the step's end, as SciPy's, since
+    the ahead Jacobian leaves it little to do: 720 factorizations against 716), and a slowly
+    contracting iteration may take 10 iterations instead of 6 (radau.NEWTON_MAXITER). In the
+    weighted norm at eps = 1e-12 the tail particles' Newton failures set the steps near t = 1e-4:
+    each gives fewer steps and factorizations than SciPy's choice, with the same learning times and
+    moments to the tolerance's level as a run at rtol 1e-9."""
     from odehild.solve import radau
     from odehild.solve.analysis import learning_times
 
@@ -491,8 +496,11 @@ def test_where_newton_struggles_fewer_steps_and_factorizations(monkeypatch, sett
     init = initial_condition(3000)  # below about 2000 particles the tail is too short to matter
     t_eval = np.concatenate([[0.0], np.logspace(-8, np.log10(5.0), 300)])
     kw = dict(t_eval=t_eval, progress=False, error_norm="weighted")
+    for setting, value in both.items():
+        monkeypatch.setattr(radau, setting, value)
     end = solve(model, init, 5.0, **kw)
-    monkeypatch.setattr(radau, setting, scipy_value)
+    for setting, value in scipy_choice.items():
+        monkeypatch.setattr(radau, setting, value)
     start = solve(model, init, 5.0, **kw)
     # the reference with SciPy's choice, at rtol 1e-9 (at 1e-10 the tail particles of 3000 nodes take
     # 24000 steps in this norm, and hold the state norm up for minutes)
