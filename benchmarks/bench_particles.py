@@ -20,10 +20,10 @@ times, and prints each run's steps and its errors against the reference: learnin
 moments M_k (max absolute), risk (max relative where the reference risk exceeds 1e-12; and its
 value at t = 5), and the particles' own s (max absolute). ``--threads`` and ``--output-precision``
 apply to these solves (the reference keeps float64 outputs). At N = 1e5 the rtol 1e-10 reference
-takes 41540 steps, about 16 minutes on two threads (before the moments were compensated sums it had
-reached only t = 0.05 after 20 minutes, in steps of 6e-10); ``--reference-rtol 1e-8`` makes the
-state norm's rtol 1e-8 run the reference and measures how far the weighted run lies from odehild's
-default:
+takes 28290 steps, about 15 minutes on two threads (41540 before the Jacobian was taken ahead; before
+the moments were compensated sums it had reached only t = 0.05 after 20 minutes, in steps of 6e-10);
+``--reference-rtol 1e-8`` makes the state norm's rtol 1e-8 run the reference and measures how far
+the weighted run lies from odehild's default:
 
     python benchmarks/bench_particles.py --accuracy 100000 --threads 2 --output-precision float32
     python benchmarks/bench_particles.py --accuracy 100000 --threads 2 --output-precision float32 \
