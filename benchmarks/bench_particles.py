@@ -50,8 +50,7 @@ norm = "weighted" if solver in ("weighted", "weighted2") else "state"
 model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)", K=3, eps=1e-12)
 # loads every kernel: at enough unknowns that the parallel passes and their fused Newton pass (with
 # threads) or the generated fused Newton pass (on one thread) are loaded, or compiled, too
-warm = (max(integrate.PARALLEL_MIN_UNKNOWNS, radau.FUSED_MIN_UNKNOWNS_THREADS) if threads > 1
-        else radau.FUSED_MIN_UNKNOWNS) // 2
+warm = (max(integrate.PARALLEL_MIN_UNKNOWNS, radau.FUSED_MIN_UNKNOWNS) if threads > 1 else radau.FUSED_MIN_UNKNOWNS) // 2
 solve(model, initial_condition(warm), 5.0 if threads == 1 else 1e-6, points=3, progress=False,
       structured=structured, threads=threads, error_norm=norm, output_precision=precision)
 init = initial_condition(N)

@@ -191,6 +191,35 @@ def test_fused_newton_update_equals_the_separate_passes(rng):
     assert not LR3.pairs_with(LC3)
 
 
+@pytest.mark.slow
+@needs_two_threads
+def test_generated_newton_pass_on_two_threads_equals_one_thread(rng):
+    """The generated fused Newton pass's parallel variant (each thread a chunk of particles, its sums
+    apart): the one-thread pass's W, stage states and norm to rounding."""
+    from odehild.solve import radau
+    from odehild.solve.structured import newton_update
+    from odehild.threads import compiled_threads
+
+    LR, LC, F, W, y, inv, m_real, m_complex = newton_case(rng, 20001)
+    n = y.size
+    W1, Ys1 = W.copy(), np.empty((3, n))
+    bad, norm = newton_update(LR, LC, F, W1, radau.TI, radau.T, m_real, m_complex, y, inv, Ys1)
+    LR2, LC2 = (WoodburyFactor(IterationMatrix(F_.c, F_.J), threads=2, rows=True) for F_ in (LR, LC))
+    assert LR2.pairs_with(LC2) and LR2.nchunk == 2
+    W2, Ys2 = W.copy(), np.empty((3, n))
+    with compiled_threads(2):
+        bad2, norm2 = newton_update(LR2, LC2, F, W2, radau.TI, radau.T, m_real, m_complex, y, inv, Ys2)
+    assert bad == bad2 == 0 and norm2 == pytest.approx(norm, rel=1e-13)
+    assert np.abs(W2 - W1).max() <= 1e-13 * np.abs(W1 - W).max()
+    assert np.abs(Ys2 - Ys1).max() <= 1e-14 * np.abs(Ys1).max()
+    F[2, 3] = np.nan  # a non-finite stage in the first thread's chunk: W stays as it was
+    W3 = W.copy()
+    with compiled_threads(2):
+        bad3, _ = newton_update(LR2, LC2, F, W3, radau.TI, radau.T, m_real, m_complex, y, inv, Ys2)
+    assert bad3 == 1
+    np.testing.assert_array_equal(W3, W)
+
+
 def test_joined_step_passes_equal_the_passes_they_join(rng):
     """newton_start, newton_finish and predict against the passes whose arithmetic they join, bit
     for bit."""
@@ -336,13 +365,17 @@ def test_solve_on_two_threads_matches_one_thread(monkeypatch):
     np.testing.assert_allclose(learning_times(two.t, two.residuals), learning_times(one.t, one.residuals),
                                rtol=1e-6)
     np.testing.assert_allclose(two.risk, one.risk, atol=1e-7)
-    # and the fused Newton passes' parallel variant (per-thread sums: to the tolerance)
-    monkeypatch.setattr(radau, "FUSED_MIN_UNKNOWNS_THREADS", 0)
-    fused = solve(model, init, 5.0, rtol=1e-9, atol=1e-11, progress=False, threads=2)
-    assert abs(one.stats["nsteps"] - fused.stats["nsteps"]) <= 0.02 * one.stats["nsteps"]
-    np.testing.assert_allclose(learning_times(fused.t, fused.residuals), learning_times(one.t, one.residuals),
-                               rtol=1e-6)
-    np.testing.assert_allclose(fused.risk, one.risk, atol=1e-7)
+    # and the fused Newton passes on threads, the generated one's parallel variant and the one that
+    # reads the factors as blocks (per-thread sums: to the tolerance)
+    monkeypatch.setattr(radau, "FUSED_MIN_UNKNOWNS", 0)
+    monkeypatch.setattr(radau, "FUSED_MIN_UNKNOWNS_BLOCKS", 0)
+    for newton_pass in ("generated", "blocks"):
+        monkeypatch.setattr(radau, "THREADS_NEWTON_PASS", newton_pass)
+        fused = solve(model, init, 5.0, rtol=1e-9, atol=1e-11, progress=False, threads=2)
+        assert abs(one.stats["nsteps"] - fused.stats["nsteps"]) <= 0.02 * one.stats["nsteps"]
+        np.testing.assert_allclose(learning_times(fused.t, fused.residuals), learning_times(one.t, one.residuals),
+                                   rtol=1e-6)
+        np.testing.assert_allclose(fused.risk, one.risk, atol=1e-7)
     with pytest.raises(InputError, match="threads = 100000 exceeds"):
         solve(model, init, 5.0, threads=100000)
 

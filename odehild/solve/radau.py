@@ -13,7 +13,7 @@ time goes: SciPy's step is a sequence of NumPy expressions over (3, n) arrays (a
 temporaries per Newton iteration, 17 ms of a 32 ms step at N = 1e5 particles); here each Newton
 iteration is a few Numba passes over buffers allocated once: the stage derivatives, then the
 residuals, the two Woodbury solves, the increment's norm and the update pass by pass, or, from
-FUSED_MIN_UNKNOWNS on (FUSED_MIN_UNKNOWNS_THREADS on threads), in two fused passes.
+FUSED_MIN_UNKNOWNS on, in two fused passes.
 The Python left per step is the control logic (a few dozen scalar operations).
 
 The Newton systems are solved through the Jacobian's structure J = D + A Vt
@@ -122,10 +122,17 @@ AHEAD_MAX = 1.0
 # state norm, 1.11x weighted; 1000 1.25x, 1.23x; 1e4 1.86x, 1.28x). Below this many unknowns a solve
 # is too short to repay their compilation on first use (5 s; from the cache they load in 0.02 s).
 FUSED_MIN_UNKNOWNS = 2_000
-# On threads the fused passes read the factors as they are and do not vectorise: below this many
-# unknowns, where the arrays fit in the cache, the separate passes are faster; the two break even near
-# N = 6e4 particles of the founding model, and at 1e5 the fused ones solve 1.08x faster.
-FUSED_MIN_UNKNOWNS_THREADS = 120_000
+# On threads the fused passes are the generated ones too, in their parallel variant (each thread a
+# chunk of particles), and start where the threads do (integrate.PARALLEL_MIN_UNKNOWNS): on the
+# Intel machine of the seventeenth session (33 GB/s on two threads beyond its cache) they took 2.0
+# ms a call at N = 1e5 where the pass that reads the factors as blocks, which does not vectorise,
+# took 4.1 ms; whole solves with the options (weighted, two threads, float32 output) 1.16x faster
+# at N = 1e5, and against the separate passes 1.47x at N = 1e4 (1.31x in the state norm). On the
+# AMD EPYC of the twelfth and thirteenth sessions the two fused passes solved as fast as each
+# other at N = 1e5 (0.98x and 1.02x). THREADS_NEWTON_PASS = "blocks" takes the block pass, from
+# FUSED_MIN_UNKNOWNS_BLOCKS unknowns on, as before.
+THREADS_NEWTON_PASS = "generated"
+FUSED_MIN_UNKNOWNS_BLOCKS = 120_000
 
 
 @njit(cache=True)
@@ -317,7 +324,9 @@ class CompiledRadau:
         self.t, self.t_bound, self.t_old = float(t0), float(t_bound), None
         self.y = np.array(y0, dtype=float)
         self.n = n = self.y.size
-        self.fuse = n >= (FUSED_MIN_UNKNOWNS if threads == 1 else FUSED_MIN_UNKNOWNS_THREADS)
+        blocks = threads > 1 and THREADS_NEWTON_PASS == "blocks"
+        self.fuse = n >= (FUSED_MIN_UNKNOWNS_BLOCKS if blocks else FUSED_MIN_UNKNOWNS)
+        self.rows = self.fuse and not blocks  # P^-1 in rows for the generated pass
         self.status = "running"
         self.nfev = 0
         self.rtol, self.atol, self.max_step = float(rtol), float(atol), max_step
@@ -379,7 +388,7 @@ class CompiledRadau:
 
     def _factor(self, mu, h):
         self.nlu += 1
-        F = WoodburyFactor(IterationMatrix(mu / h, self.J), threads=self.threads, rows=self.fuse and self.threads == 1)
+        F = WoodburyFactor(IterationMatrix(mu / h, self.J), threads=self.threads, rows=self.rows)
         self.ndense += F.dense is not None
         return F
 

@@ -753,16 +753,19 @@ def _newton_pass(rank: int):
 def newton_update(LU_real, LU_complex, F, W, TI, T, m_real, m_complex, y, inv_scale, Ys):
     """Radau's Newton iteration in two fused passes for a real and a complex factor that
     :meth:`WoodburyFactor.pairs_with` each other; returns (number of non-finite stage derivatives,
-    RMS of the increment over its scale). On one thread, with factors made with ``rows=True``, the
-    generated pass of :mod:`odehild.codegen.radau_gen`, which vectorises: its arithmetic was the bound.
-    On threads, ``_newton_update`` of :func:`_rank_passes`, which reads the factors as they are: two
-    threads already move the bytes as fast as memory allows, and the generated pass, reading 44 rows
-    instead of 28, took longer in whole solves (N = 1e5: 2.34 against 2.10 ms a call)."""
+    RMS of the increment over its scale). With factors made with ``rows=True``, the generated pass
+    of :mod:`odehild.codegen.radau_gen`, which vectorises (its arithmetic was the bound), on threads
+    its parallel variant; without, ``_newton_update`` of :func:`_rank_passes`, which reads the
+    factors as they are (``radau.THREADS_NEWTON_PASS = "blocks"``)."""
     R, C = LU_real, LU_complex
-    if R.nchunk == 1 and R.rows().size:
+    if R.rows().size:
         AT, Vt = R.J.rows()
         fn = _newton_pass(AT.shape[0])
+        if R.nchunk > 1:
+            from ..threads import parallel_variant
+
+            fn = parallel_variant(fn)
         return fn(F, W, TI, T, m_real, m_complex, R.rows(), C.rows(), R.cap_inv, C.cap_inv, AT, R.sc, Vt, y,
-                  inv_scale, Ys)
+                  inv_scale, Ys, R.nchunk)
     return R._passes._newton_update(F, W, TI, T, m_real, m_complex, R.Pinv, R.cap_inv, C.Pinv, C.cap_inv, R.A,
                                     R.sc, R.VtT, y, inv_scale, Ys, R.nchunk)
