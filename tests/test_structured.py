@@ -133,6 +133,25 @@ def test_complex_passes_on_a_real_jacobian_equal_the_generic_ones(b, rng):
                                rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.parametrize("r", [1, 4, 6])
+def test_capacitance_from_rows_equals_the_block_pass(rng, r):
+    """The generated capacitance of a factor with P^-1 in rows (the fused Newton passes' factors):
+    the block pass's capacitance to rounding, and the factor's solve against a dense solve."""
+    from odehild.solve import radau
+
+    N, h = 301, 1e-3
+    n = 2 * N
+    J = LowRankJacobian(rng.normal(size=(N, 2, 2)), rng.normal(size=(n, r)) / N ** 0.5,
+                        rng.normal(size=(r, n)) / N ** 0.5)
+    b = rng.normal(size=n)
+    for mu in (radau.MU_REAL, radau.MU_COMPLEX):
+        rows, blocks = (WoodburyFactor(IterationMatrix(mu / h, J), rows=flag) for flag in (True, False))
+        assert rows.rows().size and not blocks.rows().size
+        np.testing.assert_allclose(rows.cap_inv, blocks.cap_inv, rtol=0, atol=1e-13 * np.abs(blocks.cap_inv).max())
+        dense = np.linalg.solve(mu / h * np.eye(n) - J.toarray(), b)
+        np.testing.assert_allclose(rows.solve(b), dense, rtol=1e-10, atol=1e-12 * np.abs(dense).max())
+
+
 def newton_case(rng, N, b=2, r=4):
     """A random structured Jacobian, its Radau factors at h = 1e-3 and a Newton iterate."""
     from odehild.solve import radau

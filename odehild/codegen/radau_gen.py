@@ -7,7 +7,9 @@ per block entry: P^-1 real (4, N), complex (8, N) as real then imaginary parts; 
 (r, 2N)), one scalar sum per moment and a single written array per inner loop, LLVM vectorises both
 passes, which a loop over the moments and per-particle blocks kept scalar (2.5x at N = 1e5 on one
 thread). The scalar sums need the moments' count at the time of writing: hence generated source, one
-module per rank, compiled once and cached as the models' code is.
+module per rank, compiled once and cached as the models' code is. The same module holds the
+capacitance I - Vt P^-1 A of a factor with P^-1 in rows, written the same way (one scalar sum per
+entry).
 """
 
 from __future__ import annotations
@@ -179,11 +181,99 @@ def newton_update(F, W, TI, T, m_real, m_complex, Pr, Pc, cap_r, cap_c, AT, scal
 def _copy(src, dst):
     for i in range(dst.shape[0]):
         dst[i] = src[i]
+''' + capacitance_source(rank)
+
+
+def capacitance_source(rank: int) -> str:
+    """``capacitance`` and ``capacitance_complex`` for ``rank`` moments: I - scale Vt P^-1 A from P^-1
+    in rows (real (4, N); complex (8, N), real parts then imaginary) and A^T, Vt (r, 2N), one
+    scalar sum per entry (and part), so that LLVM vectorises the pass as it does the Newton pass's."""
+    R = rank
+    ks = range(R)
+    rows = "\n".join(f"A{k}a, A{k}s, V{k}a, V{k}s = AT[{k}, lo:hi], AT[{k}, N + lo:N + hi], Vt[{k}, lo:hi], "
+                     f"Vt[{k}, N + lo:N + hi]" for k in ks)
+    loads = "\n".join(f"a0_{k}, a1_{k}, v0_{k}, v1_{k} = A{k}a[i], A{k}s[i], V{k}a[i], V{k}s[i]" for k in ks)
+
+    def one(parts):
+        zero = " = ".join(f"s{x}_{k}_{l}" for x in parts for k in ks for l in ks) + " = 0.0"
+        q = "\n".join(f"q0{x}_{l} = {p}00{x}[i] * a0_{l} + {p}01{x}[i] * a1_{l}\n"
+                      f"q1{x}_{l} = {p}10{x}[i] * a0_{l} + {p}11{x}[i] * a1_{l}"
+                      for x, p in parts.items() for l in ks)
+        sums = "\n".join(f"s{x}_{k}_{l} += v0_{k} * q0{x}_{l} + v1_{k} * q1{x}_{l}" for x in parts for k in ks
+                         for l in ks)
+        store = "\n".join(f"partial[c, {j}] = s{x}_{k}_{l}" for j, (x, k, l) in
+                           enumerate((x, k, l) for x in parts for k in ks for l in ks))
+        return zero, q, sums, store
+
+    zr, qr, sr, str_ = one({"": "p"})
+    zc, qc, sc, stc = one({"r": "c", "i": "c"})
+    real_rows = "p00, p01, p10, p11 = Pr[0, lo:hi], Pr[1, lo:hi], Pr[2, lo:hi], Pr[3, lo:hi]"
+    complex_rows = ("c00r, c01r, c10r, c11r = Pc[0, lo:hi], Pc[1, lo:hi], Pc[2, lo:hi], Pc[3, lo:hi]\n"
+                    "c00i, c01i, c10i, c11i = Pc[4, lo:hi], Pc[5, lo:hi], Pc[6, lo:hi], Pc[7, lo:hi]")
+    return f'''
+
+@njit(cache=True, fastmath={{"reassoc"}})
+def capacitance(Pr, AT, scale, Vt, out, nchunk=1):
+    """out = I - scale Vt P^-1 A for real P^-1 in rows Pr (4, N) and A^T, Vt (r, 2N); sums over
+    particles reassociated (vector lanes)."""
+    N = Pr.shape[1]
+    partial = np.zeros((nchunk, R * R + PAD))
+    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+{_indent(real_rows, 8)}
+{_indent(rows, 8)}
+        {zr}
+        for i in range(hi - lo):
+{_indent(loads, 12)}
+{_indent(qr, 12)}
+{_indent(sr, 12)}
+{_indent(str_, 8)}
+    for k in range(R):
+        for l in range(R):
+            total = 0.0
+            for c in range(nchunk):
+                total += partial[c, R * k + l]
+            out[k, l] = (1.0 if k == l else 0.0) - scale * total
+
+
+@njit(cache=True, fastmath={{"reassoc"}})
+def capacitance_complex(Pc, AT, scale, Vt, out, nchunk=1):
+    """``capacitance`` for complex P^-1 in rows Pc (8, N: the real parts of its entries 00, 01, 10,
+    11, then their imaginary parts), A and Vt real; out complex (r, r)."""
+    N = Pc.shape[1]
+    partial = np.zeros((nchunk, 2 * R * R + PAD))
+    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+{_indent(complex_rows, 8)}
+{_indent(rows, 8)}
+        {zc}
+        for i in range(hi - lo):
+{_indent(loads, 12)}
+{_indent(qc, 12)}
+{_indent(sc, 12)}
+{_indent(stc, 8)}
+    for k in range(R):
+        for l in range(R):
+            t_re = t_im = 0.0
+            for c in range(nchunk):
+                t_re += partial[c, R * k + l]
+                t_im += partial[c, R * R + R * k + l]
+            out[k, l] = (1.0 if k == l else 0.0) - scale * complex(t_re, t_im)
 '''
+
+
+def _module(rank: int):
+    template = _file_sha(sys.modules[__name__].__file__)
+    return compile_source(f"radau-newton-r{rank}", lambda: newton_pass_source(rank), {"rank": rank},
+                          "Radau Newton pass", template).module
 
 
 def newton_pass(rank: int):
     """The compiled ``newton_update`` for ``rank`` moments, from the on-disk cache when it holds it."""
-    template = _file_sha(sys.modules[__name__].__file__)
-    return compile_source(f"radau-newton-r{rank}", lambda: newton_pass_source(rank), {"rank": rank},
-                          "Radau Newton pass", template).newton_update
+    return _module(rank).newton_update
+
+
+def capacitance_passes(rank: int):
+    """The compiled (``capacitance``, ``capacitance_complex``) for ``rank`` moments."""
+    module = _module(rank)
+    return module.capacitance, module.capacitance_complex

@@ -691,7 +691,13 @@ class WoodburyFactor:
         r = self.VtT.shape[1]
         if r <= CAPACITANCE_LOOP_MAX:
             cap = np.empty((r, r), dtype=self.Pinv.dtype)
-            capacitance_pass(self.Pinv, self.A, sc, self.VtT, cap, self.nchunk)
+            if self._rows.size and J.A.dtype.kind == J.VtT.dtype.kind == "f":
+                # P^-1 in rows: the generated pass, which vectorises (N = 1e5, two threads: 0.63 and
+                # 0.69 ms for the real and complex factor against 0.99 and 1.62 ms)
+                AT, Vt = J.rows()
+                _row_capacitance(r, dtype.kind == "c", threads > 1)(self._rows, AT, sc, Vt, cap, self.nchunk)
+            else:
+                capacitance_pass(self.Pinv, self.A, sc, self.VtT, cap, self.nchunk)
         else:
             Q = np.empty(self.A.shape, dtype=self.Pinv.dtype)  # transient: P^-1 A for one GEMM
             _pinv_rows(self.Pinv, self.A, sc, Q)
@@ -748,6 +754,20 @@ def _newton_pass(rank: int):
     from ..codegen.radau_gen import newton_pass
 
     return newton_pass(rank)
+
+
+@functools.lru_cache(maxsize=None)
+def _row_capacitance(rank: int, complex_: bool, parallel: bool):
+    """The generated capacitance pass for P^-1 in rows (:mod:`odehild.codegen.radau_gen`), real or
+    complex, or its parallel variant."""
+    from ..codegen.radau_gen import capacitance_passes
+
+    fn = capacitance_passes(rank)[complex_]
+    if parallel:
+        from ..threads import parallel_variant
+
+        fn = parallel_variant(fn)
+    return fn
 
 
 def newton_update(LU_real, LU_complex, F, W, TI, T, m_real, m_complex, y, inv_scale, Ys):
