@@ -134,9 +134,10 @@ def test_complex_passes_on_a_real_jacobian_equal_the_generic_ones(b, rng):
 
 
 @pytest.mark.parametrize("r", [1, 4, 6])
-def test_capacitance_from_rows_equals_the_block_pass(rng, r):
-    """The generated capacitance of a factor with P^-1 in rows (the fused Newton passes' factors):
-    the block pass's capacitance to rounding, and the factor's solve against a dense solve."""
+def test_factor_with_rows_equals_the_block_passes(rng, r):
+    """A factor with P^-1 in rows (the fused Newton passes' factors) forms its capacitance, and a real
+    one solves, by generated passes: the block passes' capacitance to rounding, and its solve
+    against a dense solve and the block passes' solve."""
     from odehild.solve import radau
 
     N, h = 301, 1e-3
@@ -149,7 +150,9 @@ def test_capacitance_from_rows_equals_the_block_pass(rng, r):
         assert rows.rows().size and not blocks.rows().size
         np.testing.assert_allclose(rows.cap_inv, blocks.cap_inv, rtol=0, atol=1e-13 * np.abs(blocks.cap_inv).max())
         dense = np.linalg.solve(mu / h * np.eye(n) - J.toarray(), b)
-        np.testing.assert_allclose(rows.solve(b), dense, rtol=1e-10, atol=1e-12 * np.abs(dense).max())
+        x = rows.solve(b)
+        np.testing.assert_allclose(x, dense, rtol=1e-10, atol=1e-12 * np.abs(dense).max())
+        np.testing.assert_allclose(x, blocks.solve(b), rtol=0, atol=1e-14 * np.abs(dense).max())
 
 
 def newton_case(rng, N, b=2, r=4):
@@ -189,15 +192,22 @@ def test_fused_newton_update_equals_the_separate_passes(rng):
     increment = np.abs(W1 - W).max()
     assert np.abs(W2 - W1).max() <= 1e-13 * increment
     assert np.abs(Ys2 - Ys).max() <= 1e-14 * np.abs(Ys).max()
-    # factors without rows (the threads' case) take the passes that read P^-1 as blocks: the separate
-    # passes' W and stage states to the last bit, the norm summed in particle order
+    # factors without rows (THREADS_NEWTON_PASS = "blocks") take the pass that reads P^-1 as blocks:
+    # the separate passes' W and stage states with the same factors to the last bit, the norm summed
+    # in particle order
     LR0, LC0 = (WoodburyFactor(IterationMatrix(F_.c, F_.J)) for F_ in (LR, LC))
     assert LR0.pairs_with(LC0) and not LR0.pairs_with(LC)
+    W1b, Zb, Ysb = W.copy(), np.empty((3, n)), np.empty((3, n))
+    assert k.newton_residual(F, W1b, radau.TI, m_real, m_complex, fr, fc)
+    dr, dc = LR0.solve(fr), LC0.solve(fc)
+    norm_b = k.increment_norm(dr, dc, inv)
+    k.apply_increment(dr, dc, radau.T, W1b, Zb)
+    k.stage_states(y, Zb, Ysb)
     W4, Ys4 = W.copy(), np.empty((3, n))
     bad, norm4 = newton_update(LR0, LC0, F, W4, radau.TI, radau.T, m_real, m_complex, y, inv, Ys4)
-    assert bad == 0 and norm4 == pytest.approx(norm, rel=1e-14)
-    np.testing.assert_array_equal(W4, W1)
-    np.testing.assert_array_equal(Ys4, Ys)
+    assert bad == 0 and norm4 == pytest.approx(norm_b, rel=1e-14)
+    np.testing.assert_array_equal(W4, W1b)
+    np.testing.assert_array_equal(Ys4, Ysb)
     F[2, n - 1] = np.inf  # the last particle's s: a non-finite stage leaves W as it was
     W3 = W.copy()
     bad, _ = newton_update(LR, LC, F, W3, radau.TI, radau.T, m_real, m_complex, y, inv, Ys2)

@@ -210,7 +210,52 @@ def capacitance_source(rank: int) -> str:
     real_rows = "p00, p01, p10, p11 = Pr[0, lo:hi], Pr[1, lo:hi], Pr[2, lo:hi], Pr[3, lo:hi]"
     complex_rows = ("c00r, c01r, c10r, c11r = Pc[0, lo:hi], Pc[1, lo:hi], Pc[2, lo:hi], Pc[3, lo:hi]\n"
                     "c00i, c01i, c10i, c11i = Pc[4, lo:hi], Pc[5, lo:hi], Pc[6, lo:hi], Pc[7, lo:hi]")
+    v_rows = "\n".join(f"V{k}a, V{k}s = Vt[{k}, lo:hi], Vt[{k}, N + lo:N + hi]" for k in ks)
+    a_rows = "\n".join(f"A{k}a, A{k}s = AT[{k}, lo:hi], AT[{k}, N + lo:N + hi]" for k in ks)
+    solve_zero = " = ".join(f"u{k}" for k in ks) + " = 0.0"
+    solve_sums = "\n".join(f"u{k} += V{k}a[i] * ya + V{k}s[i] * ys" for k in ks)
+    solve_store = "\n".join(f"partial[c, {k}] = u{k}" for k in ks)
+    z_scalars = "\n".join(f"z{k} = z[{k}]" for k in ks)
+    a_terms = "\n".join(f"va += A{k}a[i] * z{k}\nvs += A{k}s[i] * z{k}" for k in ks)
     return f'''
+
+@njit(cache=True, fastmath={{"reassoc"}})
+def woodbury_solve(Pr, AT, scale, Vt, cap_inv, b, out, nchunk=1):
+    """out = P^-1 (b + scale A z), z = cap^-1 Vt P^-1 b, for real P^-1 in rows Pr (4, N) and A^T,
+    Vt (r, 2N): the block pass's solve, its sums over particles reassociated (vector lanes)."""
+    N = Pr.shape[1]
+    partial = np.zeros((nchunk, R + PAD))
+    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+{_indent(real_rows, 8)}
+{_indent(v_rows, 8)}
+        ba_, bs_ = b[lo:hi], b[N + lo:N + hi]
+        {solve_zero}
+        for i in range(hi - lo):
+            ba, bs = ba_[i], bs_[i]
+            ya = p00[i] * ba + p01[i] * bs
+            ys = p10[i] * ba + p11[i] * bs
+{_indent(solve_sums, 12)}
+{_indent(solve_store, 8)}
+    z = np.zeros(R)
+    for k in range(R):
+        for l in range(R):
+            total = 0.0
+            for c in range(nchunk):
+                total += partial[c, l]
+            z[k] += scale * cap_inv[k, l] * total
+{_indent(z_scalars, 4)}
+    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+{_indent(real_rows, 8)}
+{_indent(a_rows, 8)}
+        ba_, bs_, xa_, xs_ = b[lo:hi], b[N + lo:N + hi], out[lo:hi], out[N + lo:N + hi]
+        for i in range(hi - lo):
+            va, vs = ba_[i], bs_[i]
+{_indent(a_terms, 12)}
+            xa_[i] = p00[i] * va + p01[i] * vs
+            xs_[i] = p10[i] * va + p11[i] * vs
+
 
 @njit(cache=True, fastmath={{"reassoc"}})
 def capacitance(Pr, AT, scale, Vt, out, nchunk=1):
@@ -277,3 +322,8 @@ def capacitance_passes(rank: int):
     """The compiled (``capacitance``, ``capacitance_complex``) for ``rank`` moments."""
     module = _module(rank)
     return module.capacitance, module.capacitance_complex
+
+
+def solve_pass(rank: int):
+    """The compiled ``woodbury_solve`` (real P^-1 in rows) for ``rank`` moments."""
+    return _module(rank).woodbury_solve

@@ -733,7 +733,7 @@ class WoodburyFactor:
             return lu_solve(self.dense, b, check_finite=False)
         b = np.ascontiguousarray(b, dtype=self.Pinv.dtype)
         x = np.empty_like(b)
-        self._solve_pass(self.Pinv, self.A, self.sc, self.VtT, self.cap_inv, b, x, self.nchunk)
+        self._apply(b, x)
         if not self.refine:
             return x
         scale = np.max(np.abs(b))
@@ -742,9 +742,19 @@ class WoodburyFactor:
         for _ in range(REFINE_STEPS):
             if self._passes._residual(self.c, self.sc, J.D, self.A, J.Vt, x, b, r, self.nchunk) <= 1e-13 * scale:
                 break
-            self._solve_pass(self.Pinv, self.A, self.sc, self.VtT, self.cap_inv, r, dx, self.nchunk)
+            self._apply(r, dx)
             x += dx
         return x
+
+    def _apply(self, b, out):
+        """out = (c I - J)^-1 b by the Woodbury identity; a real factor with P^-1 in rows by the
+        generated pass, which vectorises (N = 1e5, two threads: 0.6 against 1.4 ms)."""
+        if self._rows.size and self._rows.shape[0] == 4 and self.A.dtype.kind == self.VtT.dtype.kind == "f":
+            AT, Vt = self.J.rows()
+            _row_solve(self.VtT.shape[1], self.nchunk > 1)(self._rows, AT, self.sc, Vt, self.cap_inv, b, out,
+                                                          self.nchunk)
+        else:
+            self._solve_pass(self.Pinv, self.A, self.sc, self.VtT, self.cap_inv, b, out, self.nchunk)
 
 
 @functools.lru_cache(maxsize=None)
@@ -763,6 +773,20 @@ def _row_capacitance(rank: int, complex_: bool, parallel: bool):
     from ..codegen.radau_gen import capacitance_passes
 
     fn = capacitance_passes(rank)[complex_]
+    if parallel:
+        from ..threads import parallel_variant
+
+        fn = parallel_variant(fn)
+    return fn
+
+
+@functools.lru_cache(maxsize=None)
+def _row_solve(rank: int, parallel: bool):
+    """The generated Woodbury solve for a real P^-1 in rows (:mod:`odehild.codegen.radau_gen`), or its
+    parallel variant."""
+    from ..codegen.radau_gen import solve_pass
+
+    fn = solve_pass(rank)
     if parallel:
         from ..threads import parallel_variant
 
