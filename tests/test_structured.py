@@ -133,7 +133,7 @@ def test_complex_passes_on_a_real_jacobian_equal_the_generic_ones(b, rng):
                                rtol=1e-11, atol=1e-12)
 
 
-@pytest.mark.parametrize("r", [1, 4, 6])
+@pytest.mark.parametrize("r", [1, 4])
 def test_factor_with_rows_equals_the_block_passes(rng, r):
     """A factor with P^-1 in rows (the fused Newton passes' factors) forms its capacitance, and a real
     one solves, by generated passes: the block passes' capacitance to rounding, and its solve
