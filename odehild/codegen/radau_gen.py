@@ -7,9 +7,9 @@ per block entry: P^-1 real (4, N), complex (8, N) as real then imaginary parts; 
 (r, 2N)), one scalar sum per moment and a single written array per inner loop, LLVM vectorises both
 passes, which a loop over the moments and per-particle blocks kept scalar (2.5x at N = 1e5 on one
 thread). The scalar sums need the moments' count at the time of writing: hence generated source, one
-module per rank, compiled once and cached as the models' code is. The same module holds the
-capacitance I - Vt P^-1 A of a factor with P^-1 in rows, written the same way (one scalar sum per
-entry).
+module per rank, compiled once and cached as the models' code is. The same module holds, written the
+same way, the passes of a factor with P^-1 in rows: its capacitance I - Vt P^-1 A (real and complex)
+and the real factor's Woodbury solve.
 """
 
 from __future__ import annotations
@@ -313,17 +313,7 @@ def _module(rank: int):
                           "Radau Newton pass", template).module
 
 
-def newton_pass(rank: int):
-    """The compiled ``newton_update`` for ``rank`` moments, from the on-disk cache when it holds it."""
-    return _module(rank).newton_update
-
-
-def capacitance_passes(rank: int):
-    """The compiled (``capacitance``, ``capacitance_complex``) for ``rank`` moments."""
-    module = _module(rank)
-    return module.capacitance, module.capacitance_complex
-
-
-def solve_pass(rank: int):
-    """The compiled ``woodbury_solve`` (real P^-1 in rows) for ``rank`` moments."""
-    return _module(rank).woodbury_solve
+def generated_pass(name: str, rank: int):
+    """The compiled pass ``name`` (``newton_update``, ``woodbury_solve``, ``capacitance``,
+    ``capacitance_complex``) for ``rank`` moments, from the on-disk cache when it holds it."""
+    return getattr(_module(rank), name)

@@ -695,7 +695,8 @@ class WoodburyFactor:
                 # P^-1 in rows: the generated pass, which vectorises (N = 1e5, two threads: 0.63 and
                 # 0.69 ms for the real and complex factor against 0.99 and 1.62 ms)
                 AT, Vt = J.rows()
-                _row_capacitance(r, dtype.kind == "c", threads > 1)(self._rows, AT, sc, Vt, cap, self.nchunk)
+                name = "capacitance_complex" if dtype.kind == "c" else "capacitance"
+                _generated_pass(name, r, threads > 1)(self._rows, AT, sc, Vt, cap, self.nchunk)
             else:
                 capacitance_pass(self.Pinv, self.A, sc, self.VtT, cap, self.nchunk)
         else:
@@ -748,45 +749,23 @@ class WoodburyFactor:
 
     def _apply(self, b, out):
         """out = (c I - J)^-1 b by the Woodbury identity; a real factor with P^-1 in rows by the
-        generated pass, which vectorises (N = 1e5, two threads: 0.6 against 1.4 ms)."""
+        generated pass, which vectorises (N = 1e5, random factors: one thread 0.91 against 2.39 ms in
+        the cache, 1.74 against 2.15 ms cold; two threads 0.84 against 1.28, cold 1.28 against 1.47)."""
         if self._rows.size and self._rows.shape[0] == 4 and self.A.dtype.kind == self.VtT.dtype.kind == "f":
             AT, Vt = self.J.rows()
-            _row_solve(self.VtT.shape[1], self.nchunk > 1)(self._rows, AT, self.sc, Vt, self.cap_inv, b, out,
-                                                          self.nchunk)
+            _generated_pass("woodbury_solve", self.VtT.shape[1], self.nchunk > 1)(
+                self._rows, AT, self.sc, Vt, self.cap_inv, b, out, self.nchunk)
         else:
             self._solve_pass(self.Pinv, self.A, self.sc, self.VtT, self.cap_inv, b, out, self.nchunk)
 
 
 @functools.lru_cache(maxsize=None)
-def _newton_pass(rank: int):
-    """The generated fused Newton pass for ``rank`` moments (:mod:`odehild.codegen.radau_gen`), compiled
-    on first use (a solve below FUSED_MIN_UNKNOWNS never loads it)."""
-    from ..codegen.radau_gen import newton_pass
+def _generated_pass(name: str, rank: int, parallel: bool):
+    """A generated pass for ``rank`` moments (:func:`odehild.codegen.radau_gen.generated_pass`),
+    compiled on first use (a solve below FUSED_MIN_UNKNOWNS never loads it), or its parallel variant."""
+    from ..codegen.radau_gen import generated_pass
 
-    return newton_pass(rank)
-
-
-@functools.lru_cache(maxsize=None)
-def _row_capacitance(rank: int, complex_: bool, parallel: bool):
-    """The generated capacitance pass for P^-1 in rows (:mod:`odehild.codegen.radau_gen`), real or
-    complex, or its parallel variant."""
-    from ..codegen.radau_gen import capacitance_passes
-
-    fn = capacitance_passes(rank)[complex_]
-    if parallel:
-        from ..threads import parallel_variant
-
-        fn = parallel_variant(fn)
-    return fn
-
-
-@functools.lru_cache(maxsize=None)
-def _row_solve(rank: int, parallel: bool):
-    """The generated Woodbury solve for a real P^-1 in rows (:mod:`odehild.codegen.radau_gen`), or its
-    parallel variant."""
-    from ..codegen.radau_gen import solve_pass
-
-    fn = solve_pass(rank)
+    fn = generated_pass(name, rank)
     if parallel:
         from ..threads import parallel_variant
 
@@ -804,11 +783,7 @@ def newton_update(LU_real, LU_complex, F, W, TI, T, m_real, m_complex, y, inv_sc
     R, C = LU_real, LU_complex
     if R.rows().size:
         AT, Vt = R.J.rows()
-        fn = _newton_pass(AT.shape[0])
-        if R.nchunk > 1:
-            from ..threads import parallel_variant
-
-            fn = parallel_variant(fn)
+        fn = _generated_pass("newton_update", AT.shape[0], R.nchunk > 1)
         return fn(F, W, TI, T, m_real, m_complex, R.rows(), C.rows(), R.cap_inv, C.cap_inv, AT, R.sc, Vt, y,
                   inv_scale, Ys, R.nchunk)
     return R._passes._newton_update(F, W, TI, T, m_real, m_complex, R.Pinv, R.cap_inv, C.Pinv, C.cap_inv, R.A,
