@@ -48,11 +48,14 @@ if solver == "scipy":
 structured = solver != "dense"
 norm = "weighted" if solver in ("weighted", "weighted2") else "state"
 model = MeanFieldModel("h(0,z)+h(1,z)+h(2,z)+h(3,z)", "h(1,z)+h(2,z)+h(3,z)", K=3, eps=1e-12)
-# loads every kernel: at enough unknowns that the parallel passes and their fused Newton pass (with
-# threads) or the generated fused Newton pass (on one thread) are loaded, or compiled, too
+# loads every kernel: at enough unknowns that the parallel passes and the generated fused passes are
+# loaded, or compiled, too; then the separate passes, which a factor that needs refinement takes
 warm = (max(integrate.PARALLEL_MIN_UNKNOWNS, radau.FUSED_MIN_UNKNOWNS) if threads > 1 else radau.FUSED_MIN_UNKNOWNS) // 2
-solve(model, initial_condition(warm), 5.0 if threads == 1 else 1e-6, points=3, progress=False,
-      structured=structured, threads=threads, error_norm=norm, output_precision=precision)
+fused = radau.FUSED_MIN_UNKNOWNS
+for radau.FUSED_MIN_UNKNOWNS in (fused, float("inf")):
+    solve(model, initial_condition(warm), 5.0 if threads == 1 else 1e-6, points=3, progress=False,
+          structured=structured, threads=threads, error_norm=norm, output_precision=precision)
+radau.FUSED_MIN_UNKNOWNS = fused
 init = initial_condition(N)
 t0 = time.perf_counter()
 tr = solve(model, init, 5.0, rtol=1e-8, atol=1e-10, progress=False, structured=structured,
