@@ -220,6 +220,34 @@ def test_fused_newton_update_equals_the_separate_passes(rng):
     assert not LR3.pairs_with(LC3)
 
 
+@pytest.mark.parametrize("d_scale, h_factor", [(1.0, 1.5e-3), (1e12, 1e-14)])
+def test_generated_newton_pass_forms_the_factors_inverses(rng, d_scale, h_factor):
+    """The generated pass forms each particle's P^-1 from the Jacobian's blocks and the factors' own
+    shifts (a factor kept from an earlier step size: not the iteration's m_real): the same W and
+    stage states as the pass that reads the factors' P^-1 blocks, also where the blocks' entries are
+    of order 1/eps = 1e12 and the shifts of 1/h = 1e14 (the complex determinant near 1e52)."""
+    from odehild.solve import radau
+    from odehild.solve.structured import newton_update
+
+    N, r, h = 1001, 4, 1e-3
+    J = LowRankJacobian(d_scale * rng.normal(size=(N, 2, 2)), rng.normal(size=(2 * N, r)) / N ** 0.5,
+                        rng.normal(size=(r, 2 * N)) / N ** 0.5)
+    F, W, y = rng.normal(size=(3, 2 * N)), rng.normal(size=(3, 2 * N)), rng.normal(size=2 * N)
+    inv = rng.uniform(0.5, 2.0, size=2 * N)
+    results = []
+    for rows in (True, False):
+        LR, LC = (WoodburyFactor(IterationMatrix(mu / h_factor, J), rows=rows) for mu in (radau.MU_REAL, radau.MU_COMPLEX))
+        assert LR.pairs_with(LC) and bool(LR.rows().size) == rows
+        W1, Ys = W.copy(), np.empty((3, 2 * N))
+        bad, norm = newton_update(LR, LC, F, W1, radau.TI, radau.T, radau.MU_REAL / h, radau.MU_COMPLEX / h, y, inv, Ys)
+        assert bad == 0
+        results.append((W1, Ys, norm))
+    (W1, Ys1, norm1), (W2, Ys2, norm2) = results
+    assert norm1 == pytest.approx(norm2, rel=1e-13)
+    assert np.abs(W1 - W2).max() <= 1e-13 * np.abs(W2 - W).max()
+    assert np.abs(Ys1 - Ys2).max() <= 1e-14 * np.abs(Ys2).max()
+
+
 @pytest.mark.slow
 @needs_two_threads
 def test_generated_newton_pass_on_two_threads_equals_one_thread(rng):

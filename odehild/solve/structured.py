@@ -55,7 +55,7 @@ class LowRankJacobian:
         J = cls(D, A, VtT.T)
         J._VtT = VtT
         if replaces is not None:
-            J._row_buffers = replaces._rows
+            J._row_buffers, J._block_row_buffer = replaces._rows, replaces._block_rows
         return J
 
     def buffers(self, N, b, r):
@@ -97,6 +97,20 @@ class LowRankJacobian:
             _transpose(self.VtT, Vt)
             self._rows = AT, Vt
         return self._rows
+
+    _block_rows = None
+    _block_row_buffer = None
+
+    def block_rows(self):
+        """D's blocks as (b b, N) row-major, entry (p, q) in row b p + q: the fused Newton pass forms
+        each particle's P^-1 from them. Made once per Jacobian, as :meth:`rows`."""
+        if self._block_rows is None:
+            shape = (self.b * self.b, self.N)
+            old = self._block_row_buffer
+            Dr = old if old is not None and old.shape == shape else np.empty(shape)
+            _transpose(self.D.reshape(self.N, -1), Dr)
+            self._block_rows = Dr
+        return self._block_rows
 
     @property
     def A_contiguous(self) -> np.ndarray:
@@ -581,8 +595,7 @@ def _shifted_inverses_2x2(D, c, sc, Pinv, rows):
     """Pinv = (c I - sc D_i)^-1 for 2x2 blocks by the adjugate; returns how many blocks are singular
     to working precision (|det| COND_LIMIT <= the product of the row 1-norms, complex moduli
     taken as |re| + |im|: within a factor sqrt 2, without a square root per entry). ``rows`` (4, N)
-    or (8, N), unless it has no rows: the same entries in the fused Newton passes' layout
-    (:meth:`WoodburyFactor.rows`)."""
+    or (8, N), unless it has no rows: the same entries in rows (:meth:`WoodburyFactor.rows`)."""
     singular = 0
     for i in prange(D.shape[0]):
         p00, p01 = c - sc * D[i, 0, 0], -sc * D[i, 0, 1]
@@ -675,7 +688,7 @@ class WoodburyFactor:
         self._rows = np.empty((0, 0))
         if J.b == 2:
             Pinv = np.empty(J.D.shape, dtype=dtype)
-            # rows: P^-1 in the fused Newton passes' layout too, written by the same pass
+            # rows: P^-1 in rows of N too (the generated capacitance and solve read them), by the same pass
             self._rows = np.empty((4 if dtype.kind == "f" else 8, J.N) if rows else (0, 0))
             singular = k._shifted_inverses_2x2(np.ascontiguousarray(J.D), dtype.type(c), float(sc), Pinv, self._rows)
         else:
@@ -717,9 +730,9 @@ class WoodburyFactor:
                 and 2 * self._rows.size == other._rows.size)  # both with rows (4 and 8 of N) or neither
 
     def rows(self) -> np.ndarray:
-        """P^-1 of 2x2 blocks as rows of N (the fused Newton passes' layout), for a factor made with
-        ``rows=True``: real (4, N), entries 00, 01, 10, 11; complex (8, N), their real parts, then
-        their imaginary parts."""
+        """P^-1 of 2x2 blocks as rows of N (the generated capacitance's and solve's layout), for a
+        factor made with ``rows=True``: real (4, N), entries 00, 01, 10, 11; complex (8, N), their
+        real parts, then their imaginary parts."""
         return self._rows
 
     def _factor_dense(self, M):
@@ -777,14 +790,15 @@ def newton_update(LU_real, LU_complex, F, W, TI, T, m_real, m_complex, y, inv_sc
     """Radau's Newton iteration in two fused passes for a real and a complex factor that
     :meth:`WoodburyFactor.pairs_with` each other; returns (number of non-finite stage derivatives,
     RMS of the increment over its scale). With factors made with ``rows=True``, the generated pass
-    of :mod:`odehild.codegen.radau_gen`, which vectorises (its arithmetic was the bound), on threads
+    of :mod:`odehild.codegen.radau_gen`, which vectorises (its arithmetic was the bound) and forms
+    P^-1 per particle from the Jacobian's blocks (:meth:`LowRankJacobian.block_rows`), on threads
     its parallel variant; without, ``_newton_update`` of :func:`_rank_passes`, which reads the
     factors as they are (``radau.THREADS_NEWTON_PASS = "blocks"``)."""
     R, C = LU_real, LU_complex
-    if R.rows().size:
+    if R.rows().size and R.J.D.dtype.kind == "f":
         AT, Vt = R.J.rows()
         fn = _generated_pass("newton_update", AT.shape[0], R.nchunk > 1)
-        return fn(F, W, TI, T, m_real, m_complex, R.rows(), C.rows(), R.cap_inv, C.cap_inv, AT, R.sc, Vt, y,
-                  inv_scale, Ys, R.nchunk)
+        return fn(F, W, TI, T, m_real, m_complex, R.J.block_rows(), float(R.c), complex(C.c), R.cap_inv, C.cap_inv, AT,
+                  R.sc, Vt, y, inv_scale, Ys, R.nchunk)
     return R._passes._newton_update(F, W, TI, T, m_real, m_complex, R.Pinv, R.cap_inv, C.Pinv, C.cap_inv, R.A,
                                     R.sc, R.VtT, y, inv_scale, Ys, R.nchunk)
