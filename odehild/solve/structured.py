@@ -58,6 +58,26 @@ class LowRankJacobian:
             J._row_buffers, J._block_row_buffer = replaces._rows, replaces._block_rows
         return J
 
+    @classmethod
+    def from_rows(cls, D, AT, Vt, replaces=None):
+        """From A^T and Vt, each (r, bN) row-major: the layout of the generated passes (:meth:`rows`,
+        no copy made). ``replaces``: as in :meth:`from_transposed`."""
+        J = cls(D, AT.T, Vt)
+        J._rows = AT, Vt
+        if replaces is not None:
+            J._block_row_buffer = replaces._block_rows
+        return J
+
+    def row_buffers(self, N, b, r):
+        """(D, A^T, Vt) of this Jacobian, Vt and A^T in rows (:meth:`rows`), for a caller that
+        overwrites them with a new one (the old is then gone, with every factorization of it), or
+        None if their shapes differ."""
+        rows = self._rows
+        if (self.scale != 1.0 or rows is None or self.D.shape != (N, b, b) or not self.D.flags.c_contiguous
+                or rows[0].shape != (r, b * N) or rows[1].shape != (r, b * N)):
+            return None
+        return self.D, rows[0], rows[1]
+
     def buffers(self, N, b, r):
         """(D, A, VtT) of this Jacobian for a caller that overwrites them with a new one (the old
         is then gone, with every factorization of it), or None if their shapes differ."""
@@ -675,12 +695,12 @@ class WoodburyFactor:
     def __init__(self, M: IterationMatrix, threads: int = 1, rows: bool = False):
         c, J = M.c, M.J
         self.nchunk = threads
-        self._passes = k = _passes(threads > 1, J.VtT.shape[1])
+        self._passes = k = _passes(threads > 1, J.Vt.shape[0])
         sc = J.scale
         self.c, self.sc, self.J = c, sc, J
         dtype = np.result_type(c, sc, J.D)
         # complex shift, real Jacobian (Radau's complex pair): the passes that split the arithmetic
-        split = dtype.kind == "c" and J.A.dtype.kind == "f" and J.VtT.dtype.kind == "f"
+        split = dtype.kind == "c" and J.A.dtype.kind == "f" and J.Vt.dtype.kind == "f"
         self._solve_pass = k._woodbury_solve_complex if split else k._woodbury_solve
         capacitance_pass = k._capacitance_complex if split else k._capacitance
         self.dense = None
@@ -700,11 +720,10 @@ class WoodburyFactor:
             self._factor_dense(M)
             return
         self.Pinv = np.ascontiguousarray(Pinv)
-        self.A, self.VtT = J.A_contiguous, J.VtT
-        r = self.VtT.shape[1]
+        r = J.Vt.shape[0]
         if r <= CAPACITANCE_LOOP_MAX:
             cap = np.empty((r, r), dtype=self.Pinv.dtype)
-            if self._rows.size and J.A.dtype.kind == J.VtT.dtype.kind == "f":
+            if self._rows.size and J.A.dtype.kind == J.Vt.dtype.kind == "f":
                 # P^-1 in rows: the generated pass, which vectorises (N = 1e5, two threads: 0.63 and
                 # 0.69 ms for the real and complex factor against 0.99 and 1.62 ms)
                 AT, Vt = J.rows()
@@ -720,6 +739,16 @@ class WoodburyFactor:
         # a singular block beyond DENSE_MAX was replaced by a finite stand-in: refinement corrects it
         self.refine = singular > 0 or np.linalg.cond(cap) > COND_LIMIT
         self.cap_inv = np.linalg.inv(cap)
+
+    @property
+    def A(self) -> np.ndarray:
+        """The Jacobian's A (bN, r) row-major, for the passes that read it so (made on first use:
+        a Jacobian written in rows and factors with rows never need it)."""
+        return self.J.A_contiguous
+
+    @property
+    def VtT(self) -> np.ndarray:
+        return self.J.VtT
 
     def pairs_with(self, other: "WoodburyFactor") -> bool:
         """Whether this (real) factor and ``other`` (complex) of the same 2x2-block Jacobian can share
@@ -764,9 +793,9 @@ class WoodburyFactor:
         """out = (c I - J)^-1 b by the Woodbury identity; a real factor with P^-1 in rows by the
         generated pass, which vectorises (N = 1e5, random factors: one thread 0.91 against 2.39 ms in
         the cache, 1.74 against 2.15 ms cold; two threads 0.84 against 1.28, cold 1.28 against 1.47)."""
-        if self._rows.size and self._rows.shape[0] == 4 and self.A.dtype.kind == self.VtT.dtype.kind == "f":
+        if self._rows.size and self._rows.shape[0] == 4 and self.J.A.dtype.kind == self.J.Vt.dtype.kind == "f":
             AT, Vt = self.J.rows()
-            _generated_pass("woodbury_solve", self.VtT.shape[1], self.nchunk > 1)(
+            _generated_pass("woodbury_solve", AT.shape[0], self.nchunk > 1)(
                 self._rows, AT, self.sc, Vt, self.cap_inv, b, out, self.nchunk)
         else:
             self._solve_pass(self.Pinv, self.A, self.sc, self.VtT, self.cap_inv, b, out, self.nchunk)
