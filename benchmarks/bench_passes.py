@@ -47,8 +47,9 @@ def passes_of(rev):
     old = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(old)
     def inverses(fn):
-        # before the fused passes read P^-1 in rows, the block inverses took no ``rows`` argument
-        return fn if fn.py_func.__code__.co_argcount == 5 else lambda D, c, sc, Pinv, rows: fn(D, c, sc, Pinv)
+        # while the fused passes read P^-1 in rows (seventeenth session), the block inverses took a
+        # ``rows`` argument to write them to
+        return fn if fn.py_func.__code__.co_argcount == 4 else lambda D, c, sc, Pinv: fn(D, c, sc, Pinv, np.empty((0, 0)))
 
     if hasattr(old, "_rank_passes"):
         def rank_passes(parallel, rank):

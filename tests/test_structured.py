@@ -135,9 +135,9 @@ def test_complex_passes_on_a_real_jacobian_equal_the_generic_ones(b, rng):
 
 @pytest.mark.parametrize("r", [1, 4])
 def test_factor_with_rows_equals_the_block_passes(rng, r):
-    """A factor with P^-1 in rows (the fused Newton passes' factors) forms its capacitance, and a real
-    one solves, by generated passes: the block passes' capacitance to rounding, and its solve
-    against a dense solve and the block passes' solve."""
+    """A factor in rows (the fused Newton passes' factors) forms its capacitance, and a real one
+    solves, by generated passes that form P^-1 from the Jacobian's blocks: the block passes'
+    capacitance to rounding, and its solve against a dense solve and the block passes' solve."""
     from odehild.solve import radau
 
     N, h = 301, 1e-3
@@ -147,7 +147,7 @@ def test_factor_with_rows_equals_the_block_passes(rng, r):
     b = rng.normal(size=n)
     for mu in (radau.MU_REAL, radau.MU_COMPLEX):
         rows, blocks = (WoodburyFactor(IterationMatrix(mu / h, J), rows=flag) for flag in (True, False))
-        assert rows.rows().size and not blocks.rows().size
+        assert rows.in_rows and not blocks.in_rows and rows._Pinv is None
         np.testing.assert_allclose(rows.cap_inv, blocks.cap_inv, rtol=0, atol=1e-13 * np.abs(blocks.cap_inv).max())
         dense = np.linalg.solve(mu / h * np.eye(n) - J.toarray(), b)
         x = rows.solve(b)
@@ -237,7 +237,7 @@ def test_generated_newton_pass_forms_the_factors_inverses(rng, d_scale, h_factor
     results = []
     for rows in (True, False):
         LR, LC = (WoodburyFactor(IterationMatrix(mu / h_factor, J), rows=rows) for mu in (radau.MU_REAL, radau.MU_COMPLEX))
-        assert LR.pairs_with(LC) and bool(LR.rows().size) == rows
+        assert LR.pairs_with(LC) and LR.in_rows == rows
         W1, Ys = W.copy(), np.empty((3, 2 * N))
         bad, norm = newton_update(LR, LC, F, W1, radau.TI, radau.T, radau.MU_REAL / h, radau.MU_COMPLEX / h, y, inv, Ys)
         assert bad == 0

@@ -5,12 +5,11 @@ the residuals and Vt P^-1 of both Newton systems (real and complex), then the so
 increment's norm, W += dW and the next stage states. Written with the factors in rows (one row of N
 per entry of the Jacobian's 2x2 blocks D, from which each particle's P^-1 of both systems is formed
 in registers; A and Vt as (r, 2N)), one scalar sum per moment and a single written array per inner
-loop, LLVM vectorises both
-passes, which a loop over the moments and per-particle blocks kept scalar (2.5x at N = 1e5 on one
-thread). The scalar sums need the moments' count at the time of writing: hence generated source, one
-module per rank, compiled once and cached as the models' code is. The same module holds, written the
-same way, the passes of a factor with P^-1 in rows: its capacitance I - Vt P^-1 A (real and complex)
-and the real factor's Woodbury solve.
+loop, LLVM vectorises both passes, which a loop over the moments and per-particle blocks kept scalar
+(2.5x at N = 1e5 on one thread). The scalar sums need the moments' count at the time of writing:
+hence generated source, one module per rank, compiled once and cached as the models' code is. The
+same module holds, written the same way, the passes of a factor in rows: its capacitance
+I - Vt P^-1 A (real and complex) and the real factor's Woodbury solve.
 """
 
 from __future__ import annotations
@@ -43,18 +42,21 @@ ca_im = t20 * fa0 + t21 * fa1 + t22 * fa2 - (mc_re * wa2 + mc_im * wa1)
 cs_re = t10 * fs0 + t11 * fs1 + t12 * fs2 - (mc_re * ws1 - mc_im * ws2)
 cs_im = t20 * fs0 + t21 * fs1 + t22 * fs2 - (mc_re * ws2 + mc_im * ws1)"""
 
-# P^-1 of particle i's blocks P = c I - scale D_i by the adjugate, from D_i itself: reading 4 entries
-# of D instead of the 12 of P^-1 (real and complex) made the pass 1.10 to 1.25x faster at N = 1e5.
-# Real P^-1 (p00 .. p11); complex as real and imaginary parts (c00r, c00i, ..), with 1 / det scaled
-# by det's largest part, so that |det|^2 cannot overflow
-_BLOCK_INVERSES = """\
-d00, d01, d10, d11 = D00[i], D01[i], D10[i], D11[i]
+# P^-1 of particle i's block P = c I - scale D_i by the adjugate, from D_i itself: reading 4 entries
+# of D instead of the 12 of P^-1 (real and complex) made the Newton pass 1.10 to 1.25x faster at
+# N = 1e5. Real P^-1 (p00 .. p11), shift cr; complex (shift cc_re + i cc_im) as real and imaginary
+# parts (c00r, c00i, ..), with 1 / det scaled by det's largest part, so that |det|^2 cannot overflow
+_LOAD_D = "d00, d01, d10, d11 = D00[i], D01[i], D10[i], D11[i]"
+_REAL_INVERSE = """\
 q00 = cr - scale * d00
 q11 = cr - scale * d11
 q01 = scale * d01
 q10 = scale * d10
 rdet = 1.0 / (q00 * q11 - q01 * q10)
-p00, p01, p10, p11 = q11 * rdet, q01 * rdet, q10 * rdet, q00 * rdet
+p00, p01, p10, p11 = q11 * rdet, q01 * rdet, q10 * rdet, q00 * rdet"""
+_COMPLEX_INVERSE = """\
+q01 = scale * d01
+q10 = scale * d10
 x0 = cc_re - scale * d00
 x1 = cc_re - scale * d11
 det_re = x0 * x1 - cc_im * cc_im - q01 * q10
@@ -68,6 +70,8 @@ c00r, c00i = x1 * ir - cc_im * ii, x1 * ii + cc_im * ir
 c11r, c11i = x0 * ir - cc_im * ii, x0 * ii + cc_im * ir
 c01r, c01i = q01 * ir, q01 * ii
 c10r, c10i = q10 * ir, q10 * ii"""
+_BLOCK_INVERSES = "\n".join((_LOAD_D, _REAL_INVERSE, _COMPLEX_INVERSE))
+_D_ROWS = _ROWS[-1].format(lo="lo", hi="hi")
 
 # P^-1 times the residuals: real (xa, xs), complex (xca, xcs) as real and imaginary parts
 _BLOCK_SOLVE = """\
@@ -216,9 +220,10 @@ def _copy(src, dst):
 
 
 def capacitance_source(rank: int) -> str:
-    """``capacitance`` and ``capacitance_complex`` for ``rank`` moments: I - scale Vt P^-1 A from P^-1
-    in rows (real (4, N); complex (8, N), real parts then imaginary) and A^T, Vt (r, 2N), one
-    scalar sum per entry (and part), so that LLVM vectorises the pass as it does the Newton pass's."""
+    """``capacitance`` and ``capacitance_complex`` for ``rank`` moments: I - scale Vt P^-1 A, P^-1
+    formed per particle from the Jacobian's blocks in rows (4, N), and A^T, Vt (r, 2N), one scalar
+    sum per entry (and part), so that LLVM vectorises the pass as it does the Newton pass's; and the
+    real factor's ``woodbury_solve``."""
     R = rank
     ks = range(R)
     rows = "\n".join(f"A{k}a, A{k}s, V{k}a, V{k}s = AT[{k}, lo:hi], AT[{k}, N + lo:N + hi], Vt[{k}, lo:hi], "
@@ -227,8 +232,8 @@ def capacitance_source(rank: int) -> str:
 
     def one(parts):
         zero = " = ".join(f"s{x}_{k}_{l}" for x in parts for k in ks for l in ks) + " = 0.0"
-        q = "\n".join(f"q0{x}_{l} = {p}00{x}[i] * a0_{l} + {p}01{x}[i] * a1_{l}\n"
-                      f"q1{x}_{l} = {p}10{x}[i] * a0_{l} + {p}11{x}[i] * a1_{l}"
+        q = "\n".join(f"q0{x}_{l} = {p}00{x} * a0_{l} + {p}01{x} * a1_{l}\n"
+                      f"q1{x}_{l} = {p}10{x} * a0_{l} + {p}11{x} * a1_{l}"
                       for x, p in parts.items() for l in ks)
         sums = "\n".join(f"s{x}_{k}_{l} += v0_{k} * q0{x}_{l} + v1_{k} * q1{x}_{l}" for x in parts for k in ks
                          for l in ks)
@@ -238,9 +243,8 @@ def capacitance_source(rank: int) -> str:
 
     zr, qr, sr, str_ = one({"": "p"})
     zc, qc, sc, stc = one({"r": "c", "i": "c"})
-    real_rows = "p00, p01, p10, p11 = Pr[0, lo:hi], Pr[1, lo:hi], Pr[2, lo:hi], Pr[3, lo:hi]"
-    complex_rows = ("c00r, c01r, c10r, c11r = Pc[0, lo:hi], Pc[1, lo:hi], Pc[2, lo:hi], Pc[3, lo:hi]\n"
-                    "c00i, c01i, c10i, c11i = Pc[4, lo:hi], Pc[5, lo:hi], Pc[6, lo:hi], Pc[7, lo:hi]")
+    real_inverse = "\n".join((_LOAD_D, _REAL_INVERSE))
+    complex_inverse = "\n".join((_LOAD_D, _COMPLEX_INVERSE))
     v_rows = "\n".join(f"V{k}a, V{k}s = Vt[{k}, lo:hi], Vt[{k}, N + lo:N + hi]" for k in ks)
     a_rows = "\n".join(f"A{k}a, A{k}s = AT[{k}, lo:hi], AT[{k}, N + lo:N + hi]" for k in ks)
     solve_zero = " = ".join(f"u{k}" for k in ks) + " = 0.0"
@@ -250,22 +254,24 @@ def capacitance_source(rank: int) -> str:
     a_terms = "\n".join(f"va += A{k}a[i] * z{k}\nvs += A{k}s[i] * z{k}" for k in ks)
     return f'''
 
-@njit(cache=True, fastmath={{"reassoc"}})
-def woodbury_solve(Pr, AT, scale, Vt, cap_inv, b, out, nchunk=1):
-    """out = P^-1 (b + scale A z), z = cap^-1 Vt P^-1 b, for real P^-1 in rows Pr (4, N) and A^T,
-    Vt (r, 2N): the block pass's solve, its sums over particles reassociated (vector lanes)."""
-    N = Pr.shape[1]
+@njit(cache=True, fastmath={{"reassoc"}}, error_model="numpy")
+def woodbury_solve(Dr, cr, AT, scale, Vt, cap_inv, b, out, nchunk=1):
+    """out = P^-1 (b + scale A z), z = cap^-1 Vt P^-1 b, for P = cr I - scale D, D's 2x2 blocks in
+    rows Dr (4, N), and A^T, Vt (r, 2N): the block pass's solve, P^-1 formed per particle, its sums
+    over particles reassociated (vector lanes)."""
+    N = Dr.shape[1]
     partial = np.zeros((nchunk, R + PAD))
     for c in prange(nchunk):
         lo, hi = c * N // nchunk, (c + 1) * N // nchunk
-{_indent(real_rows, 8)}
+{_indent(_D_ROWS, 8)}
 {_indent(v_rows, 8)}
         ba_, bs_ = b[lo:hi], b[N + lo:N + hi]
         {solve_zero}
         for i in range(hi - lo):
+{_indent(real_inverse, 12)}
             ba, bs = ba_[i], bs_[i]
-            ya = p00[i] * ba + p01[i] * bs
-            ys = p10[i] * ba + p11[i] * bs
+            ya = p00 * ba + p01 * bs
+            ys = p10 * ba + p11 * bs
 {_indent(solve_sums, 12)}
 {_indent(solve_store, 8)}
     z = np.zeros(R)
@@ -278,28 +284,30 @@ def woodbury_solve(Pr, AT, scale, Vt, cap_inv, b, out, nchunk=1):
 {_indent(z_scalars, 4)}
     for c in prange(nchunk):
         lo, hi = c * N // nchunk, (c + 1) * N // nchunk
-{_indent(real_rows, 8)}
+{_indent(_D_ROWS, 8)}
 {_indent(a_rows, 8)}
         ba_, bs_, xa_, xs_ = b[lo:hi], b[N + lo:N + hi], out[lo:hi], out[N + lo:N + hi]
         for i in range(hi - lo):
+{_indent(real_inverse, 12)}
             va, vs = ba_[i], bs_[i]
 {_indent(a_terms, 12)}
-            xa_[i] = p00[i] * va + p01[i] * vs
-            xs_[i] = p10[i] * va + p11[i] * vs
+            xa_[i] = p00 * va + p01 * vs
+            xs_[i] = p10 * va + p11 * vs
 
 
-@njit(cache=True, fastmath={{"reassoc"}})
-def capacitance(Pr, AT, scale, Vt, out, nchunk=1):
-    """out = I - scale Vt P^-1 A for real P^-1 in rows Pr (4, N) and A^T, Vt (r, 2N); sums over
-    particles reassociated (vector lanes)."""
-    N = Pr.shape[1]
+@njit(cache=True, fastmath={{"reassoc"}}, error_model="numpy")
+def capacitance(Dr, cr, AT, scale, Vt, out, nchunk=1):
+    """out = I - scale Vt P^-1 A for P = cr I - scale D, D's 2x2 blocks in rows Dr (4, N), and A^T,
+    Vt (r, 2N); P^-1 formed per particle, sums over particles reassociated (vector lanes)."""
+    N = Dr.shape[1]
     partial = np.zeros((nchunk, R * R + PAD))
     for c in prange(nchunk):
         lo, hi = c * N // nchunk, (c + 1) * N // nchunk
-{_indent(real_rows, 8)}
+{_indent(_D_ROWS, 8)}
 {_indent(rows, 8)}
         {zr}
         for i in range(hi - lo):
+{_indent(real_inverse, 12)}
 {_indent(loads, 12)}
 {_indent(qr, 12)}
 {_indent(sr, 12)}
@@ -312,18 +320,19 @@ def capacitance(Pr, AT, scale, Vt, out, nchunk=1):
             out[k, l] = (1.0 if k == l else 0.0) - scale * total
 
 
-@njit(cache=True, fastmath={{"reassoc"}})
-def capacitance_complex(Pc, AT, scale, Vt, out, nchunk=1):
-    """``capacitance`` for complex P^-1 in rows Pc (8, N: the real parts of its entries 00, 01, 10,
-    11, then their imaginary parts), A and Vt real; out complex (r, r)."""
-    N = Pc.shape[1]
+@njit(cache=True, fastmath={{"reassoc"}}, error_model="numpy")
+def capacitance_complex(Dr, cc, AT, scale, Vt, out, nchunk=1):
+    """``capacitance`` for the complex shift cc, A and Vt real; out complex (r, r)."""
+    N = Dr.shape[1]
+    cc_re, cc_im = cc.real, cc.imag
     partial = np.zeros((nchunk, 2 * R * R + PAD))
     for c in prange(nchunk):
         lo, hi = c * N // nchunk, (c + 1) * N // nchunk
-{_indent(complex_rows, 8)}
+{_indent(_D_ROWS, 8)}
 {_indent(rows, 8)}
         {zc}
         for i in range(hi - lo):
+{_indent(complex_inverse, 12)}
 {_indent(loads, 12)}
 {_indent(qc, 12)}
 {_indent(sc, 12)}

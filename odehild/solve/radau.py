@@ -326,7 +326,7 @@ class CompiledRadau:
         self.n = n = self.y.size
         blocks = threads > 1 and THREADS_NEWTON_PASS == "blocks"
         self.fuse = n >= (FUSED_MIN_UNKNOWNS_BLOCKS if blocks else FUSED_MIN_UNKNOWNS)
-        self.rows = self.fuse and not blocks  # P^-1 in rows for the generated pass
+        self.rows = self.fuse and not blocks  # factors in rows, for the generated passes
         self.status = "running"
         self.nfev = 0
         self.rtol, self.atol, self.max_step = float(rtol), float(atol), max_step

@@ -610,27 +610,40 @@ def _mag(z):
     return abs(z.real) + abs(z.imag)
 
 
+@njit(cache=True, inline="always")
+def _shifted_block(D, i, c, sc):
+    """Block i of c I - sc D, its determinant, and whether it is singular to working precision
+    (|det| COND_LIMIT <= the product of the row 1-norms, complex moduli taken as |re| + |im|: within
+    a factor sqrt 2, without a square root per entry)."""
+    p00, p01 = c - sc * D[i, 0, 0], -sc * D[i, 0, 1]
+    p10, p11 = -sc * D[i, 1, 0], c - sc * D[i, 1, 1]
+    det = p00 * p11 - p01 * p10
+    singular = _mag(det) * COND_LIMIT <= (_mag(p00) + _mag(p01)) * (_mag(p10) + _mag(p11)) or det == 0
+    return p00, p01, p10, p11, det, singular
+
+
 @njit(cache=True)
-def _shifted_inverses_2x2(D, c, sc, Pinv, rows):
+def _shifted_inverses_2x2(D, c, sc, Pinv):
     """Pinv = (c I - sc D_i)^-1 for 2x2 blocks by the adjugate; returns how many blocks are singular
-    to working precision (|det| COND_LIMIT <= the product of the row 1-norms, complex moduli
-    taken as |re| + |im|: within a factor sqrt 2, without a square root per entry). ``rows`` (4, N)
-    or (8, N), unless it has no rows: the same entries in rows (:meth:`WoodburyFactor.rows`)."""
+    (:func:`_shifted_block`)."""
     singular = 0
     for i in prange(D.shape[0]):
-        p00, p01 = c - sc * D[i, 0, 0], -sc * D[i, 0, 1]
-        p10, p11 = -sc * D[i, 1, 0], c - sc * D[i, 1, 1]
-        det = p00 * p11 - p01 * p10
-        if _mag(det) * COND_LIMIT <= (_mag(p00) + _mag(p01)) * (_mag(p10) + _mag(p11)) or det == 0:
+        p00, p01, p10, p11, det, bad = _shifted_block(D, i, c, sc)
+        if bad:
             singular += 1
             det = 1.0 + 0.0 * det
         inv = 1.0 / det  # one complex division instead of four
-        q00, q01, q10, q11 = p11 * inv, -p01 * inv, -p10 * inv, p00 * inv
-        Pinv[i, 0, 0], Pinv[i, 0, 1], Pinv[i, 1, 0], Pinv[i, 1, 1] = q00, q01, q10, q11
-        if rows.shape[0] >= 4:
-            rows[0, i], rows[1, i], rows[2, i], rows[3, i] = q00.real, q01.real, q10.real, q11.real
-        if rows.shape[0] == 8:
-            rows[4, i], rows[5, i], rows[6, i], rows[7, i] = q00.imag, q01.imag, q10.imag, q11.imag
+        Pinv[i, 0, 0], Pinv[i, 0, 1], Pinv[i, 1, 0], Pinv[i, 1, 1] = p11 * inv, -p01 * inv, -p10 * inv, p00 * inv
+    return singular
+
+
+@njit(cache=True)
+def _singular_blocks_2x2(D, c, sc):
+    """How many 2x2 blocks of c I - sc D are singular (:func:`_shifted_block`), nothing written."""
+    singular = 0
+    for i in prange(D.shape[0]):
+        if _shifted_block(D, i, c, sc)[5]:
+            singular += 1
     return singular
 
 
@@ -677,19 +690,21 @@ def _passes(parallel: bool, rank: int) -> SimpleNamespace:
     k = _rank_passes(rank)
     names = ("_capacitance", "_woodbury_solve", "_capacitance_complex", "_woodbury_solve_complex", "_newton_update")
     if not parallel:
-        return SimpleNamespace(_shifted_inverses_2x2=_shifted_inverses_2x2, _residual=_residual,
-                               **{n: getattr(k, n) for n in names})
+        return SimpleNamespace(_shifted_inverses_2x2=_shifted_inverses_2x2, _singular_blocks_2x2=_singular_blocks_2x2,
+                               _residual=_residual, **{n: getattr(k, n) for n in names})
     from ..threads import parallel_variant
 
     return SimpleNamespace(_shifted_inverses_2x2=parallel_variant(_shifted_inverses_2x2),
+                           _singular_blocks_2x2=parallel_variant(_singular_blocks_2x2),
                            _residual=parallel_variant(_residual),
                            **{n: parallel_variant(getattr(k, n)) for n in names})
 
 
 class WoodburyFactor:
     """Factorization of an :class:`IterationMatrix`; ``solve(b)`` returns (c I - J)^-1 b. The O(N r)
-    passes are compiled (Numba): each solve reads P^-1, A, Vt and b, with no temporaries; nothing of
-    size N r is stored beyond the Jacobian itself. ``threads`` > 1 takes the passes' parallel
+    passes are compiled (Numba): each solve reads P^-1 (``rows=True``: the Jacobian's blocks, from
+    which the generated passes form it), A, Vt and b, with no temporaries; nothing of size N r is
+    stored beyond the Jacobian itself. ``threads`` > 1 takes the passes' parallel
     variants, the sums over particles split into one chunk per thread."""
 
     def __init__(self, M: IterationMatrix, threads: int = 1, rows: bool = False):
@@ -698,19 +713,31 @@ class WoodburyFactor:
         self._passes = k = _passes(threads > 1, J.Vt.shape[0])
         sc = J.scale
         self.c, self.sc, self.J = c, sc, J
-        dtype = np.result_type(c, sc, J.D)
+        self.dtype = dtype = np.result_type(c, sc, J.D)
         # complex shift, real Jacobian (Radau's complex pair): the passes that split the arithmetic
         split = dtype.kind == "c" and J.A.dtype.kind == "f" and J.Vt.dtype.kind == "f"
         self._solve_pass = k._woodbury_solve_complex if split else k._woodbury_solve
         capacitance_pass = k._capacitance_complex if split else k._capacitance
         self.dense = None
         self.n = J.shape[0]
-        self._rows = np.empty((0, 0))
+        r = J.Vt.shape[0]
+        # in rows: the generated passes, which form each particle's P^-1 from the Jacobian's blocks
+        # in rows (LowRankJacobian.block_rows): no P^-1 written (made on first use by a block pass)
+        self.in_rows = (rows and J.b == 2 and r <= CAPACITANCE_LOOP_MAX
+                        and J.A.dtype.kind == J.Vt.dtype.kind == J.D.dtype.kind == "f"
+                        and not k._singular_blocks_2x2(np.ascontiguousarray(J.D), dtype.type(c), float(sc)))
+        self._Pinv = None
+        if self.in_rows:
+            cap = np.empty((r, r), dtype=dtype)
+            name = "capacitance_complex" if dtype.kind == "c" else "capacitance"
+            AT, Vt = J.rows()
+            _generated_pass(name, r, threads > 1)(J.block_rows(), dtype.type(c), AT, sc, Vt, cap, self.nchunk)
+            self.refine = np.linalg.cond(cap) > COND_LIMIT
+            self.cap_inv = np.linalg.inv(cap)
+            return
         if J.b == 2:
             Pinv = np.empty(J.D.shape, dtype=dtype)
-            # rows: P^-1 in rows of N too (the generated capacitance and solve read them), by the same pass
-            self._rows = np.empty((4 if dtype.kind == "f" else 8, J.N) if rows else (0, 0))
-            singular = k._shifted_inverses_2x2(np.ascontiguousarray(J.D), dtype.type(c), float(sc), Pinv, self._rows)
+            singular = k._shifted_inverses_2x2(np.ascontiguousarray(J.D), dtype.type(c), float(sc), Pinv)
         else:
             P = np.multiply(-sc, J.D, dtype=dtype)
             P[:, np.arange(J.b), np.arange(J.b)] += c
@@ -719,18 +746,10 @@ class WoodburyFactor:
         if singular and self.n <= DENSE_MAX:
             self._factor_dense(M)
             return
-        self.Pinv = np.ascontiguousarray(Pinv)
-        r = J.Vt.shape[0]
+        self._Pinv = np.ascontiguousarray(Pinv)
         if r <= CAPACITANCE_LOOP_MAX:
             cap = np.empty((r, r), dtype=self.Pinv.dtype)
-            if self._rows.size and J.A.dtype.kind == J.Vt.dtype.kind == "f":
-                # P^-1 in rows: the generated pass, which vectorises (N = 1e5, two threads: 0.63 and
-                # 0.69 ms for the real and complex factor against 0.99 and 1.62 ms)
-                AT, Vt = J.rows()
-                name = "capacitance_complex" if dtype.kind == "c" else "capacitance"
-                _generated_pass(name, r, threads > 1)(self._rows, AT, sc, Vt, cap, self.nchunk)
-            else:
-                capacitance_pass(self.Pinv, self.A, sc, self.VtT, cap, self.nchunk)
+            capacitance_pass(self.Pinv, self.A, sc, self.VtT, cap, self.nchunk)
         else:
             Q = np.empty(self.A.shape, dtype=self.Pinv.dtype)  # transient: P^-1 A for one GEMM
             _pinv_rows(self.Pinv, self.A, sc, Q)
@@ -739,6 +758,16 @@ class WoodburyFactor:
         # a singular block beyond DENSE_MAX was replaced by a finite stand-in: refinement corrects it
         self.refine = singular > 0 or np.linalg.cond(cap) > COND_LIMIT
         self.cap_inv = np.linalg.inv(cap)
+
+    @property
+    def Pinv(self) -> np.ndarray:
+        """The blocks of P^-1 (N, b, b), for the block passes (made on first use by a factor in rows)."""
+        if self._Pinv is None:
+            J = self.J
+            self._Pinv = np.empty(J.D.shape, dtype=self.dtype)
+            self._passes._shifted_inverses_2x2(np.ascontiguousarray(J.D), self.dtype.type(self.c), float(self.sc),
+                                               self._Pinv)
+        return self._Pinv
 
     @property
     def A(self) -> np.ndarray:
@@ -754,15 +783,8 @@ class WoodburyFactor:
         """Whether this (real) factor and ``other`` (complex) of the same 2x2-block Jacobian can share
         :func:`newton_update`'s fused passes: both by the Woodbury identity, neither refined."""
         return (self.dense is None and other.dense is None and not self.refine and not other.refine
-                and self.J is other.J and self.Pinv.shape[1] == 2 and self.Pinv.dtype.kind == "f"
-                and other.Pinv.dtype.kind == "c" and self.nchunk == other.nchunk
-                and 2 * self._rows.size == other._rows.size)  # both with rows (4 and 8 of N) or neither
-
-    def rows(self) -> np.ndarray:
-        """P^-1 of 2x2 blocks as rows of N (the generated capacitance's and solve's layout), for a
-        factor made with ``rows=True``: real (4, N), entries 00, 01, 10, 11; complex (8, N), their
-        real parts, then their imaginary parts."""
-        return self._rows
+                and self.J is other.J and self.J.b == 2 and self.dtype.kind == "f" and other.dtype.kind == "c"
+                and self.nchunk == other.nchunk and self.in_rows == other.in_rows)
 
     def _factor_dense(self, M):
         from scipy.linalg import lu_factor
@@ -774,7 +796,7 @@ class WoodburyFactor:
             from scipy.linalg import lu_solve
 
             return lu_solve(self.dense, b, check_finite=False)
-        b = np.ascontiguousarray(b, dtype=self.Pinv.dtype)
+        b = np.ascontiguousarray(b, dtype=self.dtype)
         x = np.empty_like(b)
         self._apply(b, x)
         if not self.refine:
@@ -793,10 +815,10 @@ class WoodburyFactor:
         """out = (c I - J)^-1 b by the Woodbury identity; a real factor with P^-1 in rows by the
         generated pass, which vectorises (N = 1e5, random factors: one thread 0.91 against 2.39 ms in
         the cache, 1.74 against 2.15 ms cold; two threads 0.84 against 1.28, cold 1.28 against 1.47)."""
-        if self._rows.size and self._rows.shape[0] == 4 and self.J.A.dtype.kind == self.J.Vt.dtype.kind == "f":
+        if self.in_rows and self.dtype.kind == "f":
             AT, Vt = self.J.rows()
             _generated_pass("woodbury_solve", AT.shape[0], self.nchunk > 1)(
-                self._rows, AT, self.sc, Vt, self.cap_inv, b, out, self.nchunk)
+                self.J.block_rows(), float(self.c), AT, self.sc, Vt, self.cap_inv, b, out, self.nchunk)
         else:
             self._solve_pass(self.Pinv, self.A, self.sc, self.VtT, self.cap_inv, b, out, self.nchunk)
 
@@ -824,7 +846,7 @@ def newton_update(LU_real, LU_complex, F, W, TI, T, m_real, m_complex, y, inv_sc
     its parallel variant; without, ``_newton_update`` of :func:`_rank_passes`, which reads the
     factors as they are (``radau.THREADS_NEWTON_PASS = "blocks"``)."""
     R, C = LU_real, LU_complex
-    if R.rows().size and R.J.D.dtype.kind == "f":
+    if R.in_rows:
         AT, Vt = R.J.rows()
         fn = _generated_pass("newton_update", AT.shape[0], R.nchunk > 1)
         return fn(F, W, TI, T, m_real, m_complex, R.J.block_rows(), float(R.c), complex(C.c), R.cap_inv, C.cap_inv, AT,
