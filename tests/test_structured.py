@@ -220,6 +220,27 @@ def test_fused_newton_update_equals_the_separate_passes(rng):
     assert not LR3.pairs_with(LC3)
 
 
+@pytest.mark.parametrize("N", [301, 3001])
+def test_factor_in_rows_with_a_singular_block_takes_the_block_passes(rng, N):
+    """A block of c I - D that is singular (the generated capacitance counts it): the factor leaves
+    the generated passes and solves as a factor of the block passes does, to the last bit (dense LU
+    up to DENSE_MAX unknowns, refinement beyond)."""
+    from odehild.solve import radau, structured
+
+    n, r, h = 2 * N, 4, 1e-3
+    for mu in (radau.MU_REAL, radau.MU_COMPLEX):
+        c = mu / h
+        D = rng.normal(size=(N, 2, 2))
+        D[7] = [[c.real, -c.imag], [c.imag, c.real]]  # eigenvalues c and its conjugate
+        J = LowRankJacobian(D, rng.normal(size=(n, r)) / N ** 0.5, rng.normal(size=(r, n)) / N ** 0.5)
+        rows, blocks = (WoodburyFactor(IterationMatrix(c, J), rows=flag) for flag in (True, False))
+        assert not rows.in_rows and (rows.dense is None) == (blocks.dense is None) == (n > structured.DENSE_MAX)
+        if rows.dense is None:
+            assert rows.refine and blocks.refine
+        b = rng.normal(size=n)
+        np.testing.assert_array_equal(rows.solve(b), blocks.solve(b))
+
+
 @pytest.mark.parametrize("d_scale, h_factor", [(1.0, 1.5e-3), (1e12, 1e-14)])
 def test_generated_newton_pass_forms_the_factors_inverses(rng, d_scale, h_factor):
     """The generated pass forms each particle's P^-1 from the Jacobian's blocks and the factors' own

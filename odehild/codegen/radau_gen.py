@@ -52,7 +52,8 @@ q00 = cr - scale * d00
 q11 = cr - scale * d11
 q01 = scale * d01
 q10 = scale * d10
-rdet = 1.0 / (q00 * q11 - q01 * q10)
+det = q00 * q11 - q01 * q10
+rdet = 1.0 / det
 p00, p01, p10, p11 = q11 * rdet, q01 * rdet, q10 * rdet, q00 * rdet"""
 _COMPLEX_INVERSE = """\
 q01 = scale * d01
@@ -61,6 +62,7 @@ x0 = cc_re - scale * d00
 x1 = cc_re - scale * d11
 det_re = x0 * x1 - cc_im * cc_im - q01 * q10
 det_im = cc_im * (x0 + x1)
+mag_det = abs(det_re) + abs(det_im)
 big = max(abs(det_re), abs(det_im))
 inv_big = 1.0 / big
 det_re, det_im = det_re * inv_big, det_im * inv_big
@@ -71,6 +73,12 @@ c11r, c11i = x0 * ir - cc_im * ii, x0 * ii + cc_im * ir
 c01r, c01i = q01 * ir, q01 * ii
 c10r, c10i = q10 * ir, q10 * ii"""
 _BLOCK_INVERSES = "\n".join((_LOAD_D, _REAL_INVERSE, _COMPLEX_INVERSE))
+# the capacitance counts the singular blocks as structured._shifted_inverses_2x2 does: |det|
+# cond_limit <= the product of the row 1-norms, complex moduli taken as |re| + |im|
+_REAL_SINGULAR = ("singular += 1.0 if abs(det) * cond_limit <= (abs(q00) + abs(q01)) * (abs(q10) + abs(q11)) "
+                  "or det == 0.0 else 0.0")
+_COMPLEX_SINGULAR = ("singular += 1.0 if mag_det * cond_limit <= (abs(x0) + abs(cc_im) + abs(q01)) "
+                     "* (abs(q10) + abs(x1) + abs(cc_im)) or mag_det == 0.0 else 0.0")
 _D_ROWS = _ROWS[-1].format(lo="lo", hi="hi")
 
 # P^-1 times the residuals: real (xa, xs), complex (xca, xcs) as real and imaginary parts
@@ -296,47 +304,55 @@ def woodbury_solve(Dr, cr, AT, scale, Vt, cap_inv, b, out, nchunk=1):
 
 
 @njit(cache=True, fastmath={{"reassoc"}}, error_model="numpy")
-def capacitance(Dr, cr, AT, scale, Vt, out, nchunk=1):
+def capacitance(Dr, cr, AT, scale, Vt, out, cond_limit, nchunk=1):
     """out = I - scale Vt P^-1 A for P = cr I - scale D, D's 2x2 blocks in rows Dr (4, N), and A^T,
-    Vt (r, 2N); P^-1 formed per particle, sums over particles reassociated (vector lanes)."""
+    Vt (r, 2N); P^-1 formed per particle, sums over particles reassociated (vector lanes). Returns
+    how many blocks of P are singular to working precision (out is then of no use)."""
     N = Dr.shape[1]
-    partial = np.zeros((nchunk, R * R + PAD))
+    partial = np.zeros((nchunk, R * R + 1 + PAD))
     for c in prange(nchunk):
         lo, hi = c * N // nchunk, (c + 1) * N // nchunk
 {_indent(_D_ROWS, 8)}
 {_indent(rows, 8)}
         {zr}
+        singular = 0.0
         for i in range(hi - lo):
 {_indent(real_inverse, 12)}
+{_indent(_REAL_SINGULAR, 12)}
 {_indent(loads, 12)}
 {_indent(qr, 12)}
 {_indent(sr, 12)}
 {_indent(str_, 8)}
+        partial[c, R * R] = singular
     for k in range(R):
         for l in range(R):
             total = 0.0
             for c in range(nchunk):
                 total += partial[c, R * k + l]
             out[k, l] = (1.0 if k == l else 0.0) - scale * total
+    return int(np.sum(partial[:, R * R]))
 
 
 @njit(cache=True, fastmath={{"reassoc"}}, error_model="numpy")
-def capacitance_complex(Dr, cc, AT, scale, Vt, out, nchunk=1):
+def capacitance_complex(Dr, cc, AT, scale, Vt, out, cond_limit, nchunk=1):
     """``capacitance`` for the complex shift cc, A and Vt real; out complex (r, r)."""
     N = Dr.shape[1]
     cc_re, cc_im = cc.real, cc.imag
-    partial = np.zeros((nchunk, 2 * R * R + PAD))
+    partial = np.zeros((nchunk, 2 * R * R + 1 + PAD))
     for c in prange(nchunk):
         lo, hi = c * N // nchunk, (c + 1) * N // nchunk
 {_indent(_D_ROWS, 8)}
 {_indent(rows, 8)}
         {zc}
+        singular = 0.0
         for i in range(hi - lo):
 {_indent(complex_inverse, 12)}
+{_indent(_COMPLEX_SINGULAR, 12)}
 {_indent(loads, 12)}
 {_indent(qc, 12)}
 {_indent(sc, 12)}
 {_indent(stc, 8)}
+        partial[c, 2 * R * R] = singular
     for k in range(R):
         for l in range(R):
             t_re = t_im = 0.0
@@ -344,6 +360,7 @@ def capacitance_complex(Dr, cc, AT, scale, Vt, out, nchunk=1):
                 t_re += partial[c, R * k + l]
                 t_im += partial[c, R * R + R * k + l]
             out[k, l] = (1.0 if k == l else 0.0) - scale * complex(t_re, t_im)
+    return int(np.sum(partial[:, 2 * R * R]))
 '''
 
 

@@ -610,40 +610,21 @@ def _mag(z):
     return abs(z.real) + abs(z.imag)
 
 
-@njit(cache=True, inline="always")
-def _shifted_block(D, i, c, sc):
-    """Block i of c I - sc D, its determinant, and whether it is singular to working precision
-    (|det| COND_LIMIT <= the product of the row 1-norms, complex moduli taken as |re| + |im|: within
-    a factor sqrt 2, without a square root per entry)."""
-    p00, p01 = c - sc * D[i, 0, 0], -sc * D[i, 0, 1]
-    p10, p11 = -sc * D[i, 1, 0], c - sc * D[i, 1, 1]
-    det = p00 * p11 - p01 * p10
-    singular = _mag(det) * COND_LIMIT <= (_mag(p00) + _mag(p01)) * (_mag(p10) + _mag(p11)) or det == 0
-    return p00, p01, p10, p11, det, singular
-
-
 @njit(cache=True)
 def _shifted_inverses_2x2(D, c, sc, Pinv):
     """Pinv = (c I - sc D_i)^-1 for 2x2 blocks by the adjugate; returns how many blocks are singular
-    (:func:`_shifted_block`)."""
+    to working precision (|det| COND_LIMIT <= the product of the row 1-norms, complex moduli
+    taken as |re| + |im|: within a factor sqrt 2, without a square root per entry)."""
     singular = 0
     for i in prange(D.shape[0]):
-        p00, p01, p10, p11, det, bad = _shifted_block(D, i, c, sc)
-        if bad:
+        p00, p01 = c - sc * D[i, 0, 0], -sc * D[i, 0, 1]
+        p10, p11 = -sc * D[i, 1, 0], c - sc * D[i, 1, 1]
+        det = p00 * p11 - p01 * p10
+        if _mag(det) * COND_LIMIT <= (_mag(p00) + _mag(p01)) * (_mag(p10) + _mag(p11)) or det == 0:
             singular += 1
             det = 1.0 + 0.0 * det
         inv = 1.0 / det  # one complex division instead of four
         Pinv[i, 0, 0], Pinv[i, 0, 1], Pinv[i, 1, 0], Pinv[i, 1, 1] = p11 * inv, -p01 * inv, -p10 * inv, p00 * inv
-    return singular
-
-
-@njit(cache=True)
-def _singular_blocks_2x2(D, c, sc):
-    """How many 2x2 blocks of c I - sc D are singular (:func:`_shifted_block`), nothing written."""
-    singular = 0
-    for i in prange(D.shape[0]):
-        if _shifted_block(D, i, c, sc)[5]:
-            singular += 1
     return singular
 
 
@@ -690,12 +671,11 @@ def _passes(parallel: bool, rank: int) -> SimpleNamespace:
     k = _rank_passes(rank)
     names = ("_capacitance", "_woodbury_solve", "_capacitance_complex", "_woodbury_solve_complex", "_newton_update")
     if not parallel:
-        return SimpleNamespace(_shifted_inverses_2x2=_shifted_inverses_2x2, _singular_blocks_2x2=_singular_blocks_2x2,
-                               _residual=_residual, **{n: getattr(k, n) for n in names})
+        return SimpleNamespace(_shifted_inverses_2x2=_shifted_inverses_2x2, _residual=_residual,
+                               **{n: getattr(k, n) for n in names})
     from ..threads import parallel_variant
 
     return SimpleNamespace(_shifted_inverses_2x2=parallel_variant(_shifted_inverses_2x2),
-                           _singular_blocks_2x2=parallel_variant(_singular_blocks_2x2),
                            _residual=parallel_variant(_residual),
                            **{n: parallel_variant(getattr(k, n)) for n in names})
 
@@ -722,19 +702,21 @@ class WoodburyFactor:
         self.n = J.shape[0]
         r = J.Vt.shape[0]
         # in rows: the generated passes, which form each particle's P^-1 from the Jacobian's blocks
-        # in rows (LowRankJacobian.block_rows): no P^-1 written (made on first use by a block pass)
+        # in rows (LowRankJacobian.block_rows): no P^-1 written (made on first use by a block pass);
+        # not with a singular block, which the capacitance pass counts
         self.in_rows = (rows and J.b == 2 and r <= CAPACITANCE_LOOP_MAX
-                        and J.A.dtype.kind == J.Vt.dtype.kind == J.D.dtype.kind == "f"
-                        and not k._singular_blocks_2x2(np.ascontiguousarray(J.D), dtype.type(c), float(sc)))
+                        and J.A.dtype.kind == J.Vt.dtype.kind == J.D.dtype.kind == "f")
         self._Pinv = None
         if self.in_rows:
             cap = np.empty((r, r), dtype=dtype)
             name = "capacitance_complex" if dtype.kind == "c" else "capacitance"
             AT, Vt = J.rows()
-            _generated_pass(name, r, threads > 1)(J.block_rows(), dtype.type(c), AT, sc, Vt, cap, self.nchunk)
-            self.refine = np.linalg.cond(cap) > COND_LIMIT
-            self.cap_inv = np.linalg.inv(cap)
-            return
+            self.in_rows = not _generated_pass(name, r, threads > 1)(J.block_rows(), dtype.type(c), AT, sc, Vt, cap,
+                                                                     COND_LIMIT, self.nchunk)
+            if self.in_rows:
+                self.refine = np.linalg.cond(cap) > COND_LIMIT
+                self.cap_inv = np.linalg.inv(cap)
+                return
         if J.b == 2:
             Pinv = np.empty(J.D.shape, dtype=dtype)
             singular = k._shifted_inverses_2x2(np.ascontiguousarray(J.D), dtype.type(c), float(sc), Pinv)
