@@ -496,8 +496,8 @@ def test_parallel_variants_are_cached_apart_from_the_serial_passes():
 
 
 def test_jacobian_written_into_the_arrays_it_replaces(rng):
-    """A solve's Jacobian (s and ds/du from NumPy, A and Vt written in rows, the arrays of the Jacobian
-    it replaces reused) equals the dense generated one."""
+    """A solve's Jacobian (s and ds/du from NumPy, D, A and Vt written in rows, the arrays of the
+    Jacobian it replaces reused) equals the dense generated one."""
     model = MeanFieldModel(*STAIR, K=3, eps=1e-8)
     N = 40
     problem = model.problem(initial_condition(N))
@@ -506,10 +506,10 @@ def test_jacobian_written_into_the_arrays_it_replaces(rng):
     dense = np.empty((2 * N, 2 * N))
     problem.jac(0.0, y, dense)
     old = problem.jac_parts(0.0, rng.normal(size=2 * N))
-    arrays = (old.D, *old.rows())
+    arrays = (old.block_rows(), *old.rows())
     new = problem.jac_parts(0.0, y, old)
-    assert all(a is b for a, b in zip((new.D, *new.rows()), arrays))
-    assert np.shares_memory(new.A, arrays[1]) and new.Vt is arrays[2]
+    assert all(a is b for a, b in zip((new.block_rows(), *new.rows()), arrays))
+    assert np.shares_memory(new.D, arrays[0]) and np.shares_memory(new.A, arrays[1]) and new.Vt is arrays[2]
     np.testing.assert_allclose(new.toarray(), dense, rtol=1e-13, atol=1e-13 * np.abs(dense).max())
     fresh = problem.jac_parts(0.0, y, LowRankJacobian(np.empty((N - 1, 2, 2)), old.A, old.Vt))  # shapes differ
     np.testing.assert_array_equal(fresh.toarray(), new.toarray())

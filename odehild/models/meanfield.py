@@ -171,7 +171,7 @@ class MeanFieldModel(FoundingDeclaration):
         compiled = compile_model(self)
         state = self.state_map(init.N)
         y0 = state.pack({"a": init.a0, "s": init.s0})
-        w, inv_eps, n, nm = init.weights, 1.0 / self.eps, y0.size, self.K + 1
+        w, inv_eps, nm = init.weights, 1.0 / self.eps, self.K + 1
         jac, parts = compiled.jac, compiled.jac_parts_chart
 
         def jac_parts_with(kernel):
@@ -182,12 +182,11 @@ class MeanFieldModel(FoundingDeclaration):
                 with np.errstate(over="ignore"):
                     c = np.cosh(u)
                     dsdu = 1.0 / (c * c)  # 1 - s^2 without cancellation; 0 where cosh(u)^2 overflows
-                arrays = reuse.row_buffers(init.N, 2, nm) if reuse is not None else None
-                D, AT, Vt = arrays or (np.empty((init.N, 2, 2)), np.empty((nm, n)), np.empty((nm, n)))
-                # A and Vt written in rows, the generated passes' layout: their transposition into it
-                # took 4% of a solve at N = 1e5
-                kernel(t, y, np.tanh(u), dsdu, w, inv_eps, D, AT.T, Vt)
-                return LowRankJacobian.from_rows(D, AT, Vt, reuse)
+                # D, A and Vt written in rows, the generated passes' layout: their transposition into
+                # it took 4% of a solve at N = 1e5
+                J = LowRankJacobian.from_rows(*LowRankJacobian.rows_for(init.N, 2, nm, reuse))
+                kernel(t, y, np.tanh(u), dsdu, w, inv_eps, J.D, J.A, J.Vt)
+                return J
 
             return jac_parts
 
@@ -452,8 +451,8 @@ def jac_parts(t, y, w, inv_eps, D, A, Vt):
 @njit(cache=True)
 def jac_parts_chart(t, y, s, dsdu, w, inv_eps, D, A, Vt):
     """``jac_parts`` given s = tanh(u) and ds/du = 1/cosh(u)^2 (a solve takes both from NumPy's
-    vectorised ufuncs). A and Vt are written one particle at a time, in any layout: a solve passes
-    A as the transpose of an (NM, 2N) array and Vt as one, the rows its generated passes read."""
+    vectorised ufuncs). D, A and Vt are written one particle at a time, in any layout: a solve passes
+    views of the rows its generated passes read (D (4, N), A^T and Vt (NM, 2N))."""
     N = w.shape[0]
     M = np.empty(NM)
     g = np.empty(NM)

@@ -22,6 +22,7 @@ convergence and shorten the step).
 from __future__ import annotations
 
 import functools
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -59,24 +60,25 @@ class LowRankJacobian:
         return J
 
     @classmethod
-    def from_rows(cls, D, AT, Vt, replaces=None):
-        """From A^T and Vt, each (r, bN) row-major: the layout of the generated passes (:meth:`rows`,
-        no copy made). ``replaces``: as in :meth:`from_transposed`."""
-        J = cls(D, AT.T, Vt)
-        J._rows = AT, Vt
-        if replaces is not None:
-            J._block_row_buffer = replaces._block_rows
+    def from_rows(cls, Dr, AT, Vt):
+        """From D's blocks in rows Dr (b b, N) (:meth:`block_rows`), A^T and Vt, each (r, bN)
+        row-major: the layout of the generated passes (:meth:`rows`), no copy made (D is a view)."""
+        b = math.isqrt(Dr.shape[0])
+        J = cls(Dr.reshape(b, b, -1).transpose(2, 0, 1), AT.T, Vt)
+        J._rows, J._block_rows = (AT, Vt), Dr
         return J
 
-    def row_buffers(self, N, b, r):
-        """(D, A^T, Vt) of this Jacobian, Vt and A^T in rows (:meth:`rows`), for a caller that
-        overwrites them with a new one (the old is then gone, with every factorization of it), or
-        None if their shapes differ."""
-        rows = self._rows
-        if (self.scale != 1.0 or rows is None or self.D.shape != (N, b, b) or not self.D.flags.c_contiguous
-                or rows[0].shape != (r, b * N) or rows[1].shape != (r, b * N)):
-            return None
-        return self.D, rows[0], rows[1]
+    @staticmethod
+    def rows_for(N, b, r, replaces=None):
+        """Arrays (Dr, A^T, Vt) for :meth:`from_rows`: those of ``replaces``, a Jacobian in rows being
+        discarded (with every factorization of it), where their shapes fit (fresh ones cost page
+        faults), else new ones."""
+        shapes = (b * b, N), (r, b * N), (r, b * N)
+        if replaces is not None and replaces.scale == 1.0 and replaces._rows is not None:
+            arrays = (replaces._block_rows, *replaces._rows)
+            if all(x is not None and x.shape == shape for x, shape in zip(arrays, shapes)):
+                return arrays
+        return tuple(np.empty(shape) for shape in shapes)
 
     def buffers(self, N, b, r):
         """(D, A, VtT) of this Jacobian for a caller that overwrites them with a new one (the old
