@@ -299,8 +299,8 @@ def test_generated_newton_pass_on_two_threads_equals_one_thread(rng):
 
 
 def test_joined_step_passes_equal_the_passes_they_join(rng):
-    """newton_start, newton_finish and predict against the passes whose arithmetic they join, bit
-    for bit."""
+    """newton_start, newton_finish and predict (with newton_start's) against the passes whose
+    arithmetic they join, bit for bit."""
     from odehild.solve import radau
 
     n, h = 1001, 0.37
@@ -323,10 +323,13 @@ def test_joined_step_passes_equal_the_passes_they_join(rng):
     for u, v in zip(got, (y_new, err, Qd)):
         np.testing.assert_array_equal(u, v)
     x = np.array([1.1, 1.5, 2.0])
-    poly, pred = np.empty((3, n)), np.empty((3, n))
+    poly, pred, W3, Ys3 = (np.empty((3, n)) for _ in range(4))
     k.evaluate_polynomial(y, Q, x, poly)
-    k.predict(y, Q, x, f, pred)
+    k.predict(y, Q, x, f, radau.TI, pred, W3, Ys3)
     np.testing.assert_array_equal(pred, poly - f)
+    k.newton_start(radau.TI, pred, f, W2, Ys2)
+    np.testing.assert_array_equal(W3, W2)
+    np.testing.assert_array_equal(Ys3, Ys2)
 
 
 def test_jacobian_parts_match_finite_differences_of_the_rhs(rng):
@@ -405,7 +408,8 @@ def test_parallel_step_passes_equal_the_serial_ones(rng):
             "evaluate_polynomial": (y, Z, np.array([0.1, 0.5, 0.9]), np.empty((3, n))),
             "newton_start": (radau.TI, Z, y, np.empty((3, n)), np.empty((3, n))),
             "newton_finish": (radau.T, radau.P, radau.E, 0.1, W, y, f, np.empty(n), np.empty(n), np.empty((3, n))),
-            "predict": (y, Z, np.array([1.1, 1.5, 2.0]), f, np.empty((3, n)))}
+            "predict": (y, Z, np.array([1.1, 1.5, 2.0]), f, radau.TI, np.empty((3, n)), np.empty((3, n)),
+                        np.empty((3, n)))}
     serial, parallel = radau.step_passes(False), radau.step_passes(True)
     with compiled_threads(2):
         for name, a in args.items():
