@@ -796,9 +796,10 @@ class WoodburyFactor:
         return x
 
     def _apply(self, b, out):
-        """out = (c I - J)^-1 b by the Woodbury identity; a real factor with P^-1 in rows by the
-        generated pass, which vectorises (N = 1e5, random factors: one thread 0.91 against 2.39 ms in
-        the cache, 1.74 against 2.15 ms cold; two threads 0.84 against 1.28, cold 1.28 against 1.47)."""
+        """out = (c I - J)^-1 b by the Woodbury identity; a real factor in rows by the generated pass,
+        which vectorises (N = 1e5, random factors, with P^-1 read in rows: one thread 0.91 against
+        2.39 ms in the cache, 1.74 against 2.15 ms cold; two threads 0.84 against 1.28, cold 1.28
+        against 1.47), forming P^-1 from the Jacobian's blocks."""
         if self.in_rows and self.dtype.kind == "f":
             AT, Vt = self.J.rows()
             _generated_pass("woodbury_solve", AT.shape[0], self.nchunk > 1)(
@@ -824,7 +825,7 @@ def _generated_pass(name: str, rank: int, parallel: bool):
 def newton_update(LU_real, LU_complex, F, W, TI, T, m_real, m_complex, y, inv_scale, Ys):
     """Radau's Newton iteration in two fused passes for a real and a complex factor that
     :meth:`WoodburyFactor.pairs_with` each other; returns (number of non-finite stage derivatives,
-    RMS of the increment over its scale). With factors made with ``rows=True``, the generated pass
+    RMS of the increment over its scale). With factors in rows (``rows=True``), the generated pass
     of :mod:`odehild.codegen.radau_gen`, which vectorises (its arithmetic was the bound) and forms
     P^-1 per particle from the Jacobian's blocks (:meth:`LowRankJacobian.block_rows`), on threads
     its parallel variant; without, ``_newton_update`` of :func:`_rank_passes`, which reads the
