@@ -47,9 +47,15 @@ def passes_of(rev):
     old = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(old)
     def inverses(fn):
-        # while the fused passes read P^-1 in rows (seventeenth session), the block inverses took a
-        # ``rows`` argument to write them to
-        return fn if fn.py_func.__code__.co_argcount == 4 else lambda D, c, sc, Pinv: fn(D, c, sc, Pinv, np.empty((0, 0)))
+        # the block inverses take the singular blocks' threshold (nineteenth session); while the fused
+        # passes read P^-1 in rows (seventeenth session), they took a ``rows`` argument to write them to
+        code = fn.py_func.__code__
+        last = code.co_varnames[code.co_argcount - 1]
+        if last == "cond_limit":
+            return fn
+        if last == "rows":
+            return lambda D, c, sc, Pinv, cond_limit: fn(D, c, sc, Pinv, np.empty((0, 0)))
+        return lambda D, c, sc, Pinv, cond_limit: fn(D, c, sc, Pinv)
 
     if hasattr(old, "_rank_passes"):
         def rank_passes(parallel, rank):

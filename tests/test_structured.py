@@ -87,12 +87,9 @@ def test_woodbury_solves_of_larger_blocks_match_dense(r, threads, rng):
 
 @pytest.mark.parametrize("threads", [1, pytest.param(2, marks=two_threads)])
 @pytest.mark.parametrize("b", [2, 3])
-def test_refined_woodbury_solves_match_dense(b, threads, rng, monkeypatch):
-    """With every capacitance counted ill-conditioned, each solve is refined against the structured
+def test_refined_woodbury_solves_match_dense(b, threads, rng):
+    """With the capacitance counted ill-conditioned, each solve is refined against the structured
     matrix (its O(N r) residual, per-chunk sums on two threads): the dense solution to rounding."""
-    from odehild.solve import structured
-
-    monkeypatch.setattr(structured, "COND_LIMIT", 0.0)
     N, r = 1500, 4
     n = b * N
     Js = LowRankJacobian(rng.normal(size=(N, b, b)), rng.normal(size=(n, r)) / N ** 0.5,
@@ -101,10 +98,70 @@ def test_refined_woodbury_solves_match_dense(b, threads, rng, monkeypatch):
     for mu in (3.6378, 2.6811 + 3.0504j):
         with compiled_threads(threads):
             F = WoodburyFactor(IterationMatrix(mu / 1e-2, Js), threads)
-            assert F.refine
+            assert F.dense is None
+            F.refine = True  # as an ill-conditioned capacitance would
             rhs = rng.normal(size=n) + (1j * rng.normal(size=n) if isinstance(mu, complex) else 0)
             x = F.solve(rhs)
         np.testing.assert_allclose(x, np.linalg.solve(mu / 1e-2 * np.eye(n) - J, rhs), rtol=1e-11, atol=1e-12)
+
+
+def test_refined_solves_of_a_factor_in_rows_match_dense(rng, monkeypatch):
+    """Refinement of a factor in rows (its residuals and corrections by the generated passes, real
+    and complex shift; refinement switched on, as an ill-conditioned capacitance would): the dense
+    solution to rounding, no P^-1 stored."""
+    from odehild.solve import radau
+
+    N, r, h = 1500, 4, 1e-2
+    n = 2 * N
+    J = LowRankJacobian(rng.normal(size=(N, 2, 2)), rng.normal(size=(n, r)) / N ** 0.5,
+                        rng.normal(size=(r, n)) / N ** 0.5)
+    for mu in (radau.MU_REAL, radau.MU_COMPLEX):
+        F = WoodburyFactor(IterationMatrix(mu / h, J), rows=True)
+        assert F.in_rows
+        F.refine = True
+        rhs = rng.normal(size=n) + (1j * rng.normal(size=n) if isinstance(mu, complex) else 0)
+        x = F.solve(rhs)
+        assert F._Pinv is None
+        np.testing.assert_allclose(x, np.linalg.solve(mu / h * np.eye(n) - J.toarray(), rhs), rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows", [True, False])
+def test_refinement_stops_where_its_residual_stalls(rng, monkeypatch, rows):
+    """c and the blocks D of order 1e6, P = c I - D of order 1: the residual's own rounding (c x
+    against D x, about 1e-8 of b here) lies above the target 1e-13 of b. Refinement stops when the
+    residual no longer halves, before REFINE_STEPS corrections, and returns the iterate with the
+    smallest residual: the dense solution within the matrix's condition times that rounding."""
+    from odehild.solve import structured
+
+    N, r, c = 400, 4, 1e6
+    n = 2 * N
+    D = c * np.eye(2) + rng.normal(size=(N, 2, 2))  # P = c I - D of order 1
+    J = LowRankJacobian(D, rng.normal(size=(n, r)) / N ** 0.5, rng.normal(size=(r, n)) / N ** 0.5)
+    if rows:
+        J = LowRankJacobian.from_rows(np.ascontiguousarray(D.reshape(N, 4).T), np.ascontiguousarray(J.A.T), J.Vt)
+    F = WoodburyFactor(IterationMatrix(c, J), rows=rows)
+    assert F.in_rows == rows
+    F.refine = True  # as an ill-conditioned capacitance would
+    residuals, applies = [], []
+    residual, apply = F._residual, F._apply
+    monkeypatch.setattr(F, "_residual", lambda x, b, out: residuals.append(residual(x, b, out)) or residuals[-1])
+    monkeypatch.setattr(F, "_apply", lambda b, out: applies.append(1) or apply(b, out))
+    M = c * np.eye(n) - J.toarray()
+    out = np.empty(n)
+    grew = 0
+    for _ in range(6):
+        residuals.clear(), applies.clear()
+        rhs = rng.normal(size=n)
+        x = F.solve(rhs)
+        assert min(residuals) > 1e-13 * np.abs(rhs).max()  # the target is out of reach
+        assert len(applies) <= structured.REFINE_STEPS  # the first solve and fewer corrections than allowed
+        assert not residuals[-1] < 0.5 * residuals[-2]
+        grew += residuals[-1] > residuals[-2]  # the last correction made it worse: undone
+        assert residual(x, rhs, out) == min(residuals)
+        # the rounding of c x against D x bounds the residual at about eps c |x|, the error at cond times that
+        dense = np.linalg.solve(M, rhs)
+        assert np.abs(x - dense).max() <= np.linalg.cond(M) * c * np.finfo(float).eps * np.abs(dense).max()
+    assert grew > 0
 
 
 @pytest.mark.parametrize("b", [2, 3])
@@ -135,9 +192,10 @@ def test_complex_passes_on_a_real_jacobian_equal_the_generic_ones(b, rng):
 
 @pytest.mark.parametrize("r", [1, 4])
 def test_factor_with_rows_equals_the_block_passes(rng, r):
-    """A factor in rows (the fused Newton passes' factors) forms its capacitance, and a real one
-    solves, by generated passes that form P^-1 from the Jacobian's blocks: the block passes'
-    capacitance to rounding, and its solve against a dense solve and the block passes' solve."""
+    """A factor in rows (the fused Newton passes' factors) forms its capacitance and solves, real and
+    complex, by generated passes that form P^-1 from the Jacobian's blocks: the block passes'
+    capacitance to rounding, and its solve against a dense solve and the block passes' solve; no
+    P^-1 is ever stored."""
     from odehild.solve import radau
 
     N, h = 301, 1e-3
@@ -149,10 +207,19 @@ def test_factor_with_rows_equals_the_block_passes(rng, r):
         rows, blocks = (WoodburyFactor(IterationMatrix(mu / h, J), rows=flag) for flag in (True, False))
         assert rows.in_rows and not blocks.in_rows and rows._Pinv is None
         np.testing.assert_allclose(rows.cap_inv, blocks.cap_inv, rtol=0, atol=1e-13 * np.abs(blocks.cap_inv).max())
-        dense = np.linalg.solve(mu / h * np.eye(n) - J.toarray(), b)
-        x = rows.solve(b)
+        rhs = b + (1j * rng.normal(size=n) if isinstance(mu, complex) else 0)
+        dense = np.linalg.solve(mu / h * np.eye(n) - J.toarray(), rhs)
+        x = rows.solve(rhs)
+        assert rows._Pinv is None
         np.testing.assert_allclose(x, dense, rtol=1e-10, atol=1e-12 * np.abs(dense).max())
-        np.testing.assert_allclose(x, blocks.solve(b), rtol=0, atol=1e-14 * np.abs(dense).max())
+        np.testing.assert_allclose(x, blocks.solve(rhs), rtol=0, atol=1e-14 * np.abs(dense).max())
+        # a refinement's residual b - (c I - J) x, by the generated pass and the block pass
+        out = [np.empty_like(x) for _ in range(2)]
+        tops = [F._residual(x, rhs.astype(x.dtype), o) for F, o in zip((rows, blocks), out)]
+        np.testing.assert_allclose(out[0], rhs - (mu / h * np.eye(n) - J.toarray()) @ x, rtol=0,
+                                   atol=1e-12 * np.abs(rhs).max())
+        np.testing.assert_allclose(out[0], out[1], rtol=0, atol=1e-14 * np.abs(rhs).max())
+        assert tops[0] == pytest.approx(np.abs(out[0]).max(), rel=1e-12) and tops[0] == pytest.approx(tops[1], rel=1e-6)
 
 
 def newton_case(rng, N, b=2, r=4):

@@ -9,7 +9,7 @@ loop, LLVM vectorises both passes, which a loop over the moments and per-particl
 (2.5x at N = 1e5 on one thread). The scalar sums need the moments' count at the time of writing:
 hence generated source, one module per rank, compiled once and cached as the models' code is. The
 same module holds, written the same way, the passes of a factor in rows: its capacitance
-I - Vt P^-1 A (real and complex) and the real factor's Woodbury solve.
+I - Vt P^-1 A (real and complex), its Woodbury solves and a refinement's residual (real and complex).
 """
 
 from __future__ import annotations
@@ -231,7 +231,8 @@ def capacitance_source(rank: int) -> str:
     """``capacitance`` and ``capacitance_complex`` for ``rank`` moments: I - scale Vt P^-1 A, P^-1
     formed per particle from the Jacobian's blocks in rows (4, N), and A^T, Vt (r, 2N), one scalar
     sum per entry (and part), so that LLVM vectorises the pass as it does the Newton pass's; and the
-    real factor's ``woodbury_solve``."""
+    factor's solves (``woodbury_solve``, ``woodbury_solve_complex``) and a refinement's residuals
+    (``residual``, ``residual_complex``)."""
     R = rank
     ks = range(R)
     rows = "\n".join(f"A{k}a, A{k}s, V{k}a, V{k}s = AT[{k}, lo:hi], AT[{k}, N + lo:N + hi], Vt[{k}, lo:hi], "
@@ -260,6 +261,26 @@ def capacitance_source(rank: int) -> str:
     solve_store = "\n".join(f"partial[c, {k}] = u{k}" for k in ks)
     z_scalars = "\n".join(f"z{k} = z[{k}]" for k in ks)
     a_terms = "\n".join(f"va += A{k}a[i] * z{k}\nvs += A{k}s[i] * z{k}" for k in ks)
+    # complex right-hand sides: real and imaginary parts as separate sums (A, Vt and D are real)
+    csolve_zero = " = ".join(f"u{k}r = u{k}i" for k in ks) + " = 0.0"
+    csolve_sums = "\n".join(f"u{k}r += V{k}a[i] * ya_re + V{k}s[i] * ys_re\n"
+                            f"u{k}i += V{k}a[i] * ya_im + V{k}s[i] * ys_im" for k in ks)
+    csolve_store = "\n".join(f"partial[c, {k}], partial[c, {R + k}] = u{k}r, u{k}i" for k in ks)
+    cz_scalars = "\n".join(f"z{k}r, z{k}i = z[{k}].real, z[{k}].imag" for k in ks)
+    ca_terms = "\n".join(f"a0, a1 = A{k}a[i], A{k}s[i]\n"
+                         f"va_re += a0 * z{k}r\nva_im += a0 * z{k}i\nvs_re += a1 * z{k}r\nvs_im += a1 * z{k}i"
+                         for k in ks)
+    # the residual b - (c I - scale J) x: v = Vt x, then J x = D x + A v per particle
+    res_sums = "\n".join(f"u{k} += V{k}a[i] * xa + V{k}s[i] * xs" for k in ks)
+    res_store = "\n".join(f"partial[c, {k}] = u{k}" for k in ks)
+    v_scalars = "\n".join(f"v{k} = v[{k}]" for k in ks)
+    res_terms = "\n".join(f"ja += A{k}a[i] * v{k}\njs += A{k}s[i] * v{k}" for k in ks)
+    cres_sums = "\n".join(f"u{k}r += V{k}a[i] * xa_re + V{k}s[i] * xs_re\n"
+                          f"u{k}i += V{k}a[i] * xa_im + V{k}s[i] * xs_im" for k in ks)
+    cv_scalars = "\n".join(f"v{k}r, v{k}i = v[{k}].real, v[{k}].imag" for k in ks)
+    cres_terms = "\n".join(f"a0, a1 = A{k}a[i], A{k}s[i]\n"
+                           f"ja_re += a0 * v{k}r\nja_im += a0 * v{k}i\njs_re += a1 * v{k}r\njs_im += a1 * v{k}i"
+                           for k in ks)
     return f'''
 
 @njit(cache=True, fastmath={{"reassoc"}}, error_model="numpy")
@@ -301,6 +322,142 @@ def woodbury_solve(Dr, cr, AT, scale, Vt, cap_inv, b, out, nchunk=1):
 {_indent(a_terms, 12)}
             xa_[i] = p00 * va + p01 * vs
             xs_[i] = p10 * va + p11 * vs
+
+
+@njit(cache=True, fastmath={{"reassoc"}}, error_model="numpy")
+def woodbury_solve_complex(Dr, cc, AT, scale, Vt, cap_inv, b, out, nchunk=1):
+    """``woodbury_solve`` for the complex shift cc (A and Vt real): b, out complex (2N), cap_inv
+    complex (r, r); real and imaginary parts summed apart."""
+    N = Dr.shape[1]
+    cc_re, cc_im = cc.real, cc.imag
+    partial = np.zeros((nchunk, 2 * R + PAD))
+    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+{_indent(_D_ROWS, 8)}
+{_indent(v_rows, 8)}
+        ba_, bs_ = b[lo:hi], b[N + lo:N + hi]
+        {csolve_zero}
+        for i in range(hi - lo):
+{_indent(complex_inverse, 12)}
+            ba, bs = ba_[i], bs_[i]
+            ca_re, ca_im, cs_re, cs_im = ba.real, ba.imag, bs.real, bs.imag
+            ya_re = c00r * ca_re - c00i * ca_im + c01r * cs_re - c01i * cs_im
+            ya_im = c00r * ca_im + c00i * ca_re + c01r * cs_im + c01i * cs_re
+            ys_re = c10r * ca_re - c10i * ca_im + c11r * cs_re - c11i * cs_im
+            ys_im = c10r * ca_im + c10i * ca_re + c11r * cs_im + c11i * cs_re
+{_indent(csolve_sums, 12)}
+{_indent(csolve_store, 8)}
+    z = np.zeros(R, dtype=np.complex128)
+    for k in range(R):
+        for l in range(R):
+            t_re = t_im = 0.0
+            for c in range(nchunk):
+                t_re += partial[c, l]
+                t_im += partial[c, R + l]
+            z[k] += scale * cap_inv[k, l] * complex(t_re, t_im)
+{_indent(cz_scalars, 4)}
+    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+{_indent(_D_ROWS, 8)}
+{_indent(a_rows, 8)}
+        ba_, bs_, xa_, xs_ = b[lo:hi], b[N + lo:N + hi], out[lo:hi], out[N + lo:N + hi]
+        for i in range(hi - lo):
+{_indent(complex_inverse, 12)}
+            ba, bs = ba_[i], bs_[i]
+            va_re, va_im, vs_re, vs_im = ba.real, ba.imag, bs.real, bs.imag
+{_indent(ca_terms, 12)}
+            xa_[i] = complex(c00r * va_re - c00i * va_im + c01r * vs_re - c01i * vs_im,
+                             c00r * va_im + c00i * va_re + c01r * vs_im + c01i * vs_re)
+            xs_[i] = complex(c10r * va_re - c10i * va_im + c11r * vs_re - c11i * vs_im,
+                             c10r * va_im + c10i * va_re + c11r * vs_im + c11i * vs_re)
+
+
+@njit(cache=True, fastmath={{"reassoc"}}, error_model="numpy")
+def residual(Dr, cr, AT, scale, Vt, x, b, out, nchunk=1):
+    """out = b - (cr x - scale J x), J = D + A Vt with D's 2x2 blocks in rows Dr (4, N) and A^T, Vt
+    (r, 2N): a refinement's residual; returns max |out|."""
+    N = Dr.shape[1]
+    partial = np.zeros((nchunk, R + PAD))
+    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+{_indent(v_rows, 8)}
+        xa_, xs_ = x[lo:hi], x[N + lo:N + hi]
+        {solve_zero}
+        for i in range(hi - lo):
+            xa, xs = xa_[i], xs_[i]
+{_indent(res_sums, 12)}
+{_indent(res_store, 8)}
+    v = np.zeros(R)
+    for k in range(R):
+        for c in range(nchunk):
+            v[k] += partial[c, k]
+{_indent(v_scalars, 4)}
+    tops = np.zeros((nchunk, PAD))
+    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+{_indent(_D_ROWS, 8)}
+{_indent(a_rows, 8)}
+        xa_, xs_, ba_, bs_ = x[lo:hi], x[N + lo:N + hi], b[lo:hi], b[N + lo:N + hi]
+        oa_, os_ = out[lo:hi], out[N + lo:N + hi]
+        top = 0.0
+        for i in range(hi - lo):
+            xa, xs = xa_[i], xs_[i]
+            ja = D00[i] * xa + D01[i] * xs
+            js = D10[i] * xa + D11[i] * xs
+{_indent(res_terms, 12)}
+            ra = ba_[i] - (cr * xa - scale * ja)
+            rs = bs_[i] - (cr * xs - scale * js)
+            oa_[i], os_[i] = ra, rs
+            top = max(top, max(abs(ra), abs(rs)))
+        tops[c, 0] = top
+    return np.max(tops[:, 0])
+
+
+@njit(cache=True, fastmath={{"reassoc"}}, error_model="numpy")
+def residual_complex(Dr, cc, AT, scale, Vt, x, b, out, nchunk=1):
+    """``residual`` for the complex shift cc (J real): x, b, out complex; returns max |out|."""
+    N = Dr.shape[1]
+    cc_re, cc_im = cc.real, cc.imag
+    partial = np.zeros((nchunk, 2 * R + PAD))
+    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+{_indent(v_rows, 8)}
+        xa_, xs_ = x[lo:hi], x[N + lo:N + hi]
+        {csolve_zero}
+        for i in range(hi - lo):
+            xa, xs = xa_[i], xs_[i]
+            xa_re, xa_im, xs_re, xs_im = xa.real, xa.imag, xs.real, xs.imag
+{_indent(cres_sums, 12)}
+{_indent(csolve_store, 8)}
+    v = np.zeros(R, dtype=np.complex128)
+    for k in range(R):
+        for c in range(nchunk):
+            v[k] += complex(partial[c, k], partial[c, R + k])
+{_indent(cv_scalars, 4)}
+    tops = np.zeros((nchunk, PAD))
+    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+{_indent(_D_ROWS, 8)}
+{_indent(a_rows, 8)}
+        xa_, xs_, ba_, bs_ = x[lo:hi], x[N + lo:N + hi], b[lo:hi], b[N + lo:N + hi]
+        oa_, os_ = out[lo:hi], out[N + lo:N + hi]
+        top = 0.0
+        for i in range(hi - lo):
+            xa, xs, ba, bs = xa_[i], xs_[i], ba_[i], bs_[i]
+            xa_re, xa_im, xs_re, xs_im = xa.real, xa.imag, xs.real, xs.imag
+            ja_re = D00[i] * xa_re + D01[i] * xs_re
+            ja_im = D00[i] * xa_im + D01[i] * xs_im
+            js_re = D10[i] * xa_re + D11[i] * xs_re
+            js_im = D10[i] * xa_im + D11[i] * xs_im
+{_indent(cres_terms, 12)}
+            ra_re = ba.real - ((cc_re * xa_re - cc_im * xa_im) - scale * ja_re)
+            ra_im = ba.imag - ((cc_re * xa_im + cc_im * xa_re) - scale * ja_im)
+            rs_re = bs.real - ((cc_re * xs_re - cc_im * xs_im) - scale * js_re)
+            rs_im = bs.imag - ((cc_re * xs_im + cc_im * xs_re) - scale * js_im)
+            oa_[i], os_[i] = complex(ra_re, ra_im), complex(rs_re, rs_im)
+            top = max(top, max(ra_re * ra_re + ra_im * ra_im, rs_re * rs_re + rs_im * rs_im))
+        tops[c, 0] = top
+    return np.max(tops[:, 0]) ** 0.5
 
 
 @njit(cache=True, fastmath={{"reassoc"}}, error_model="numpy")
@@ -371,6 +528,6 @@ def _module(rank: int):
 
 
 def generated_pass(name: str, rank: int):
-    """The compiled pass ``name`` (``newton_update``, ``woodbury_solve``, ``capacitance``,
-    ``capacitance_complex``) for ``rank`` moments, from the on-disk cache when it holds it."""
+    """The compiled pass ``name`` (``newton_update``, ``woodbury_solve``, ``woodbury_solve_complex``,
+    ``residual``, ``residual_complex``, ``capacitance``, ``capacitance_complex``) for ``rank`` moments, from the on-disk cache when it holds it."""
     return getattr(_module(rank), name)

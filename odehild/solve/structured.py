@@ -12,10 +12,12 @@ which costs O(N K) per solve and a (K+1) x (K+1) capacitance matrix per factoriz
 capacitance matrix is ill-conditioned (late in a run, when the residuals are near rounding), the
 identity loses accuracy; each solve is then refined against the structured matrix itself (residual
 b - (c I - J) x in O(N K), a correction by the same factorization) until it is accurate to
-rounding. Only when a block is singular to working precision, or refinement stalls, is the
-matrix assembled and factored densely (counted in ``ndense``), and only up to DENSE_MAX unknowns:
-beyond that a dense factor would not fit in memory (8 (bN)^2 bytes) and the refined solution is
-used as it is, which Radau's and BDF's Newton iterations tolerate (they check their own
+rounding, for at most REFINE_STEPS corrections; refinement stops early when the residual no longer
+halves (the rounding of the residual itself bounds it) and keeps the iterate with the smaller one.
+Only when a block is singular to working precision is the matrix assembled and factored densely
+(counted in ``ndense``), and only up to DENSE_MAX unknowns: beyond that a dense factor would not fit
+in memory (8 (bN)^2 bytes), the singular block is replaced by a finite stand-in and the refined
+solution is used as it is, which Radau's and BDF's Newton iterations tolerate (they check their own
 convergence and shorten the step).
 """
 
@@ -613,16 +615,17 @@ def _mag(z):
 
 
 @njit(cache=True)
-def _shifted_inverses_2x2(D, c, sc, Pinv):
+def _shifted_inverses_2x2(D, c, sc, Pinv, cond_limit):
     """Pinv = (c I - sc D_i)^-1 for 2x2 blocks by the adjugate; returns how many blocks are singular
-    to working precision (|det| COND_LIMIT <= the product of the row 1-norms, complex moduli
-    taken as |re| + |im|: within a factor sqrt 2, without a square root per entry)."""
+    to working precision (|det| cond_limit <= the product of the row 1-norms, complex moduli
+    taken as |re| + |im|: within a factor sqrt 2, without a square root per entry). cond_limit is an
+    argument: Numba freezes a global at compile time, into the cache."""
     singular = 0
     for i in prange(D.shape[0]):
         p00, p01 = c - sc * D[i, 0, 0], -sc * D[i, 0, 1]
         p10, p11 = -sc * D[i, 1, 0], c - sc * D[i, 1, 1]
         det = p00 * p11 - p01 * p10
-        if _mag(det) * COND_LIMIT <= (_mag(p00) + _mag(p01)) * (_mag(p10) + _mag(p11)) or det == 0:
+        if _mag(det) * cond_limit <= (_mag(p00) + _mag(p01)) * (_mag(p10) + _mag(p11)) or det == 0:
             singular += 1
             det = 1.0 + 0.0 * det
         inv = 1.0 / det  # one complex division instead of four
@@ -721,7 +724,7 @@ class WoodburyFactor:
                 return
         if J.b == 2:
             Pinv = np.empty(J.D.shape, dtype=dtype)
-            singular = k._shifted_inverses_2x2(np.ascontiguousarray(J.D), dtype.type(c), float(sc), Pinv)
+            singular = k._shifted_inverses_2x2(np.ascontiguousarray(J.D), dtype.type(c), float(sc), Pinv, COND_LIMIT)
         else:
             P = np.multiply(-sc, J.D, dtype=dtype)
             P[:, np.arange(J.b), np.arange(J.b)] += c
@@ -750,7 +753,7 @@ class WoodburyFactor:
             J = self.J
             self._Pinv = np.empty(J.D.shape, dtype=self.dtype)
             self._passes._shifted_inverses_2x2(np.ascontiguousarray(J.D), self.dtype.type(self.c), float(self.sc),
-                                               self._Pinv)
+                                               self._Pinv, COND_LIMIT)
         return self._Pinv
 
     @property
@@ -787,25 +790,44 @@ class WoodburyFactor:
             return x
         scale = np.max(np.abs(b))
         r, dx = np.empty_like(b), np.empty_like(b)
-        J = self.J
+        last, previous = np.inf, x
         for _ in range(REFINE_STEPS):
-            if self._passes._residual(self.c, self.sc, J.D, self.A, J.Vt, x, b, r, self.nchunk) <= 1e-13 * scale:
+            residual = self._residual(x, b, r)
+            if residual <= 1e-13 * scale:
                 break
+            if not residual < 0.5 * last:
+                # stalled at the rounding of the residual itself (|c x| can exceed |b| by far): the
+                # iterate with the smaller residual is kept
+                return x if residual <= last else previous
             self._apply(r, dx)
-            x += dx
+            previous, x = x, x + dx
+            last = residual
         return x
 
     def _apply(self, b, out):
-        """out = (c I - J)^-1 b by the Woodbury identity; a real factor in rows by the generated pass,
-        which vectorises (N = 1e5, random factors, with P^-1 read in rows: one thread 0.91 against
+        """out = (c I - J)^-1 b by the Woodbury identity; a factor in rows by the generated passes,
+        which vectorise (N = 1e5, random factors, with P^-1 read in rows: one thread 0.91 against
         2.39 ms in the cache, 1.74 against 2.15 ms cold; two threads 0.84 against 1.28, cold 1.28
         against 1.47), forming P^-1 from the Jacobian's blocks."""
-        if self.in_rows and self.dtype.kind == "f":
+        if self.in_rows:
             AT, Vt = self.J.rows()
-            _generated_pass("woodbury_solve", AT.shape[0], self.nchunk > 1)(
-                self.J.block_rows(), float(self.c), AT, self.sc, Vt, self.cap_inv, b, out, self.nchunk)
+            name, c = ("woodbury_solve", float(self.c)) if self.dtype.kind == "f" else ("woodbury_solve_complex",
+                                                                                           complex(self.c))
+            _generated_pass(name, AT.shape[0], self.nchunk > 1)(self.J.block_rows(), c, AT, self.sc, Vt, self.cap_inv,
+                                                                b, out, self.nchunk)
         else:
             self._solve_pass(self.Pinv, self.A, self.sc, self.VtT, self.cap_inv, b, out, self.nchunk)
+
+    def _residual(self, x, b, out):
+        """out = b - (c I - J) x; returns max |out|. A factor in rows by the generated pass (N = 1e5
+        within a solve: 2 to 3 ms a call by the block pass, which reads D through a strided view)."""
+        J = self.J
+        if self.in_rows:
+            AT, Vt = J.rows()
+            name, c = ("residual", float(self.c)) if self.dtype.kind == "f" else ("residual_complex", complex(self.c))
+            return _generated_pass(name, AT.shape[0], self.nchunk > 1)(J.block_rows(), c, AT, self.sc, Vt, x, b, out,
+                                                                       self.nchunk)
+        return self._passes._residual(self.c, self.sc, J.D, self.A, J.Vt, x, b, out, self.nchunk)
 
 
 @functools.lru_cache(maxsize=None)
