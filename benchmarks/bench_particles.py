@@ -56,6 +56,16 @@ for radau.FUSED_MIN_UNKNOWNS in (fused, float("inf")):
     solve(model, initial_condition(warm), 5.0 if threads == 1 else 1e-6, points=3, progress=False,
           structured=structured, threads=threads, error_norm=norm, output_precision=precision)
 radau.FUSED_MIN_UNKNOWNS = fused
+# and the refined solves of factors in rows (an ill-conditioned capacitance, late in a run)
+import numpy as np
+from odehild.solve.structured import IterationMatrix, LowRankJacobian, WoodburyFactor
+from odehild.threads import compiled_threads
+J = LowRankJacobian.from_rows(np.eye(2).reshape(4, 1).repeat(50, 1), np.ones((4, 100)), np.ones((4, 100)) / 100)
+with compiled_threads(threads):
+    for mu in (radau.MU_REAL, radau.MU_COMPLEX):
+        F = WoodburyFactor(IterationMatrix(mu, J), threads=threads, rows=True)
+        F.refine = True
+        F.solve(np.ones(100, dtype=F.dtype))
 init = initial_condition(N)
 t0 = time.perf_counter()
 tr = solve(model, init, 5.0, rtol=1e-8, atol=1e-10, progress=False, structured=structured,

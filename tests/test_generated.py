@@ -104,8 +104,8 @@ def test_meanfield_tanh_chart_is_within_two_ulp_of_libm(mf_models, rng):
 
 @pytest.mark.parametrize("vector_tanh", [True, False])
 def test_meanfield_solve_rhs_matches_numpy(mf_models, rng, monkeypatch, vector_tanh):
-    """The solve's right-hand side (s = tanh(u) by the generated tanh_into where it vectorises, by
-    NumPy's ufunc elsewhere; then the compiled rhs_chart), on one thread and on two, against the
+    """The solve's right-hand side (s = tanh(u) by the generated tanh within the moments' pass,
+    rhs_tanh, where it vectorises; by NumPy's ufunc and rhs_chart elsewhere), on one thread and on two, against the
     NumPy formula, and the chart values against a 200-bit reference."""
     import mpmath as mp
 
@@ -137,24 +137,25 @@ def test_meanfield_solve_rhs_matches_numpy(mf_models, rng, monkeypatch, vector_t
     assert np.all(np.abs(np.tanh(u) - ref) <= 2 * np.spacing(np.abs(ref)))
 
 
-def test_meanfield_tanh_into_is_within_three_ulp_of_a_50_digit_tanh(mf_models, rng):
-    """The generated vectorisable tanh (the solve's where the CPU converts int64 in vector registers)
-    against mpmath, on one thread and in its parallel variant (elementwise: the same bits), over
-    N = 2500 (two full chunks of 1024 and a partial one) and the edges: signed zeros, subnormals,
-    the clamp at |u| = 20, where tanh rounds to 1, infinities and NaN."""
+def test_meanfield_vector_tanh_is_within_three_ulp_of_a_50_digit_tanh(mf_models, rng):
+    """The generated vectorisable tanh (the solve's where the CPU converts int64 in vector registers,
+    ``tanh_block``) against mpmath, and as the parallel variant of the moments' pass writes it chunk
+    by chunk (elementwise: the same bits), over N = 9000 (two full chunks of 4096 and a partial one)
+    and the edges: signed zeros, subnormals, the clamp at |u| = 20, where tanh rounds to 1,
+    infinities and NaN."""
     import mpmath as mp
 
     from odehild.threads import compiled_threads, parallel_variant
 
-    tanh_into = compile_model(mf_models[0]).module.tanh_into
+    module = compile_model(mf_models[0]).module
     edges = [0.0, -0.0, 5e-324, -1e-310, 1e-300, 0.3465, 0.3466, 0.5, 19.0, 19.07, 19.1, 20.0, 20.5, -400.0,
              1e308, np.inf, -np.inf]
-    n = 2500 - len(edges) - 1
+    n = 9000 - len(edges) - 1
     u = np.concatenate([rng.normal(size=n) * 10.0 ** rng.integers(-14, 2, size=n), edges, [np.nan]])
     s, s2 = np.empty_like(u), np.empty_like(u)
-    tanh_into(u, s)
+    module.tanh_block(u, s)
     with compiled_threads(2):
-        parallel_variant(tanh_into)(u, s2)
+        parallel_variant(module.moments_tanh)(np.ones(u.size), u, s2, np.ones(u.size), np.empty(module.NM))
     assert np.array_equal(s, s2, equal_nan=True)
     assert np.isnan(s[-1])
     with mp.workdps(50):

@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     import sympy as sp
 
 
-# from this many particles on a solve takes s = tanh(u) from the generated ``tanh_into`` (where it
-# vectorises): in whole solves 1.04x faster at N = 1000 (one thread), 1.06 to 1.08x at 1e4 and 1e5,
+# from this many particles on a solve takes s = tanh(u) from the generated ``tanh_lanes`` (where it
+# vectorises), within the moments' pass (``rhs_tanh``); as a pass of its own, before it joined the
+# moments', it was in whole solves 1.04x faster at N = 1000 (one thread), 1.06 to 1.08x at 1e4 and 1e5,
 # 1.12 and 1.13x on two threads (docs/performance.md, fourteenth session). Below, NumPy's tanh: a
 # cold run of a few particles does not compile it.
 VECTOR_TANH_MIN_PARTICLES = 1000
@@ -196,28 +197,33 @@ class MeanFieldModel(FoundingDeclaration):
         meta = {**self.meta(), "init": init.description, "N": init.N,
                 "learnability": self.learnability(s0_zero=not np.any(init.s0)).to_dict()}
 
-        # s = tanh(u) by the generated vectorised tanh where it vectorises (its parallel variant
-        # shares it among the threads), by NumPy's ufunc elsewhere; the rest compiled
+        # s = tanh(u) by the generated vectorised tanh where it vectorises, within the moments' pass
+        # (``rhs_tanh``, whose parallel variant shares it among the threads), by NumPy's ufunc
+        # elsewhere; the rest compiled
         vector_tanh = init.N >= VECTOR_TANH_MIN_PARTICLES and vector_int_conversions()
-        tanh = compiled.tanh_into if vector_tanh else np.tanh
 
-        def chart_rhs(kernel, chart_tanh):
-            def rhs(t, y, out):
-                s = np.empty(init.N)
-                chart_tanh(y[init.N:], s)
-                kernel(t, y, s, w, inv_eps, out)
+        def chart_rhs(kernel):
+            if vector_tanh:
+                def rhs(t, y, out):
+                    kernel(t, y, np.empty(init.N), w, inv_eps, out)
+            else:
+                def rhs(t, y, out):
+                    s = np.empty(init.N)
+                    np.tanh(y[init.N:], s)
+                    kernel(t, y, s, w, inv_eps, out)
 
             return rhs
 
         def parallel_rhs():
-            return chart_rhs(parallel_variant(compiled.rhs_chart, moments=parallel_variant(compiled.moments)),
-                             parallel_variant(tanh) if vector_tanh else tanh)
+            if vector_tanh:
+                return chart_rhs(parallel_variant(compiled.rhs_tanh, moments_tanh=parallel_variant(compiled.moments_tanh)))
+            return chart_rhs(parallel_variant(compiled.rhs_chart, moments=parallel_variant(compiled.moments)))
 
         def observables(Y):
             values = state.unpack(Y)
             return self._observables(compiled, values["a"], values["s"], w)
 
-        return OdeProblem(y0, state, chart_rhs(compiled.rhs_chart, tanh),
+        return OdeProblem(y0, state, chart_rhs(compiled.rhs_tanh if vector_tanh else compiled.rhs_chart),
                           lambda t, y, J: jac(t, y, w, inv_eps, J), compiled, meta,
                           jac_parts=jac_parts_with(parts),
                           fast_eps=self.eps, context={"weights": w}, parallel_rhs=parallel_rhs,
@@ -305,15 +311,34 @@ def meanfield_source(model: MeanFieldModel) -> str:
 
     unpack_M = "\n".join(f"    M_{k} = M[{k}]" for k in range(n))
     unpack_g = "\n".join(f"    g_{k} = g[{k}]" for k in range(n))
+    moment_block = emit_block([(f"m_{k}", sub(d.moment_fns[k])) for k in range(n)], 0, "xm")
     moments = compensated_moments(
         "moments(a, s, w, M)", "M_k = sum_j w_j m_k(a_j, s_j), compensated (codegen.numba_gen.MOMENT_LANES).", n,
-        [("a", "ai"), ("s", "si"), ("w", "wi")],
-        emit_block([(f"m_{k}", sub(d.moment_fns[k])) for k in range(n)], 0, "xm"), "wi")
+        [("a", "ai"), ("s", "si"), ("w", "wi")], moment_block, "wi")
+    moments_tanh = compensated_moments(
+        "moments_tanh(a, u, s, w, M)", "``moments`` of s = tanh(u), which it writes chunk by chunk (``tanh_block``) "
+        "before the chunk's sums.", n, [("a", "ai"), ("s", "si"), ("w", "wi")], moment_block, "wi",
+        chunk_prelude="tanh_block(u[lo:hi], s[lo:hi])")
     grad = emit_block([(f"g[{k}]", sub(d.grad[k])) for k in range(n)], 4, "xg")
     hess = emit_block([(f"H[{k}, {l}]", sub(d.hess[k][l])) for k in range(n) for l in range(n)], 4, "xh")
     resid = emit_block([(f"out[{k}]", sub(d.residuals[k])) for k in range(n)], 4, "xr")
     risk = emit_block([("val", sub(d.risk))], 4, "xk")
     rhs = emit_block([("fa", sub(d.state_rhs[0])), ("fu", sub(d.state_rhs[1]))], 12, "xf")
+    # the particles' rhs at the moments' gradient g, in rhs_chart and rhs_tanh alike
+    rhs_pass = f"""    grad_moments(M, g)
+{unpack_g}
+    # in chunks, each a loop from 0 over slices: a prange over the particles did not vectorise in
+    # the parallel variant (0.17 ms at N = 1e5 on one thread against 0.035 ms for the plain loop),
+    # nor did a loop from 1024 c (LLVM cannot rule out negative indices there)
+    for c in prange((N + 1023) // 1024):
+        lo, hi = 1024 * c, min(1024 * c + 1024, N)
+        a_c, s_c, fa_c, fu_c = y[lo:hi], s[lo:hi], dy[lo:hi], dy[N + lo:N + hi]
+        for i in range(hi - lo):
+            ai = a_c[i]
+            si = s_c[i]
+{rhs}
+            fa_c[i] = fa
+            fu_c[i] = fu"""
     jac_local = emit_block(
         [("jaa", sub(d.state_jac[0][0])), ("jau", sub(d.state_jac[0][1])),
          ("jua", sub(d.state_jac[1][0])), ("juu", sub(d.state_jac[1][1]))]
@@ -328,6 +353,8 @@ NM = {n}
 
 
 {moments}
+
+{moments_tanh}
 
 @njit(cache=True)
 def grad_moments(M, g):
@@ -364,16 +391,12 @@ def tanh_chart(u):
 
 
 @njit(cache=True, error_model="numpy", fastmath={{"contract"}})
-def tanh_into(u, s):
-    """s = tanh(u) by ``tanh_lanes``, in chunks of 1024 that the parallel variant shares among the
-    threads (NumPy's tanh runs on one). Vectorised: 0.069 ms at N = 1e5 on one thread against
-    NumPy's 0.088 ms, 0.045 ms on two."""
-    N = u.shape[0]
-    for c in prange((N + 1023) // 1024):
-        lo, hi = 1024 * c, min(1024 * c + 1024, N)
-        u_c, s_c = u[lo:hi], s[lo:hi]
-        for i in range(hi - lo):
-            s_c[i] = tanh_lanes(u_c[i])
+def tanh_block(u, s):
+    """s = tanh(u) by ``tanh_lanes``, vectorised (0.069 ms at N = 1e5 on one thread against NumPy's
+    0.088 ms, AMD EPYC). A function of its own for ``moments_tanh``, which compiles its sums without
+    contraction: a multiply-add would round w m_k apart from the sum that its TwoSum corrects."""
+    for i in range(u.shape[0]):
+        s[i] = tanh_lanes(u[i])
 
 
 @njit(cache=True, inline="always")
@@ -410,27 +433,27 @@ def rhs(t, y, w, inv_eps, dy):
 
 @njit(cache=True)
 def rhs_chart(t, y, s, w, inv_eps, dy):
-    """dy/dt as ``rhs``, given s = tanh(u): a solve takes s from a vectorised tanh (``tanh_into`` or
-    NumPy's), about six times faster here than a scalar one per particle, which was most of the
-    rhs's time at large N."""
+    """dy/dt as ``rhs``, given s = tanh(u): a solve takes s from NumPy's vectorised tanh where the
+    generated one does not vectorise (else ``rhs_tanh``), about six times faster here than a scalar
+    one per particle, which was most of the rhs's time at large N."""
     N = w.shape[0]
     M = np.empty(NM)
     g = np.empty(NM)
     moments(y[:N], s, w, M)
-    grad_moments(M, g)
-{unpack_g}
-    # in chunks, each a loop from 0 over slices: a prange over the particles did not vectorise in
-    # the parallel variant (0.17 ms at N = 1e5 on one thread against 0.035 ms for the plain loop),
-    # nor did a loop from 1024 c (LLVM cannot rule out negative indices there)
-    for c in prange((N + 1023) // 1024):
-        lo, hi = 1024 * c, min(1024 * c + 1024, N)
-        a_c, s_c, fa_c, fu_c = y[lo:hi], s[lo:hi], dy[lo:hi], dy[N + lo:N + hi]
-        for i in range(hi - lo):
-            ai = a_c[i]
-            si = s_c[i]
-{rhs}
-            fa_c[i] = fa
-            fu_c[i] = fu
+{rhs_pass}
+
+
+@njit(cache=True)
+def rhs_tanh(t, y, s, w, inv_eps, dy):
+    """dy/dt as ``rhs_chart``, writing s = tanh(u) by ``tanh_lanes`` itself, chunk by chunk within
+    the moments' pass (N = 1e5 on two threads: 0.40 against 0.43 ms for a separate vectorised tanh
+    pass and ``rhs_chart``, the same numbers; one parallel region less, s summed while in the
+    cache)."""
+    N = w.shape[0]
+    M = np.empty(NM)
+    g = np.empty(NM)
+    moments_tanh(y[:N], y[N:], s, w, M)
+{rhs_pass}
 
 
 @njit(cache=True)
