@@ -366,20 +366,14 @@ def test_generated_newton_pass_on_two_threads_equals_one_thread(rng):
 
 
 def test_joined_step_passes_equal_the_passes_they_join(rng):
-    """newton_start, newton_finish and predict (with newton_start's) against the passes whose
-    arithmetic they join, bit for bit."""
+    """newton_finish and predict against the passes whose arithmetic they join, bit for bit."""
     from odehild.solve import radau
 
     n, h = 1001, 0.37
     k = radau.step_passes()
     y, f = rng.normal(size=n), rng.normal(size=n)
-    Z0, W, Q = (rng.normal(size=(3, n)) for _ in range(3))
-    W1, Ys1, W2, Ys2 = (np.empty((3, n)) for _ in range(4))
-    k.transform(radau.TI, Z0, W1)
-    k.stage_states(y, Z0, Ys1)
-    k.newton_start(radau.TI, Z0, y, W2, Ys2)
-    np.testing.assert_array_equal(W2, W1)
-    np.testing.assert_array_equal(Ys2, Ys1)
+    W, Q = (rng.normal(size=(3, n)) for _ in range(2))
+    W1, Ys1 = (np.empty((3, n)) for _ in range(2))
     Z, y_new, err, Qd = np.empty((3, n)), np.empty(n), np.empty(n), np.empty((3, n))
     k.transform(radau.T, W, Z)
     k.add(y, Z[2], y_new)
@@ -389,14 +383,15 @@ def test_joined_step_passes_equal_the_passes_they_join(rng):
     k.newton_finish(radau.T, radau.P, radau.E, h, W, y, f, *got)
     for u, v in zip(got, (y_new, err, Qd)):
         np.testing.assert_array_equal(u, v)
+    # predict: W and the stage states of Z0 = (the polynomial at x) - y, with y = f here
     x = np.array([1.1, 1.5, 2.0])
-    poly, pred, W3, Ys3 = (np.empty((3, n)) for _ in range(4))
+    poly, W3, Ys3 = (np.empty((3, n)) for _ in range(3))
     k.evaluate_polynomial(y, Q, x, poly)
-    k.predict(y, Q, x, f, radau.TI, pred, W3, Ys3)
-    np.testing.assert_array_equal(pred, poly - f)
-    k.newton_start(radau.TI, pred, f, W2, Ys2)
-    np.testing.assert_array_equal(W3, W2)
-    np.testing.assert_array_equal(Ys3, Ys2)
+    k.predict(y, Q, x, f, radau.TI, W3, Ys3)
+    k.transform(radau.TI, poly - f, W1)
+    k.stage_states(f, poly - f, Ys1)
+    np.testing.assert_array_equal(W3, W1)
+    np.testing.assert_array_equal(Ys3, Ys1)
 
 
 def test_jacobian_parts_match_finite_differences_of_the_rhs(rng):
@@ -473,10 +468,8 @@ def test_parallel_step_passes_equal_the_serial_ones(rng):
             "weighted_rms": (f, y, y + 1, 1e-8, 1e-10, inv), "add": (y, f, np.empty(n)),
             "inverse_scale": (y, 1e-8, 1e-10, inv, np.empty(n)),
             "evaluate_polynomial": (y, Z, np.array([0.1, 0.5, 0.9]), np.empty((3, n))),
-            "newton_start": (radau.TI, Z, y, np.empty((3, n)), np.empty((3, n))),
             "newton_finish": (radau.T, radau.P, radau.E, 0.1, W, y, f, np.empty(n), np.empty(n), np.empty((3, n))),
-            "predict": (y, Z, np.array([1.1, 1.5, 2.0]), f, radau.TI, np.empty((3, n)), np.empty((3, n)),
-                        np.empty((3, n)))}
+            "predict": (y, Z, np.array([1.1, 1.5, 2.0]), f, radau.TI, np.empty((3, n)), np.empty((3, n)))}
     serial, parallel = radau.step_passes(False), radau.step_passes(True)
     with compiled_threads(2):
         for name, a in args.items():
