@@ -170,7 +170,8 @@ class MeanFieldModel(FoundingDeclaration):
         if not isinstance(init, InitialCondition):
             raise InputError(f"init must be an InitialCondition, got {type(init).__name__}")
         compiled = compile_model(self)
-        state = self.state_map(init.N)
+        N = init.N  # a property: read once here, not at every call of the closures below
+        state = self.state_map(N)
         y0 = state.pack({"a": init.a0, "s": init.s0})
         w, inv_eps, nm = init.weights, 1.0 / self.eps, self.K + 1
         jac, parts = compiled.jac, compiled.jac_parts_chart
@@ -179,13 +180,13 @@ class MeanFieldModel(FoundingDeclaration):
             def jac_parts(t, y, reuse=None):
                 # reuse: a Jacobian the caller discards, whose arrays are overwritten (fresh ones cost
                 # page faults: 4 of 5.4 ms at N = 1e5)
-                u = y[init.N:]
+                u = y[N:]
                 with np.errstate(over="ignore"):
                     c = np.cosh(u)
                     dsdu = 1.0 / (c * c)  # 1 - s^2 without cancellation; 0 where cosh(u)^2 overflows
                 # D, A and Vt written in rows, the generated passes' layout: their transposition into
                 # it took 4% of a solve at N = 1e5
-                J = LowRankJacobian.from_rows(*LowRankJacobian.rows_for(init.N, 2, nm, reuse))
+                J = LowRankJacobian.from_rows(*LowRankJacobian.rows_for(N, 2, nm, reuse))
                 kernel(t, y, np.tanh(u), dsdu, w, inv_eps, J.D, J.A, J.Vt)
                 return J
 
@@ -205,11 +206,11 @@ class MeanFieldModel(FoundingDeclaration):
         def chart_rhs(kernel):
             if vector_tanh:
                 def rhs(t, y, out):
-                    kernel(t, y, np.empty(init.N), w, inv_eps, out)
+                    kernel(t, y, np.empty(N), w, inv_eps, out)
             else:
                 def rhs(t, y, out):
-                    s = np.empty(init.N)
-                    np.tanh(y[init.N:], s)
+                    s = np.empty(N)
+                    np.tanh(y[N:], s)
                     kernel(t, y, s, w, inv_eps, out)
 
             return rhs
