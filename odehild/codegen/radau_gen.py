@@ -529,5 +529,6 @@ def _module(rank: int):
 
 def generated_pass(name: str, rank: int):
     """The compiled pass ``name`` (``newton_update``, ``woodbury_solve``, ``woodbury_solve_complex``,
-    ``residual``, ``residual_complex``, ``capacitance``, ``capacitance_complex``) for ``rank`` moments, from the on-disk cache when it holds it."""
+    ``residual``, ``residual_complex``, ``capacitance``, ``capacitance_complex``) for ``rank``
+    moments, from the on-disk cache when it holds it."""
     return getattr(_module(rank), name)

@@ -217,7 +217,8 @@ class MeanFieldModel(FoundingDeclaration):
 
         def parallel_rhs():
             if vector_tanh:
-                return chart_rhs(parallel_variant(compiled.rhs_tanh, moments_tanh=parallel_variant(compiled.moments_tanh)))
+                moments_tanh = parallel_variant(compiled.moments_tanh)
+                return chart_rhs(parallel_variant(compiled.rhs_tanh, moments_tanh=moments_tanh))
             return chart_rhs(parallel_variant(compiled.rhs_chart, moments=parallel_variant(compiled.moments)))
 
         def observables(Y):
