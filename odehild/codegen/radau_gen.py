@@ -261,6 +261,31 @@ def capacitance_source(rank: int) -> str:
     solve_store = "\n".join(f"partial[c, {k}] = u{k}" for k in ks)
     z_scalars = "\n".join(f"z{k} = z[{k}]" for k in ks)
     a_terms = "\n".join(f"va += A{k}a[i] * z{k}\nvs += A{k}s[i] * z{k}" for k in ks)
+    # the solves' first pass up to particle i's P^-1 and right-hand side (ba, bs), Vt P^-1 b's sums
+    # (``width`` of them per chunk) set to ``zero``
+    def solve_head(width, zero, inverse):
+        return f"""    partial = np.zeros((nchunk, {width} + PAD))
+    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+{_indent(_D_ROWS, 8)}
+{_indent(v_rows, 8)}
+        ba_, bs_ = b[lo:hi], b[N + lo:N + hi]
+        {zero}
+        for i in range(hi - lo):
+{_indent(inverse, 12)}
+            ba, bs = ba_[i], bs_[i]"""
+
+    # their second pass up to particle i's P^-1 and right-hand side, the solution to write to xa_, xs_
+    def write_head(inverse):
+        return f"""    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+{_indent(_D_ROWS, 8)}
+{_indent(a_rows, 8)}
+        ba_, bs_, xa_, xs_ = b[lo:hi], b[N + lo:N + hi], out[lo:hi], out[N + lo:N + hi]
+        for i in range(hi - lo):
+{_indent(inverse, 12)}
+            ba, bs = ba_[i], bs_[i]"""
+
     # complex right-hand sides: real and imaginary parts as separate sums (A, Vt and D are real)
     csolve_zero = " = ".join(f"u{k}r = u{k}i" for k in ks) + " = 0.0"
     csolve_sums = "\n".join(f"u{k}r += V{k}a[i] * ya_re + V{k}s[i] * ys_re\n"
@@ -275,12 +300,68 @@ def capacitance_source(rank: int) -> str:
     res_store = "\n".join(f"partial[c, {k}] = u{k}" for k in ks)
     v_scalars = "\n".join(f"v{k} = v[{k}]" for k in ks)
     res_terms = "\n".join(f"ja += A{k}a[i] * v{k}\njs += A{k}s[i] * v{k}" for k in ks)
-    cres_sums = "\n".join(f"u{k}r += V{k}a[i] * xa_re + V{k}s[i] * xs_re\n"
-                          f"u{k}i += V{k}a[i] * xa_im + V{k}s[i] * xs_im" for k in ks)
+    # both residuals' passes over the particles: Vt x's sums per chunk (their terms and names given),
+    # then the residual itself (its lines given)
+    def residual_passes(zero, sums, store, width, reduce, scalars, body):
+        return f"""    partial = np.zeros((nchunk, {width} + PAD))
+    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+{_indent(v_rows, 8)}
+        xa_, xs_ = x[lo:hi], x[N + lo:N + hi]
+        {zero}
+        for i in range(hi - lo):
+            xa, xs = xa_[i], xs_[i]
+{_indent(sums, 12)}
+{_indent(store, 8)}
+{reduce}
+{_indent(scalars, 4)}
+    tops = np.zeros((nchunk, PAD))
+    for c in prange(nchunk):
+        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
+{_indent(_D_ROWS, 8)}
+{_indent(a_rows, 8)}
+        xa_, xs_, ba_, bs_ = x[lo:hi], x[N + lo:N + hi], b[lo:hi], b[N + lo:N + hi]
+        oa_, os_ = out[lo:hi], out[N + lo:N + hi]
+        top = 0.0
+        for i in range(hi - lo):
+            xa, xs = xa_[i], xs_[i]
+{_indent(body, 12)}
+        tops[c, 0] = top"""
+    real_reduce = """    v = np.zeros(R)
+    for k in range(R):
+        for c in range(nchunk):
+            v[k] += partial[c, k]"""
+    real_body = f"""ja = D00[i] * xa + D01[i] * xs
+js = D10[i] * xa + D11[i] * xs
+{res_terms}
+ra = ba_[i] - (cr * xa - scale * ja)
+rs = bs_[i] - (cr * xs - scale * js)
+oa_[i], os_[i] = ra, rs
+top = max(top, max(abs(ra), abs(rs)))"""
+    complex_reduce = """    v = np.zeros(R, dtype=np.complex128)
+    for k in range(R):
+        for c in range(nchunk):
+            v[k] += complex(partial[c, k], partial[c, R + k])"""
+    cres_sums = "xa_re, xa_im, xs_re, xs_im = xa.real, xa.imag, xs.real, xs.imag\n" + "\n".join(
+        f"u{k}r += V{k}a[i] * xa_re + V{k}s[i] * xs_re\n"
+        f"u{k}i += V{k}a[i] * xa_im + V{k}s[i] * xs_im" for k in ks)
     cv_scalars = "\n".join(f"v{k}r, v{k}i = v[{k}].real, v[{k}].imag" for k in ks)
     cres_terms = "\n".join(f"a0, a1 = A{k}a[i], A{k}s[i]\n"
                            f"ja_re += a0 * v{k}r\nja_im += a0 * v{k}i\njs_re += a1 * v{k}r\njs_im += a1 * v{k}i"
                            for k in ks)
+    complex_body = f"""ba, bs = ba_[i], bs_[i]
+xa_re, xa_im, xs_re, xs_im = xa.real, xa.imag, xs.real, xs.imag
+ja_re = D00[i] * xa_re + D01[i] * xs_re
+ja_im = D00[i] * xa_im + D01[i] * xs_im
+js_re = D10[i] * xa_re + D11[i] * xs_re
+js_im = D10[i] * xa_im + D11[i] * xs_im
+{cres_terms}
+ra_re = ba.real - ((cc_re * xa_re - cc_im * xa_im) - scale * ja_re)
+ra_im = ba.imag - ((cc_re * xa_im + cc_im * xa_re) - scale * ja_im)
+rs_re = bs.real - ((cc_re * xs_re - cc_im * xs_im) - scale * js_re)
+rs_im = bs.imag - ((cc_re * xs_im + cc_im * xs_re) - scale * js_im)
+oa_[i], os_[i] = complex(ra_re, ra_im), complex(rs_re, rs_im)
+top = max(top, max(ra_re * ra_re + ra_im * ra_im, rs_re * rs_re + rs_im * rs_im))"""
     return f'''
 
 @njit(cache=True, fastmath={{"reassoc"}}, error_model="numpy")
@@ -289,16 +370,7 @@ def woodbury_solve(Dr, cr, AT, scale, Vt, cap_inv, b, out, nchunk=1):
     rows Dr (4, N), and A^T, Vt (r, 2N): the block pass's solve, P^-1 formed per particle, its sums
     over particles reassociated (vector lanes)."""
     N = Dr.shape[1]
-    partial = np.zeros((nchunk, R + PAD))
-    for c in prange(nchunk):
-        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
-{_indent(_D_ROWS, 8)}
-{_indent(v_rows, 8)}
-        ba_, bs_ = b[lo:hi], b[N + lo:N + hi]
-        {solve_zero}
-        for i in range(hi - lo):
-{_indent(real_inverse, 12)}
-            ba, bs = ba_[i], bs_[i]
+{solve_head("R", solve_zero, real_inverse)}
             ya = p00 * ba + p01 * bs
             ys = p10 * ba + p11 * bs
 {_indent(solve_sums, 12)}
@@ -311,14 +383,8 @@ def woodbury_solve(Dr, cr, AT, scale, Vt, cap_inv, b, out, nchunk=1):
                 total += partial[c, l]
             z[k] += scale * cap_inv[k, l] * total
 {_indent(z_scalars, 4)}
-    for c in prange(nchunk):
-        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
-{_indent(_D_ROWS, 8)}
-{_indent(a_rows, 8)}
-        ba_, bs_, xa_, xs_ = b[lo:hi], b[N + lo:N + hi], out[lo:hi], out[N + lo:N + hi]
-        for i in range(hi - lo):
-{_indent(real_inverse, 12)}
-            va, vs = ba_[i], bs_[i]
+{write_head(real_inverse)}
+            va, vs = ba, bs
 {_indent(a_terms, 12)}
             xa_[i] = p00 * va + p01 * vs
             xs_[i] = p10 * va + p11 * vs
@@ -330,16 +396,7 @@ def woodbury_solve_complex(Dr, cc, AT, scale, Vt, cap_inv, b, out, nchunk=1):
     complex (r, r); real and imaginary parts summed apart."""
     N = Dr.shape[1]
     cc_re, cc_im = cc.real, cc.imag
-    partial = np.zeros((nchunk, 2 * R + PAD))
-    for c in prange(nchunk):
-        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
-{_indent(_D_ROWS, 8)}
-{_indent(v_rows, 8)}
-        ba_, bs_ = b[lo:hi], b[N + lo:N + hi]
-        {csolve_zero}
-        for i in range(hi - lo):
-{_indent(complex_inverse, 12)}
-            ba, bs = ba_[i], bs_[i]
+{solve_head("2 * R", csolve_zero, complex_inverse)}
             ca_re, ca_im, cs_re, cs_im = ba.real, ba.imag, bs.real, bs.imag
             ya_re = c00r * ca_re - c00i * ca_im + c01r * cs_re - c01i * cs_im
             ya_im = c00r * ca_im + c00i * ca_re + c01r * cs_im + c01i * cs_re
@@ -356,14 +413,7 @@ def woodbury_solve_complex(Dr, cc, AT, scale, Vt, cap_inv, b, out, nchunk=1):
                 t_im += partial[c, R + l]
             z[k] += scale * cap_inv[k, l] * complex(t_re, t_im)
 {_indent(cz_scalars, 4)}
-    for c in prange(nchunk):
-        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
-{_indent(_D_ROWS, 8)}
-{_indent(a_rows, 8)}
-        ba_, bs_, xa_, xs_ = b[lo:hi], b[N + lo:N + hi], out[lo:hi], out[N + lo:N + hi]
-        for i in range(hi - lo):
-{_indent(complex_inverse, 12)}
-            ba, bs = ba_[i], bs_[i]
+{write_head(complex_inverse)}
             va_re, va_im, vs_re, vs_im = ba.real, ba.imag, bs.real, bs.imag
 {_indent(ca_terms, 12)}
             xa_[i] = complex(c00r * va_re - c00i * va_im + c01r * vs_re - c01i * vs_im,
@@ -377,39 +427,7 @@ def residual(Dr, cr, AT, scale, Vt, x, b, out, nchunk=1):
     """out = b - (cr x - scale J x), J = D + A Vt with D's 2x2 blocks in rows Dr (4, N) and A^T, Vt
     (r, 2N): a refinement's residual; returns max |out|."""
     N = Dr.shape[1]
-    partial = np.zeros((nchunk, R + PAD))
-    for c in prange(nchunk):
-        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
-{_indent(v_rows, 8)}
-        xa_, xs_ = x[lo:hi], x[N + lo:N + hi]
-        {solve_zero}
-        for i in range(hi - lo):
-            xa, xs = xa_[i], xs_[i]
-{_indent(res_sums, 12)}
-{_indent(res_store, 8)}
-    v = np.zeros(R)
-    for k in range(R):
-        for c in range(nchunk):
-            v[k] += partial[c, k]
-{_indent(v_scalars, 4)}
-    tops = np.zeros((nchunk, PAD))
-    for c in prange(nchunk):
-        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
-{_indent(_D_ROWS, 8)}
-{_indent(a_rows, 8)}
-        xa_, xs_, ba_, bs_ = x[lo:hi], x[N + lo:N + hi], b[lo:hi], b[N + lo:N + hi]
-        oa_, os_ = out[lo:hi], out[N + lo:N + hi]
-        top = 0.0
-        for i in range(hi - lo):
-            xa, xs = xa_[i], xs_[i]
-            ja = D00[i] * xa + D01[i] * xs
-            js = D10[i] * xa + D11[i] * xs
-{_indent(res_terms, 12)}
-            ra = ba_[i] - (cr * xa - scale * ja)
-            rs = bs_[i] - (cr * xs - scale * js)
-            oa_[i], os_[i] = ra, rs
-            top = max(top, max(abs(ra), abs(rs)))
-        tops[c, 0] = top
+{residual_passes(solve_zero, res_sums, res_store, "R", real_reduce, v_scalars, real_body)}
     return np.max(tops[:, 0])
 
 
@@ -418,45 +436,7 @@ def residual_complex(Dr, cc, AT, scale, Vt, x, b, out, nchunk=1):
     """``residual`` for the complex shift cc (J real): x, b, out complex; returns max |out|."""
     N = Dr.shape[1]
     cc_re, cc_im = cc.real, cc.imag
-    partial = np.zeros((nchunk, 2 * R + PAD))
-    for c in prange(nchunk):
-        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
-{_indent(v_rows, 8)}
-        xa_, xs_ = x[lo:hi], x[N + lo:N + hi]
-        {csolve_zero}
-        for i in range(hi - lo):
-            xa, xs = xa_[i], xs_[i]
-            xa_re, xa_im, xs_re, xs_im = xa.real, xa.imag, xs.real, xs.imag
-{_indent(cres_sums, 12)}
-{_indent(csolve_store, 8)}
-    v = np.zeros(R, dtype=np.complex128)
-    for k in range(R):
-        for c in range(nchunk):
-            v[k] += complex(partial[c, k], partial[c, R + k])
-{_indent(cv_scalars, 4)}
-    tops = np.zeros((nchunk, PAD))
-    for c in prange(nchunk):
-        lo, hi = c * N // nchunk, (c + 1) * N // nchunk
-{_indent(_D_ROWS, 8)}
-{_indent(a_rows, 8)}
-        xa_, xs_, ba_, bs_ = x[lo:hi], x[N + lo:N + hi], b[lo:hi], b[N + lo:N + hi]
-        oa_, os_ = out[lo:hi], out[N + lo:N + hi]
-        top = 0.0
-        for i in range(hi - lo):
-            xa, xs, ba, bs = xa_[i], xs_[i], ba_[i], bs_[i]
-            xa_re, xa_im, xs_re, xs_im = xa.real, xa.imag, xs.real, xs.imag
-            ja_re = D00[i] * xa_re + D01[i] * xs_re
-            ja_im = D00[i] * xa_im + D01[i] * xs_im
-            js_re = D10[i] * xa_re + D11[i] * xs_re
-            js_im = D10[i] * xa_im + D11[i] * xs_im
-{_indent(cres_terms, 12)}
-            ra_re = ba.real - ((cc_re * xa_re - cc_im * xa_im) - scale * ja_re)
-            ra_im = ba.imag - ((cc_re * xa_im + cc_im * xa_re) - scale * ja_im)
-            rs_re = bs.real - ((cc_re * xs_re - cc_im * xs_im) - scale * js_re)
-            rs_im = bs.imag - ((cc_re * xs_im + cc_im * xs_re) - scale * js_im)
-            oa_[i], os_[i] = complex(ra_re, ra_im), complex(rs_re, rs_im)
-            top = max(top, max(ra_re * ra_re + ra_im * ra_im, rs_re * rs_re + rs_im * rs_im))
-        tops[c, 0] = top
+{residual_passes(csolve_zero, cres_sums, csolve_store, "2 * R", complex_reduce, cv_scalars, complex_body)}
     return np.max(tops[:, 0]) ** 0.5
 
 
