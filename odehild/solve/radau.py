@@ -236,8 +236,8 @@ def _predict(y_old, Q, x, y, TI, W, Ys):
     """The Newton iteration's start from Z0 = (the collocation polynomial at x_m) - y, the last
     step's polynomial extrapolated: W = TI Z0 and the stage states Ys = y + Z0 (``_transform`` and
     ``_stage_states`` of Z0), in one pass (0.75 s of a 10.5 s solve at N = 1e5 as two). Z0 itself is
-    not stored: writing it cost a quarter of the pass (N = 1e5, two threads, in the cache: 0.74
-    against 0.54 ms)."""
+    not stored: writing it cost about a quarter of the pass (N = 1e5, two threads, in the cache:
+    0.74 against 0.54 ms, measured beside another job)."""
     x1, x2, x3 = x[0], x[0] * x[0], x[0] * x[0] * x[0]
     u1, u2, u3 = x[1], x[1] * x[1], x[1] * x[1] * x[1]
     v1, v2, v3 = x[2], x[2] * x[2], x[2] * x[2] * x[2]
