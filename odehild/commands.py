@@ -55,8 +55,9 @@ OUTPUT_KINDS = {"out": ".npz", "ode": ".npz", "report": ".json", "plot": "figure
 
 
 def check_outputs(args):
-    """Refuse, before any work, a result path whose suffix does not name its format."""
-    from .io import check_figure_path
+    """Refuse, before any work, a result path whose suffix does not name its format or where no
+    file can be written."""
+    from .io import check_figure_path, check_writable
 
     for dest, kind in OUTPUT_KINDS.items():
         value = getattr(args, dest, None)
@@ -67,6 +68,7 @@ def check_outputs(args):
             check_figure_path(value, flag)
         elif not str(value).endswith(kind):
             raise InputError(f"{flag} {value!r} must end in {kind}")
+        check_writable(value)
 
 
 @contextlib.contextmanager

@@ -68,6 +68,25 @@ def atomic_write(path, mode: str = "wb"):
         raise
 
 
+def check_writable(path) -> Path:
+    """Refuse, before any work, a result path that cannot be written: a folder, or a place where
+    no file can be created (probed with a temporary next to it, removed at once), so that a long
+    run does not end in "cannot write"."""
+    path = Path(path)
+    if not path.name or path.is_dir():
+        raise InputError(f"cannot write {str(path)!r}: not a file name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # atomic_write creates missing folders
+        folder = folder.parent
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
 def save_npz(path, arrays: dict, meta: dict) -> Path:
     """Write arrays and meta to ``path`` (.npz appended if missing, as NumPy does) atomically."""
     path = Path(path)

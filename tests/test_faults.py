@@ -57,6 +57,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, n
     assert not [p for p in tmp_path.iterdir()], "a refused run left files"
 
 
+@pytest.mark.parametrize("out, needle", [("f/x.npz", "cannot write f/x.npz: Not a directory"),
+                                         ("f/new/x.npz", "cannot write f/new/x.npz: Not a directory")])
+def test_an_unwritable_result_path_is_refused_before_any_work(tmp_path, monkeypatch, capsys, out, needle):
+    """Not after the solve: the learnability summary, a solve's first output, is never printed, and the
+    probe leaves no temporary behind."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f").write_text("a file where a folder should be")
+    assert main(["solve", *S, "--eps", "1e-3", "--out", out]) == 2
+    captured = capsys.readouterr()
+    assert needle in captured.err and captured.out == "", captured
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
 @pytest.mark.parametrize("toml, needle", [
     ('command = ["solve"]\n', "is not one of"),
     ("command = \"solve\"\nparticles = 99999999999999999999\n", "lacks required key"),
