@@ -7,13 +7,17 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.py"))
+# run with -m slow: their models are tested in test_committee and test_multi_index, and the two
+# notebooks took 37 s of a cold default run
+SLOW_NOTEBOOKS = {"04_committee_machines", "05_staircases_and_leaps"}
 
 
 def test_there_are_notebooks():
     assert len(NOTEBOOKS) >= 3
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW_NOTEBOOKS else p
+                                  for p in NOTEBOOKS], ids=lambda p: p.stem)
 def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("CI", "true")  # the notebooks' reduced sizes; the kernel inherits the environment
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
